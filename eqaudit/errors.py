@@ -1,0 +1,63 @@
+"""The one error type that every user mistake becomes: exit code 2, one line, no traceback."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from pathlib import Path
+
+
+class EqauditError(Exception):
+    """A problem with the user's input (spec, checkpoint, option, model output).
+
+    Rendered as one line: ``FILE:LINE: KEY: message (hint)``. The CLI turns it into exit code 2.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | Path | None = None,
+        key: str | None = None,
+        line: int | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.file = str(file) if file is not None else None
+        self.key = key
+        self.line = line
+        self.hint = hint
+
+    def located(
+        self, *, file: str | Path | None = None, key: str | None = None, line: int | None = None
+    ) -> EqauditError:
+        """Fill in a location that the raiser did not know (keeps what it knew)."""
+        if self.file is None and file is not None:
+            self.file = str(file)
+        if self.key is None and key is not None:
+            self.key = key
+        if self.line is None and line is not None:
+            self.line = line
+        return self
+
+    def __str__(self) -> str:
+        where = ""
+        if self.file:
+            where = self.file + (f":{self.line}" if self.line else "") + ": "
+        elif self.line:
+            where = f"line {self.line}: "
+        key = f"{self.key}: " if self.key else ""
+        hint = f" ({self.hint})" if self.hint else ""
+        return f"{where}{key}{self.message}{hint}"
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
+    """A hint naming the closest valid choice, or listing the choices when none is close."""
+    choices = sorted(set(choices))
+    close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    if len(choices) <= 12:
+        return "expected one of: " + ", ".join(choices)
+    return None

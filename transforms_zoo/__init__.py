@@ -1,0 +1,36 @@
+"""transforms_zoo: named, batched transforms for equivariance checks.
+
+Each transform separates drawing its random parameters (``sample(rng)``) from applying them
+(``apply(x, params)``), so the same draw can act on a model's input and on its output.
+
+>>> import transforms_zoo as tz
+>>> t = tz.build({"shift": {"dx": 1, "dy": 0}})
+>>> y = t(x)                      # or t.apply(x, t.sample(rng))
+"""
+
+from .base import (
+    CallableTransform,
+    Compose,
+    Param,
+    Transform,
+    TransformError,
+    build,
+    get,
+    names,
+    register,
+)
+from .random import SampleRNG
+from . import image  # noqa: F401  (registers the built-in transforms)
+
+__all__ = [
+    "CallableTransform",
+    "Compose",
+    "Param",
+    "SampleRNG",
+    "Transform",
+    "TransformError",
+    "build",
+    "get",
+    "names",
+    "register",
+]

@@ -1,0 +1,74 @@
+"""Resolve ``"package.module:attr"`` and ``"path/to/file.py:attr"`` references to Python objects."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+
+class ReferenceError_(ValueError):
+    """A ``module:attr`` reference that cannot be resolved (message says why and what to do)."""
+
+
+def is_reference(text: object) -> bool:
+    """True for strings of the form ``something:attr`` (and not a Windows drive letter)."""
+    return isinstance(text, str) and ":" in text and not text.startswith(":") and not text.endswith(":")
+
+
+def resolve_reference(ref: str, base_dir: str | Path | None = None) -> Any:
+    """Import ``module:attr`` (dotted attrs allowed) or ``file.py:attr``.
+
+    Relative file paths resolve against ``base_dir``; module names are looked up with ``base_dir``
+    at the front of ``sys.path``, so a spec can name modules that sit beside it.
+    """
+    if not is_reference(ref):
+        raise ReferenceError_(f"'{ref}' is not a reference of the form 'module:callable'")
+    target, _, attr = ref.rpartition(":")
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_absolute():
+            path = base / path
+        if not path.is_file():
+            raise ReferenceError_(f"file '{path}' does not exist")
+        mod_name = f"_eqaudit_user_{abs(hash(str(path.resolve())))}"
+        module = sys.modules.get(mod_name)
+        if module is None:
+            spec = importlib.util.spec_from_file_location(mod_name, path)
+            if spec is None or spec.loader is None:
+                raise ReferenceError_(f"cannot import '{path}'")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[mod_name] = module
+            try:
+                spec.loader.exec_module(module)
+            except Exception as exc:  # user code failed at import
+                del sys.modules[mod_name]
+                raise ReferenceError_(f"importing '{path}' failed: {type(exc).__name__}: {exc}") from exc
+    else:
+        added = False
+        if str(base) not in sys.path:
+            sys.path.insert(0, str(base))
+            added = True
+        try:
+            module = importlib.import_module(target)
+        except ModuleNotFoundError as exc:
+            raise ReferenceError_(
+                f"module '{target}' not found ({exc.name} is missing)",
+            ) from exc
+        except Exception as exc:
+            raise ReferenceError_(f"importing '{target}' failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            if added:
+                try:
+                    sys.path.remove(str(base))
+                except ValueError:
+                    pass
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ReferenceError_(f"'{target}' has no attribute '{attr}'")
+        obj = getattr(obj, part)
+    return obj

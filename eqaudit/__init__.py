@@ -1,0 +1,43 @@
+"""eqaudit: audit, gate and fine-tune the equivariance of trained PyTorch models.
+
+Public API (imported lazily so that ``eqaudit --help`` does not import torch)::
+
+    from eqaudit import audit, load_spec, EquivarianceError
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "audit": "eqaudit.engine",
+    "Report": "eqaudit.report",
+    "CheckResult": "eqaudit.report",
+    "load_spec": "eqaudit.spec",
+    "Spec": "eqaudit.spec",
+    "load_model": "eqaudit.checkpoint",
+    "EquivarianceError": "eqaudit.regularizer",
+    "EquivarianceRegularizer": "eqaudit.regularizer",
+    "EqauditError": "eqaudit.errors",
+}
+
+__all__ = [*sorted(_EXPORTS), "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'eqaudit' has no attribute {name!r}")
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .checkpoint import load_model
+    from .engine import audit
+    from .errors import EqauditError
+    from .regularizer import EquivarianceError, EquivarianceRegularizer
+    from .report import CheckResult, Report
+    from .spec import Spec, load_spec

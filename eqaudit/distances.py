@@ -1,0 +1,156 @@
+"""The distance registry: per-sample distances between two batches of model outputs.
+
+Every distance maps ``a, b`` of shape ``(n, ...)`` to a tensor of shape ``(n,)``. They compute in
+the dtype they are given (the audit engine passes float64; the regularizer keeps the model's dtype
+so gradients flow at its precision).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from transforms_zoo._resolve import ReferenceError_, is_reference, resolve_reference
+
+from .errors import EqauditError, did_you_mean
+
+PerRow = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(t.shape[0], -1)
+
+
+def lp(p: float) -> PerRow:
+    """The l_p norm of the flattened difference, ``p >= 1`` (``inf`` for the max norm)."""
+
+    def dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.vector_norm(_flat(a) - _flat(b), ord=p, dim=1)
+
+    return dist
+
+
+def relative_l2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``||a - b|| / (||a|| + ||b||)``: scale-free, in [0, 1]; 0 where both are zero."""
+    a, b = _flat(a), _flat(b)
+    num = torch.linalg.vector_norm(a - b, dim=1)
+    den = torch.linalg.vector_norm(a, dim=1) + torch.linalg.vector_norm(b, dim=1)
+    return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(num))
+
+
+def kl_logits(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``KL(softmax(a) || softmax(b))`` over the last dimension, summed over any other positions."""
+    la = F.log_softmax(a, dim=-1)
+    lb = F.log_softmax(b, dim=-1)
+    kl = (la.exp() * (la - lb)).sum(dim=-1)
+    return kl.reshape(kl.shape[0], -1).sum(dim=1)
+
+
+def cross_entropy_logits(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The original package's ``cross_entropy_logits``: ``||log_softmax(a) - log_softmax(b)||_2``."""
+    return torch.linalg.vector_norm(
+        _flat(F.log_softmax(a, dim=-1)) - _flat(F.log_softmax(b, dim=-1)), dim=1
+    )
+
+
+def cross_entropy(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The original package's ``cross_entropy`` on probabilities: ``||log a - log b||_2`` (NaN kept)."""
+    return torch.linalg.vector_norm(_flat(torch.log(a)) - _flat(torch.log(b)), dim=1)
+
+
+_NAMED: dict[str, PerRow] = {
+    "l1": lp(1.0),
+    "l2": lp(2.0),
+    "linf": lp(math.inf),
+    "relative_l2": relative_l2,
+    "kl_logits": kl_logits,
+    "cross_entropy_logits": cross_entropy_logits,
+    "cross_entropy": cross_entropy,
+}
+
+DISTANCE_NAMES = tuple(sorted([*_NAMED, "lp:P", "module:callable"]))
+
+
+@dataclass(frozen=True)
+class Distance:
+    """A named per-sample distance."""
+
+    name: str
+    fn: PerRow
+
+    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.fn(a, b)
+
+
+class _UserDistance:
+    """A user callable returning a scalar or one value per row; scalars are evaluated row by row."""
+
+    def __init__(self, fn: Callable[..., torch.Tensor], ref: str) -> None:
+        self.fn = fn
+        self.ref = ref
+        self.rowwise: bool | None = None
+
+    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        n = a.shape[0]
+        if self.rowwise is not True:
+            out = torch.as_tensor(self.fn(a, b))
+            if out.dim() == 1 and out.shape[0] == n:
+                self.rowwise = False
+                return out
+            if out.numel() != 1:
+                raise EqauditError(
+                    f"distance '{self.ref}' returned shape {tuple(out.shape)} for a batch of {n}",
+                    hint="return a scalar or one value per row",
+                )
+            if n == 1:
+                return out.reshape(1)
+            self.rowwise = True
+        rows = [torch.as_tensor(self.fn(a[i : i + 1], b[i : i + 1])).reshape(()) for i in range(n)]
+        return torch.stack(rows)
+
+
+def parse_distance(spec: str | int | float | Callable, base_dir: str | Path | None = None) -> Distance:
+    """Resolve a distance given as a name, ``lp:P``, an int or float ``p``, ``'inf'``, or a callable."""
+    if callable(spec) and not isinstance(spec, str):
+        name = getattr(spec, "__name__", type(spec).__name__)
+        return Distance(name, _UserDistance(spec, name))
+    if isinstance(spec, bool):
+        raise EqauditError(f"distance must be a name or a number p >= 1, got {spec!r}")
+    if isinstance(spec, (int, float)):
+        p = float(spec)
+        if not (p >= 1):
+            raise EqauditError(f"distance p must be >= 1 (a norm), got {spec!r}")
+        name = "linf" if math.isinf(p) else f"lp:{_num(p)}"
+        return Distance(name, lp(p))
+    if not isinstance(spec, str):
+        raise EqauditError(f"distance must be a name, 'lp:P' or 'module:callable', got {spec!r}")
+    if spec in _NAMED:
+        return Distance(spec, _NAMED[spec])
+    if spec == "inf":
+        return Distance("linf", _NAMED["linf"])
+    if spec.startswith("lp:"):
+        try:
+            p = float(spec[3:])
+        except ValueError:
+            raise EqauditError(f"'{spec}': P must be a number >= 1 or inf", hint="e.g. lp:3") from None
+        if not (p >= 1):
+            raise EqauditError(f"'{spec}': P must be >= 1 (a norm)", hint="e.g. lp:3")
+        return Distance(f"lp:{_num(p)}", lp(p))
+    if is_reference(spec):
+        try:
+            fn = resolve_reference(spec, base_dir)
+        except ReferenceError_ as exc:
+            raise EqauditError(str(exc)) from None
+        if not callable(fn):
+            raise EqauditError(f"distance '{spec}' is not callable")
+        return Distance(spec, _UserDistance(fn, spec))
+    raise EqauditError(f"unknown distance '{spec}'", hint=did_you_mean(spec, DISTANCE_NAMES))
+
+
+def _num(p: float) -> str:
+    return "inf" if math.isinf(p) else (str(int(p)) if p.is_integer() else str(p))

@@ -1,0 +1,5 @@
+"""``python -m eqaudit`` (also what ``torchrun -m eqaudit`` runs)."""
+
+from .cli import main
+
+main()

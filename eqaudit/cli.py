@@ -1,0 +1,227 @@
+"""The ``eqaudit`` command line: a thin layer over the library (parsing and printing only).
+
+Exit codes: 0 every check within its threshold; 1 some check exceeds it; 2 could not run.
+Heavy imports (torch) happen inside the commands so that ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
+from rich.console import Console
+
+from .errors import EqauditError
+
+app = typer.Typer(
+    name="eqaudit",
+    help="Audit how equivariant a trained PyTorch model is, gate CI on it, and fine-tune toward it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+out = Console(soft_wrap=False)
+err = Console(stderr=True, soft_wrap=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# -- shared option aliases ----------------------------------------------------------------------
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors; the exit code tells.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:K.")]
+TrustOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-checkpoint",
+        help="Allow loading a pickled whole model (this executes code stored in the file).",
+    ),
+]
+
+
+def fail(message: str) -> None:
+    """Print one error line on stderr."""
+    err.print(f"[bold red]eqaudit: error:[/] {message}", highlight=False, markup=True)
+
+
+def handles_errors(fn: F) -> F:
+    """Turn known errors into one line and exit code 2 (tracebacks only with ``--debug``)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = bool(kwargs.get("debug", False))
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except EqauditError as exc:
+            if debug:
+                raise
+            fail(_escape(str(exc)))
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            fail("interrupted")
+            raise typer.Exit(130) from None
+        except Exception as exc:  # a bug, or an error we did not anticipate
+            if debug:
+                raise
+            fail(_escape(f"{type(exc).__name__}: {exc}") + " (run again with --debug for the traceback)")
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+# -- measure ------------------------------------------------------------------------------------
+@app.command()
+@handles_errors
+def measure(
+    checkpoint: Annotated[
+        Optional[Path], typer.Argument(help="Checkpoint file; overrides model.checkpoint in the spec.")
+    ] = None,
+    spec: Annotated[Path, typer.Option("--spec", "-s", help="The spec YAML (model, input, checks).")] = ...,  # type: ignore[assignment]
+    samples: Annotated[Optional[int], typer.Option(help="Monte Carlo sample size (overrides the spec).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed (overrides the spec).")] = None,
+    device: DeviceOpt = "auto",
+    batch_size: Annotated[
+        Optional[int], typer.Option("--batch-size", help="Samples per chunk (default: chosen automatically).")
+    ] = None,
+    json_path: Annotated[Optional[str], typer.Option("--json", help="Write the JSON report here ('-': stdout, no table).")] = None,
+    junit: Annotated[Optional[Path], typer.Option("--junit", help="Write a JUnit XML report here.")] = None,
+    markdown: Annotated[Optional[Path], typer.Option("--markdown", help="Write the table as Markdown here.")] = None,
+    gate: Annotated[
+        str, typer.Option("--gate", help="Compare the threshold with the 'mean' or the 'upper' confidence bound.")
+    ] = "mean",
+    confidence: Annotated[float, typer.Option(help="Confidence level of the intervals.")] = 0.95,
+    trust_checkpoint: TrustOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Estimate each check's equivariance error; exit 1 if any exceeds its threshold."""
+    from .engine import audit
+    from .report import write_text_atomic
+    from .spec import load_spec
+
+    if gate not in ("mean", "upper"):
+        raise EqauditError(f"unknown gate '{gate}'", key="--gate", hint="use mean or upper")
+    if not 0.0 < confidence < 1.0:
+        raise EqauditError(f"must lie in (0, 1), got {confidence}", key="--confidence")
+    the_spec = load_spec(spec)
+    if checkpoint is not None and not checkpoint.exists():
+        raise EqauditError("checkpoint file not found", file=str(checkpoint), hint="check the path")
+    json_to_stdout = json_path == "-"
+    show_progress = not quiet and not json_to_stdout and err.is_terminal
+    report = _with_progress(
+        show_progress,
+        lambda progress: audit(
+            None,
+            the_spec,
+            samples=samples,
+            seed=seed,
+            device=device,
+            batch_size=batch_size,
+            confidence=confidence,
+            gate=gate,
+            progress=progress,
+            checkpoint=checkpoint,
+            trust_checkpoint=trust_checkpoint,
+        ),
+    )
+    if json_path is not None:
+        if json_to_stdout:
+            sys.stdout.write(report.to_json() + "\n")
+            sys.stdout.flush()
+        else:
+            write_text_atomic(json_path, report.to_json() + "\n")
+    if junit is not None:
+        write_text_atomic(junit, report.to_junit())
+    if markdown is not None:
+        write_text_atomic(markdown, report.to_markdown())
+    if not quiet and not json_to_stdout:
+        out.print(report.rich_table())
+        for note in report.notes:
+            err.print(f"[yellow]note:[/] {_escape(note)}")
+        if not report.passed:
+            failed = ", ".join(c.name for c in report.checks if not c.passed)
+            err.print(f"[bold red]FAILED[/]: {_escape(failed)} exceed their thresholds")
+    raise typer.Exit(report.exit_code)
+
+
+def _with_progress(show: bool, job: Callable[[Any], Any]) -> Any:
+    if not show:
+        return job(None)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("[bold]measuring"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("samples"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("measure", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        return job(progress)
+
+
+# -- validate -----------------------------------------------------------------------------------
+@app.command()
+@handles_errors
+def validate(
+    spec: Annotated[Path, typer.Argument(help="The spec YAML to check.")],
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Check a spec (keys, transforms, distances, files) without running a model."""
+    from .spec import load_spec
+    from .validation import check_files
+
+    the_spec = load_spec(spec)
+    check_files(the_spec)
+    if not quiet:
+        n = len(the_spec.checks)
+        out.print(
+            f"[green]ok[/]: {spec} — {n} check{'s' * (n != 1)}, {the_spec.samples} samples, "
+            f"input shape {list(the_spec.input.shape) or '(from data)'}",
+            highlight=False,
+        )
+
+
+# -- transforms ---------------------------------------------------------------------------------
+@app.command()
+@handles_errors
+def transforms(
+    name: Annotated[Optional[str], typer.Argument(help="Document one transform.")] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """List the transforms that specs can name, or document one."""
+    from .transform_docs import describe_transform, transforms_table
+
+    if name is None:
+        out.print(transforms_table())
+    else:
+        out.print(describe_transform(name))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

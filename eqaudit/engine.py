@@ -1,0 +1,412 @@
+"""The audit engine: batched Monte Carlo estimates of every check's equivariance error.
+
+For each chunk of sample indices: draw the points, compute ``y = model(x)`` once for all checks;
+for each check draw its parameters once per sample, compare ``f_out(y)`` with
+``model(f_in(x))`` and fold the per-sample distances into the block statistics
+(:mod:`eqaudit.estimator`). Sample ``i``'s points and parameters depend only on ``(seed, i)``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from transforms_zoo import SampleRNG, TransformError
+
+from .errors import EqauditError
+from .estimator import BLOCK, BlockStats
+from .report import GATES, CheckResult, Report
+from .spec import InputSpec, Spec, load_spec
+
+Progress = Callable[[int, int], None]
+
+#: Working-set target for an automatic chunk: input elements per forward.
+_CPU_ELEMENTS = 1 << 21
+_GPU_ELEMENTS = 1 << 24
+_MAX_CHUNK = 1 << 16
+
+
+def resolve_device(device: str | torch.device | None, model: torch.nn.Module | None = None) -> torch.device:
+    """``auto`` picks CUDA when present; None keeps the model's own device."""
+    if device is None:
+        if model is not None:
+            for t in list(model.parameters()) + list(model.buffers()):
+                return t.device
+        return torch.device("cpu")
+    text = str(device)
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise EqauditError(f"unknown device '{text}'", key="--device", hint="use auto, cpu, cuda or cuda:K") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise EqauditError(f"device '{text}' requested but CUDA is not available", key="--device",
+                               hint="use --device cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise EqauditError(f"device '{text}' does not exist ({torch.cuda.device_count()} CUDA devices)",
+                               key="--device")
+    elif dev.type not in ("cpu", "mps", "xpu"):
+        raise EqauditError(f"unsupported device '{text}'", key="--device", hint="use auto, cpu, cuda or cuda:K")
+    return dev
+
+
+def _dtype_of(model: torch.nn.Module) -> torch.dtype:
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return torch.get_default_dtype()
+
+
+class PointSampler:
+    """Draws model inputs for a range of sample indices: a uniform box or rows of a data tensor."""
+
+    def __init__(self, spec: Spec, device: torch.device, dtype: torch.dtype) -> None:
+        inp: InputSpec = spec.input
+        self.dtype = getattr(torch, inp.dtype) if inp.dtype else dtype
+        self.data: torch.Tensor | None = None
+        self.sequential = inp.sampling == "sequential"
+        if inp.data is not None:
+            self.data = _load_data(spec).to(device=device, dtype=self.dtype)
+            self.shape = tuple(self.data.shape[1:])
+            if inp.shape and tuple(inp.shape) != self.shape:
+                raise spec.error(
+                    "input.shape",
+                    f"data '{inp.data.key}' holds samples of shape {list(self.shape)}, the spec says {list(inp.shape)}",
+                    "fix input.shape or drop it to use the data's shape",
+                )
+        else:
+            self.shape = tuple(inp.shape)
+            b = torch.tensor(inp.bounds, dtype=torch.float64)
+            try:
+                b = torch.broadcast_to(b, self.shape + (2,))
+            except RuntimeError:
+                raise spec.error(
+                    "input.bounds",
+                    f"bounds of shape {list(b.shape[:-1])} + [lo, hi] do not broadcast to input.shape {list(self.shape)}",
+                ) from None
+            self.lo = b[..., 0].to(device=device, dtype=self.dtype)
+            self.span = (b[..., 1] - b[..., 0]).to(device=device, dtype=self.dtype)
+
+    def draw(self, rng: SampleRNG) -> torch.Tensor:
+        stream = rng.child("points")
+        if self.data is not None:
+            n_rows = self.data.shape[0]
+            if self.sequential:
+                idx = rng.index % n_rows
+            else:
+                idx = stream.integers(0, n_rows)
+            return self.data[idx]
+        u = stream.uniform(*self.shape, dtype=self.dtype)
+        return self.lo + self.span * u
+
+
+def _load_data(spec: Spec) -> torch.Tensor:
+    ref = spec.input.data
+    assert ref is not None
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(ref.path), framework="pt") as fh:
+            keys = list(fh.keys())
+            if ref.key not in keys:
+                from .errors import did_you_mean
+
+                raise spec.error(
+                    "input.data",
+                    f"no tensor '{ref.key}' in {ref.path.name}",
+                    did_you_mean(ref.key, keys) or ("keys: " + ", ".join(keys[:10])),
+                )
+            data = fh.get_tensor(ref.key)
+    except (SafetensorError, OSError) as exc:
+        raise spec.error("input.data", f"cannot read '{ref.path}' as safetensors: {exc}") from None
+    if data.dim() < 1 or data.shape[0] == 0:
+        raise spec.error("input.data", f"tensor '{ref.key}' has no rows (shape {list(data.shape)})")
+    if not data.is_floating_point():
+        data = data.to(torch.float32)
+    return data
+
+
+def auto_batch_size(sample_numel: int, device: torch.device, n_samples: int) -> int:
+    """A chunk size in samples: a bounded working set on CPU, a large one on GPU (backed off on
+    out-of-memory), a multiple of the statistics block, never far above the sample count."""
+    budget = _GPU_ELEMENTS if device.type == "cuda" else _CPU_ELEMENTS
+    size = max(BLOCK, min(_MAX_CHUNK, budget // max(1, sample_numel)))
+    size = min(size, _round_up(n_samples, BLOCK))
+    return max(BLOCK, (size // BLOCK) * BLOCK)
+
+
+def _round_up(n: int, k: int) -> int:
+    return ((n + k - 1) // k) * k
+
+
+def audit(
+    model: torch.nn.Module | Callable[[torch.Tensor], torch.Tensor] | None,
+    spec: Spec | str | Path,
+    *,
+    samples: int | None = None,
+    seed: int | None = None,
+    device: str | torch.device | None = None,
+    batch_size: int | None = None,
+    confidence: float = 0.95,
+    gate: str = "mean",
+    progress: Progress | None = None,
+    checkpoint: str | Path | None = None,
+    trust_checkpoint: bool = False,
+) -> Report:
+    """Estimate every check of ``spec`` on ``model`` and return a :class:`Report`.
+
+    ``model`` may be None to build it from the spec's ``model`` block (``checkpoint`` overrides
+    ``model.checkpoint``). ``device=None`` keeps the model where it is; ``"auto"`` picks CUDA when
+    present. ``batch_size`` is rounded up to a multiple of 64 (the statistics block); by default
+    it is chosen from the input size and device. The model is evaluated in eval mode under
+    ``torch.inference_mode()`` and its training flag is restored afterwards.
+    """
+    t0 = time.perf_counter()
+    if not isinstance(spec, Spec):
+        spec = load_spec(spec)
+    if samples is not None:
+        if samples < 1:
+            raise EqauditError(f"--samples must be >= 1, got {samples}", key="--samples")
+        spec = spec.replace(samples=int(samples))
+    if seed is not None:
+        if seed < 0:
+            raise EqauditError(f"--seed must be >= 0, got {seed}", key="--seed")
+        spec = spec.replace(seed=int(seed))
+    if gate not in GATES:
+        raise EqauditError(f"unknown gate '{gate}'", key="--gate", hint="use mean or upper")
+    if not 0.0 < confidence < 1.0:
+        raise EqauditError(f"confidence must lie in (0, 1), got {confidence}", key="--confidence")
+    if batch_size is not None and batch_size < 1:
+        raise EqauditError(f"--batch-size must be >= 1, got {batch_size}", key="--batch-size")
+
+    ckpt_label = None
+    if model is None:
+        from .checkpoint import load_model
+
+        path = Path(checkpoint) if checkpoint is not None else spec.model.checkpoint
+        model = load_model(
+            path,
+            factory=spec.model.factory,
+            kwargs=dict(spec.model.kwargs),
+            base_dir=spec.base_dir,
+            trust_checkpoint=trust_checkpoint,
+            source=spec.file,
+        )
+        ckpt_label = str(path) if path is not None else None
+        if device is None:
+            device = "auto"
+
+    is_module = isinstance(model, torch.nn.Module)
+    dev = resolve_device(device, model if is_module else None)
+    was_training = bool(is_module and model.training)
+    if is_module:
+        model.to(dev)
+        model.eval()
+    dtype = _dtype_of(model) if is_module else torch.get_default_dtype()
+    try:
+        sampler = PointSampler(spec, dev, dtype)
+        sample_numel = max(1, math.prod(sampler.shape))
+        chunk = (
+            _round_up(int(batch_size), BLOCK)
+            if batch_size is not None
+            else auto_batch_size(sample_numel, dev, spec.samples)
+        )
+        stats = BlockStats(spec.samples, len(spec.checks), dev)
+        with torch.inference_mode():
+            chunk = _run(model, spec, sampler, stats, dev, chunk, batch_size is not None, progress)
+    finally:
+        if is_module and was_training:
+            model.train(True)
+
+    results = []
+    for j, check in enumerate(spec.checks):
+        s = stats.summary(j, confidence)
+        if s.nonfinite:
+            raise spec.error(
+                f"checks[{j}]",
+                f"check '{check.name}': the model's outputs are not finite (NaN or Inf) on {s.nonfinite} "
+                f"of {s.nonfinite + s.n} samples",
+                "check the input bounds and dtype, or the model",
+            )
+        gated = s.ci_high if gate == "upper" else s.mean
+        results.append(
+            CheckResult(
+                name=check.name,
+                input=check.input_text,
+                output=check.output_text,
+                distance=check.distance.name,
+                n=s.n,
+                mean=s.mean,
+                std=s.std,
+                stderr=s.stderr,
+                ci_low=s.ci_low,
+                ci_high=s.ci_high,
+                confidence=confidence,
+                epsilon=check.epsilon,
+                threshold=check.threshold,
+                weight=check.weight,
+                penalty=check.weight * max(0.0, s.mean - check.epsilon),
+                passed=bool(gated <= check.threshold),
+                max=s.max,
+                gate=gate,
+            )
+        )
+    notes = []
+    if was_training:
+        notes.append("the model was in training mode; it was evaluated in eval mode (dropout off, batch norm frozen)")
+    return Report(
+        checks=tuple(results),
+        spec=spec.file,
+        checkpoint=ckpt_label,
+        device=str(dev),
+        seed=spec.seed,
+        samples=spec.samples,
+        elapsed_s=time.perf_counter() - t0,
+        gate=gate,
+        batch_size=chunk,
+        model_was_training=was_training,
+        notes=tuple(notes),
+    )
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _run(
+    model: Any,
+    spec: Spec,
+    sampler: PointSampler,
+    stats: BlockStats,
+    dev: torch.device,
+    chunk: int,
+    fixed: bool,
+    progress: Progress | None,
+) -> int:
+    """Process all chunks; on out-of-memory halve the chunk (unless the user fixed it) and retry."""
+    n = spec.samples
+    start = 0
+    while start < n:
+        length = min(chunk, _round_up(n - start, BLOCK))
+        try:
+            _chunk(model, spec, sampler, stats, dev, start, length)
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
+            if not _is_oom(exc) or chunk <= BLOCK:
+                raise
+            if fixed:
+                raise EqauditError(
+                    f"out of memory with --batch-size {chunk}", key="--batch-size", hint="use a smaller batch size or omit it"
+                ) from None
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            chunk = max(BLOCK, (chunk // 2 // BLOCK) * BLOCK)
+            continue
+        start += length
+        if progress is not None:
+            progress(min(start, n), n)
+    return chunk
+
+
+def _forward(model: Any, x: torch.Tensor, spec: Spec, key: str) -> torch.Tensor:
+    try:
+        y = model(x)
+    except (torch.cuda.OutOfMemoryError, MemoryError):
+        raise
+    except Exception as exc:
+        if _is_oom(exc):
+            raise
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise spec.error(
+            key, f"the model failed on a batch of shape {list(x.shape)}: {type(exc).__name__}: {msg}",
+            "check input.shape (one sample, no batch dimension) and the transforms",
+        ) from None
+    if not isinstance(y, torch.Tensor):
+        raise spec.error(key, f"the model returned {type(y).__name__}, expected a tensor")
+    if y.dim() == 0 or y.shape[0] != x.shape[0]:
+        raise spec.error(key, f"the model returned shape {list(y.shape)} for a batch of {x.shape[0]}",
+                         "the model must keep the batch dimension first")
+    return y
+
+
+def _apply(t: Any, x: torch.Tensor, params: Any, spec: Spec, key: str) -> torch.Tensor:
+    try:
+        return t.apply(x, params)
+    except TransformError as exc:
+        raise spec.error(key, exc.message, exc.hint) from None
+    except (torch.cuda.OutOfMemoryError, MemoryError):
+        raise
+    except Exception as exc:
+        if _is_oom(exc):
+            raise
+        raise spec.error(key, f"transform {t.describe()} failed on shape {list(x.shape)}: "
+                         f"{type(exc).__name__}: {exc}") from None
+
+
+def _sample(t: Any, rng: SampleRNG, spec: Spec, key: str) -> Any:
+    try:
+        return t.sample(rng)
+    except TransformError as exc:
+        raise spec.error(key, exc.message, exc.hint) from None
+
+
+def _chunk(
+    model: Any, spec: Spec, sampler: PointSampler, stats: BlockStats, dev: torch.device, start: int, length: int
+) -> None:
+    rng = SampleRNG.for_range(spec.seed, start, start + length, dev)
+    valid = rng.index < spec.samples
+    x = sampler.draw(rng)
+    y = _forward(model, x, spec, "input.shape")
+    k_checks = len(spec.checks)
+    chosen: torch.Tensor | None = None
+    if spec.num_funcs is not None:
+        picks = rng.child("num_funcs").choice(spec.num_funcs, k_checks)
+        chosen = torch.zeros(length, k_checks, dtype=torch.bool, device=dev)
+        chosen.scatter_(1, picks, True)
+    for j, check in enumerate(spec.checks):
+        where = f"checks[{j}]"
+        crng = rng.child(f"check:{check.name}")
+        if chosen is not None:
+            rows = chosen[:, j].nonzero().squeeze(1)
+            xs, ys, crng_rows = x[rows], y[rows], crng.select(rows)
+        else:
+            rows, xs, ys, crng_rows = None, x, y, crng
+        if xs.shape[0] == 0:
+            stats.update(j, start, torch.zeros(length, dtype=torch.float64, device=dev),
+                         torch.zeros(length, dtype=torch.bool, device=dev))
+            continue
+        in_key = f"{where}.both" if check.both else f"{where}.input"
+        out_key = f"{where}.both" if check.both else f"{where}.output"
+        p_in = _sample(check.input, crng_rows, spec, in_key)
+        p_out = p_in if check.both else _sample(check.output, crng_rows.child("output"), spec, out_key)
+        b = _forward(model, _apply(check.input, xs, p_in, spec, in_key), spec, in_key)
+        a = _apply(check.output, ys, p_out, spec, out_key)
+        if a.shape != b.shape:
+            raise spec.error(
+                out_key,
+                f"output transform gives shape {list(a.shape[1:])} but the model's output on transformed inputs "
+                f"has shape {list(b.shape[1:])}",
+                "the output transform must act on the model's outputs",
+            )
+        try:
+            e = check.distance(a.to(torch.float64), b.to(torch.float64))
+        except EqauditError as exc:
+            raise exc.located(file=spec.file, key=f"{where}.distance") from None
+        except Exception as exc:
+            raise spec.error(f"{where}.distance", f"distance '{check.distance.name}' failed: "
+                             f"{type(exc).__name__}: {exc}") from None
+        e = e.reshape(-1)
+        if rows is not None:
+            full = torch.zeros(length, dtype=torch.float64, device=dev)
+            full[rows] = e.to(torch.float64)
+            mask = torch.zeros(length, dtype=torch.bool, device=dev)
+            mask[rows] = True
+            stats.update(j, start, full, mask & valid)
+        else:
+            stats.update(j, start, e, valid)

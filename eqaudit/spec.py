@@ -1,0 +1,331 @@
+"""The audit spec: YAML -> a validated, immutable :class:`Spec`.
+
+Every error names the file, the key path (``checks[2].input.rotate.degrees``) and the line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import transforms_zoo
+from transforms_zoo import Transform, TransformError
+
+from .distances import Distance, parse_distance
+from .errors import EqauditError, did_you_mean
+from .yaml_source import YamlSource, join, load_yaml
+
+SPEC_KEYS = ("model", "input", "distance", "samples", "num_funcs", "seed", "checks")
+MODEL_KEYS = ("factory", "kwargs", "checkpoint")
+INPUT_KEYS = ("shape", "bounds", "data", "dtype", "sampling")
+CHECK_KEYS = ("name", "input", "output", "both", "epsilon", "threshold", "weight", "distance")
+DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build the model: a factory (``module:callable``) and/or a checkpoint file."""
+
+    factory: str | None = None
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    checkpoint: Path | None = None
+
+
+@dataclass(frozen=True)
+class DataRef:
+    """Points drawn from a tensor stored under ``key`` in a safetensors file."""
+
+    path: Path
+    key: str
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The input domain: a uniform box over ``shape``, or rows of a data tensor."""
+
+    shape: tuple[int, ...]
+    bounds: Any = (0.0, 1.0)  # [lo, hi] or nested lists broadcast to shape + (2,)
+    data: DataRef | None = None
+    dtype: str | None = None  # None: the model's parameter dtype
+    sampling: str = "random"  # for data: "random" (with replacement) or "sequential"
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """One equivariance check: ``dist(output(f(x)), f(input(x)))``."""
+
+    name: str
+    input: Transform
+    output: Transform
+    both: bool
+    distance: Distance
+    epsilon: float = 0.0
+    threshold: float = 0.0
+    weight: float = 1.0
+
+    @property
+    def input_text(self) -> str:
+        return self.input.describe()
+
+    @property
+    def output_text(self) -> str:
+        return self.output.describe()
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A validated audit spec."""
+
+    model: ModelSpec
+    input: InputSpec
+    checks: tuple[CheckSpec, ...]
+    distance: str = "l2"
+    samples: int = 1024
+    num_funcs: int | None = None  # None: every check on every sample
+    seed: int = 0
+    file: str | None = None
+    base_dir: Path = field(default_factory=Path.cwd)
+    lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def error(self, key: str | None, message: str, hint: str | None = None) -> EqauditError:
+        """An :class:`EqauditError` located at ``key`` of this spec's file."""
+        return YamlSource(None, self.file or "<spec>", dict(self.lines)).error(key, message, hint)
+
+    def check_index(self, name: str) -> int:
+        return next(i for i, c in enumerate(self.checks) if c.name == name)
+
+    def replace(self, **changes: Any) -> Spec:
+        """A copy with some fields changed (command-line overrides)."""
+        return dataclasses.replace(self, **changes)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def _check_keys(src: YamlSource, mapping: Mapping, allowed: Iterable[str], where: str) -> None:
+    allowed = tuple(allowed)
+    for key in mapping:
+        if key not in allowed:
+            k = join(where, key)
+            raise src.error(k, f"unknown key '{key}'", did_you_mean(str(key), allowed))
+
+
+def _mapping(src: YamlSource, value: Any, where: str) -> Mapping:
+    if not isinstance(value, dict):
+        raise src.error(where, f"expected a mapping, got {_kind(value)}")
+    return value
+
+
+def _kind(v: Any) -> str:
+    if v is None:
+        return "nothing (null)"
+    return {dict: "a mapping", list: "a list", str: f"the string {v!r}", bool: f"{v}"}.get(type(v), repr(v))
+
+
+def _int(src: YamlSource, v: Any, key: str, *, minimum: int = 0) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise src.error(key, f"expected an integer, got {_kind(v)}")
+    if v < minimum:
+        raise src.error(key, f"must be >= {minimum}, got {v}")
+    return v
+
+
+def _float(src: YamlSource, v: Any, key: str, *, minimum: float | None = 0.0) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise src.error(key, f"expected a finite number, got {_kind(v)}")
+    if minimum is not None and v < minimum:
+        raise src.error(key, f"must be >= {minimum}, got {v}")
+    return float(v)
+
+
+def _resolve_path(base_dir: Path, text: str) -> Path:
+    p = Path(text).expanduser()
+    return p if p.is_absolute() else base_dir / p
+
+
+# -- sections -----------------------------------------------------------------------------------
+def _parse_model(src: YamlSource, raw: Any, base_dir: Path) -> ModelSpec:
+    if raw is None:
+        return ModelSpec()
+    m = _mapping(src, raw, "model")
+    _check_keys(src, m, MODEL_KEYS, "model")
+    factory = m.get("factory")
+    if factory is not None and (not isinstance(factory, str) or ":" not in factory):
+        raise src.error(
+            "model.factory", f"expected 'package.module:callable' or 'file.py:callable', got {_kind(factory)}"
+        )
+    kwargs = m.get("kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise src.error("model.kwargs", f"expected a mapping of keyword arguments, got {_kind(kwargs)}")
+    ckpt = m.get("checkpoint")
+    if ckpt is not None and not isinstance(ckpt, str):
+        raise src.error("model.checkpoint", f"expected a file path, got {_kind(ckpt)}")
+    return ModelSpec(factory, dict(kwargs), _resolve_path(base_dir, ckpt) if ckpt else None)
+
+
+def _parse_bounds(src: YamlSource, v: Any, key: str) -> Any:
+    def walk(x: Any, k: str) -> Any:
+        if isinstance(x, list):
+            return [walk(item, join(k, i)) for i, item in enumerate(x)]
+        return _float(src, x, k, minimum=None)
+
+    if not isinstance(v, list) or not v:
+        raise src.error(key, f"expected [lo, hi] or nested lists ending in [lo, hi] pairs, got {_kind(v)}")
+    bounds = walk(v, key)
+    import torch
+
+    try:
+        t = torch.tensor(bounds, dtype=torch.float64)
+    except (ValueError, TypeError):
+        raise src.error(key, "nested lists must be rectangular") from None
+    if t.shape[-1] != 2:
+        raise src.error(key, f"the innermost lists must be [lo, hi] pairs, got length {t.shape[-1]}")
+    if bool((t[..., 0] > t[..., 1]).any()):
+        raise src.error(key, "lo > hi in a [lo, hi] pair")
+    return bounds
+
+
+def _parse_input(src: YamlSource, raw: Any, base_dir: Path, require: bool) -> InputSpec:
+    if raw is None:
+        if require:
+            raise src.error("input", "missing: the spec needs an input block", "add 'input: {shape: [C, H, W]}'")
+        raw = {}
+    m = _mapping(src, raw, "input")
+    _check_keys(src, m, INPUT_KEYS, "input")
+    data = None
+    if "data" in m:
+        d = m["data"]
+        if not isinstance(d, str) or ":" not in d:
+            raise src.error("input.data", f"expected 'file.safetensors:key', got {_kind(d)}")
+        fname, _, key = d.rpartition(":")
+        path = _resolve_path(base_dir, fname)
+        if not path.is_file():
+            raise src.error("input.data", f"data file '{path}' not found", "paths resolve against the spec's folder")
+        data = DataRef(path, key)
+        if "bounds" in m:
+            raise src.error("input.bounds", "give either 'bounds' or 'data', not both")
+    shape: tuple[int, ...]
+    if "shape" in m:
+        s = m["shape"]
+        if not isinstance(s, list) or not s:
+            raise src.error("input.shape", f"expected a list of sizes such as [1, 28, 28], got {_kind(s)}")
+        shape = tuple(_int(src, v, f"input.shape[{i}]", minimum=1) for i, v in enumerate(s))
+    elif data is not None:
+        shape = ()  # taken from the data file when it is loaded
+    else:
+        raise src.error("input.shape", "missing", "give the shape of one sample, without the batch dimension")
+    bounds: Any = (0.0, 1.0)
+    if "bounds" in m:
+        bounds = _parse_bounds(src, m["bounds"], "input.bounds")
+    dtype = m.get("dtype")
+    if dtype is not None and dtype not in DTYPES:
+        raise src.error("input.dtype", f"unknown dtype {_kind(dtype)}", did_you_mean(str(dtype), DTYPES))
+    sampling = m.get("sampling", "random")
+    if sampling not in ("random", "sequential"):
+        raise src.error("input.sampling", f"expected random or sequential, got {_kind(sampling)}")
+    if sampling != "random" and data is None:
+        raise src.error("input.sampling", "only applies to 'input.data'")
+    return InputSpec(shape, bounds, data, dtype, sampling)
+
+
+def _build_transform(src: YamlSource, value: Any, key: str, base_dir: Path) -> Transform:
+    try:
+        return transforms_zoo.build(value, base_dir=str(base_dir))
+    except TransformError as exc:
+        sub = key
+        if exc.key:
+            sub = key + exc.key if exc.key.startswith("[") else f"{key}.{exc.key}"
+        raise src.error(sub, exc.message, exc.hint) from None
+
+
+def _parse_check(
+    src: YamlSource, raw: Any, i: int, default_distance: str, base_dir: Path
+) -> CheckSpec:
+    where = f"checks[{i}]"
+    c = _mapping(src, raw, where)
+    _check_keys(src, c, CHECK_KEYS, where)
+    both = "both" in c
+    if both and ("input" in c or "output" in c):
+        raise src.error(
+            f"{where}.both", "'both' replaces 'input' and 'output'", "remove input/output, or remove both"
+        )
+    if both:
+        t_in = _build_transform(src, c["both"], f"{where}.both", base_dir)
+        t_out = t_in
+    else:
+        if "input" not in c:
+            raise src.error(where, "missing 'input' (or 'both')", "e.g. input: rot90")
+        t_in = _build_transform(src, c["input"], f"{where}.input", base_dir)
+        t_out = _build_transform(src, c.get("output", "identity"), f"{where}.output", base_dir)
+    dist_text = c.get("distance", default_distance)
+    try:
+        dist = parse_distance(dist_text, base_dir)
+    except EqauditError as exc:
+        key = f"{where}.distance" if "distance" in c else "distance"
+        raise src.error(key, exc.message, exc.hint) from None
+    epsilon = _float(src, c.get("epsilon", 0.0), f"{where}.epsilon")
+    threshold = _float(src, c["threshold"], f"{where}.threshold") if "threshold" in c else epsilon
+    weight = _float(src, c.get("weight", 1.0), f"{where}.weight")
+    name = c.get("name")
+    if name is None:
+        name = t_in.describe() if t_out.name == "identity" or both else f"{t_in.describe()} -> {t_out.describe()}"
+    elif not isinstance(name, (str, int, float)) or isinstance(name, bool):
+        raise src.error(f"{where}.name", f"expected a string, got {_kind(name)}")
+    return CheckSpec(str(name), t_in, t_out, both, dist, epsilon, threshold, weight)
+
+
+def parse_spec(
+    src: YamlSource, *, base_dir: Path | None = None, extra_keys: Iterable[str] = ()
+) -> Spec:
+    """Validate a parsed YAML document as a spec. ``extra_keys`` are allowed top-level keys that a
+    caller (the fine-tune config) parses itself."""
+    base = base_dir if base_dir is not None else (Path(src.file).parent if src.file else Path.cwd())
+    if not isinstance(src.data, dict):
+        raise src.error(None, f"a spec is a YAML mapping with keys {', '.join(SPEC_KEYS)}; got {_kind(src.data)}")
+    d = src.data
+    _check_keys(src, d, (*SPEC_KEYS, *extra_keys), "")
+    model = _parse_model(src, d.get("model"), base)
+    inp = _parse_input(src, d.get("input"), base, require=True)
+    distance = d.get("distance", "l2")
+    if not isinstance(distance, (str, int, float)) or isinstance(distance, bool):
+        raise src.error("distance", f"expected a distance name, got {_kind(distance)}")
+    samples = _int(src, d.get("samples", 1024), "samples", minimum=1)
+    seed = _int(src, d.get("seed", 0), "seed", minimum=0)
+    raw_checks = d.get("checks")
+    if not isinstance(raw_checks, list) or not raw_checks:
+        raise src.error("checks", "expected a non-empty list of checks", "e.g. checks: [{input: rot90}]")
+    checks = [_parse_check(src, c, i, str(distance), base) for i, c in enumerate(raw_checks)]
+    seen: dict[str, int] = {}
+    for i, c in enumerate(checks):
+        if c.name in seen:
+            raise src.error(
+                f"checks[{i}].name",
+                f"check name '{c.name}' is used twice (also checks[{seen[c.name]}])",
+                "give each check a distinct 'name'",
+            )
+        seen[c.name] = i
+    nf = d.get("num_funcs", "all")
+    num_funcs: int | None
+    if nf == "all":
+        num_funcs = None
+    else:
+        num_funcs = _int(src, nf, "num_funcs", minimum=1)
+        if num_funcs > len(checks):
+            raise src.error("num_funcs", f"{num_funcs} exceeds the number of checks ({len(checks)})", "use 'all'")
+        if num_funcs == len(checks):
+            num_funcs = None
+    return Spec(model, inp, tuple(checks), str(distance), samples, num_funcs, seed, src.file, base, src.lines)
+
+
+def load_spec(path: str | Path, *, extra_keys: Iterable[str] = ()) -> Spec:
+    """Read and validate a spec file."""
+    src = load_yaml(path)
+    return parse_spec(src, base_dir=Path(path).resolve().parent, extra_keys=extra_keys)
+
+
+def spec_from_dict(data: Mapping[str, Any], base_dir: str | Path | None = None) -> Spec:
+    """Validate a spec given as a Python mapping (the same schema as the YAML)."""
+    src = YamlSource(dict(data), "<spec>")
+    return parse_spec(src, base_dir=Path(base_dir) if base_dir else Path.cwd())

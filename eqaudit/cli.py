@@ -218,6 +218,12 @@ def transforms(
         out.print(describe_transform(name))
 
 
+# -- finetune (its options live beside the training loop) --------------------------------------
+from .finetune_cli import finetune_command  # noqa: E402  (no torch at import time)
+
+app.command("finetune")(handles_errors(finetune_command))
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -186,6 +186,8 @@ def audit(
     if batch_size is not None and batch_size < 1:
         raise EqauditError(f"--batch-size must be >= 1, got {batch_size}", key="--batch-size")
 
+    if device is not None:
+        resolve_device(device)  # refuse a bad --device before loading anything
     ckpt_label = None
     if model is None:
         from .checkpoint import load_model

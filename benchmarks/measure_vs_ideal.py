@@ -1,0 +1,255 @@
+"""How close `eqaudit`'s engine comes to the forward-pass limit, and how it compares with the
+original `equivariance-regularizer` package.
+
+For a small CNN (1x28x28, two 3x3 conv layers of 32 channels, pooling, linear head) and an MLP
+(64 -> 256 -> 256 -> 10), with K = 4 checks and N sample points, it times in one process,
+interleaved, the median of R runs of:
+
+  (a) eqaudit   `audit(model, spec)`: draw points, forward once, 4 checks, statistics;
+  (b) ideal     one batched forward of the N base points plus one of the N*K transformed points
+                (inference mode, inputs made beforehand): the least any method must compute;
+  (c) original  `equivariance_regularizer.EquivarianceRegularizer` (0.1.1, from PyPI) computing
+                the same four errors over the same N points, one transform per call (it
+                recomputes model(x) for every transform), under torch.no_grad().
+
+Ratios come from one run so machine noise cancels: ratio_vs_ideal = a / b,
+speedup_vs_original = c / a. Peak memory of eqaudit is measured at N and 16 N in child
+processes (CUDA: max_memory_allocated; CPU: the resident-set high-water mark above the
+process's level after set-up).
+
+    python benchmarks/measure_vs_ideal.py [--device cpu|cuda] [--samples 4096] [--repeats 7] [--json]
+
+Targets: ratio_vs_ideal <= 1.10, speedup_vs_original >= 1.5, peak memory at 16 N within 10%
+of the peak at N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from eqaudit.engine import audit  # noqa: E402
+from eqaudit.spec import spec_from_dict  # noqa: E402
+import transforms_zoo  # noqa: E402
+
+
+def make_cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(), nn.Linear(32, 10),
+    )
+
+
+def make_mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+
+
+CASES: dict[str, dict[str, Any]] = {
+    "cnn": {
+        "model": make_cnn,
+        "shape": [1, 28, 28],
+        "checks": [
+            {"name": "rot90", "input": "rot90"},
+            {"name": "hflip", "input": "hflip"},
+            {"name": "shift", "input": {"shift": {"dx": 2, "dy": -1}}},
+            {"name": "rotate", "input": {"rotate": {"degrees": [-30, 30]}}},
+        ],
+    },
+    "mlp": {
+        "model": make_mlp,
+        "shape": [64],
+        "checks": [
+            {"name": "permute", "input": {"permute": {"dim": -1}}},
+            {"name": "flip", "input": {"flip": {"dim": -1}}},
+            {"name": "roll", "input": {"roll": {"shift": [1, 5], "dim": -1}}},
+            {"name": "gain", "input": {"gain": {"factor": [0.9, 1.1]}}},
+        ],
+    },
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build(case: str, n: int, device: torch.device):
+    torch.manual_seed(0)
+    c = CASES[case]
+    model = c["model"]().to(device).eval()
+    spec = spec_from_dict({"input": {"shape": c["shape"]}, "samples": n, "checks": c["checks"]})
+    return model, spec
+
+
+def run_eqaudit(model: nn.Module, spec, device: torch.device) -> Callable[[], None]:
+    def go() -> None:
+        audit(model, spec, device=device)
+        _sync(device)
+
+    return go
+
+
+def run_ideal(model: nn.Module, spec, device: torch.device) -> Callable[[], None]:
+    n, k = spec.samples, len(spec.checks)
+    x = torch.rand(n, *spec.input.shape, device=device)
+    xt = torch.rand(n * k, *spec.input.shape, device=device)
+
+    def go() -> None:
+        with torch.inference_mode():
+            model(x)
+            model(xt)
+        _sync(device)
+
+    return go
+
+
+def run_original(model: nn.Module, spec, device: torch.device) -> Callable[[], None] | None:
+    try:
+        from equivariance_regularizer import EquivarianceRegularizer
+    except ImportError:
+        return None
+    regs = []
+    for check in spec.checks:
+        t = check.input  # a zoo transform: a callable on batches
+        regs.append(
+            EquivarianceRegularizer(
+                model, tuple(spec.input.shape), [(lambda y: y, t, 0.0, 1.0)], dist=2, n=spec.samples, num_funcs=1
+            )
+        )
+
+    def go() -> None:
+        with torch.no_grad():
+            for reg in regs:
+                reg()
+        _sync(device)
+
+    return go
+
+
+def median_times(fns: dict[str, Callable[[], None] | None], repeats: int) -> dict[str, float | None]:
+    for fn in fns.values():  # warm-up (allocator, kernels, caches)
+        if fn is not None:
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():  # interleaved
+            if fn is None:
+                continue
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {k: (statistics.median(v) if v else None) for k, v in times.items()}
+
+
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def peak_memory_child(case: str, n: int, device: str) -> int:
+    """Peak bytes used by one audit at n samples, measured in a fresh process."""
+    code = (
+        "import sys, json; sys.path.insert(0, %r); "
+        "from benchmarks.measure_vs_ideal import _peak_in_this_process; "
+        "print(json.dumps(_peak_in_this_process(%r, %d, %r)))" % (str(ROOT), case, n, device)
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def _peak_in_this_process(case: str, n: int, device_name: str) -> int:
+    device = torch.device(device_name)
+    model, spec = build(case, n, device)
+    small = spec.replace(samples=64)
+    audit(model, small, device=device)  # load kernels and allocator pools before the baseline
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        audit(model, spec, device=device)
+        return int(torch.cuda.max_memory_allocated() - base)
+    base = _rss_kib("VmRSS")
+    audit(model, spec, device=device)
+    return int(max(0, _rss_kib("VmHWM") - base) * 1024)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--samples", type=int, default=4096)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    result: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
+        "torch": torch.__version__,
+        "samples": args.samples,
+        "checks": 4,
+        "repeats": args.repeats,
+    }
+    for case in CASES:
+        model, spec = build(case, args.samples, device)
+        t = median_times(
+            {
+                "eqaudit": run_eqaudit(model, spec, device),
+                "ideal": run_ideal(model, spec, device),
+                "original": run_original(model, spec, device),
+            },
+            args.repeats,
+        )
+        result[f"time_eqaudit_{case}_s"] = t["eqaudit"]
+        result[f"time_ideal_{case}_s"] = t["ideal"]
+        result[f"time_original_{case}_s"] = t["original"]
+        result[f"ratio_vs_ideal_{case}"] = t["eqaudit"] / t["ideal"]
+        result[f"speedup_vs_original_{case}"] = (t["original"] / t["eqaudit"]) if t["original"] else None
+        if not args.no_memory:
+            small = peak_memory_child(case, args.samples, args.device)
+            large = peak_memory_child(case, args.samples * 16, args.device)
+            result[f"peak_memory_{case}_n{args.samples}_bytes"] = small
+            result[f"peak_memory_{case}_n{args.samples * 16}_bytes"] = large
+            result[f"peak_memory_ratio_{case}"] = large / small if small else None
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"eqaudit vs ideal vs original — {result['device']}, N={args.samples}, K=4")
+    for col in ["model", "eqaudit (s)", "ideal (s)", "original (s)", "eqaudit/ideal", "original/eqaudit",
+                "peak mem 16N / N"]:
+        table.add_column(col, justify="right")
+    for case in CASES:
+        orig = result[f"time_original_{case}_s"]
+        mem = result.get(f"peak_memory_ratio_{case}")
+        table.add_row(
+            case,
+            f"{result[f'time_eqaudit_{case}_s']:.4f}",
+            f"{result[f'time_ideal_{case}_s']:.4f}",
+            f"{orig:.4f}" if orig else "not installed",
+            f"{result[f'ratio_vs_ideal_{case}']:.3f}",
+            f"{result[f'speedup_vs_original_{case}']:.2f}" if orig else "-",
+            f"{mem:.3f}" if mem else "-",
+        )
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()

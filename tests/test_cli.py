@@ -1,0 +1,155 @@
+"""The command line: exit codes 0 / 1 / 2, reports, and one-line errors."""
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from eqaudit.cli import app
+
+from conftest import write_spec
+
+runner = CliRunner()
+
+SPEC = """
+model:
+  factory: models.py:PixelReader
+input:
+  shape: [1, 8, 8]
+samples: 512
+checks:
+  - name: flip
+    input: hflip
+    distance: l1
+    threshold: {flip}
+  - name: identity
+    input: identity
+    threshold: 0
+"""
+
+
+def _spec(project, flip=1.0):
+    return write_spec(project, SPEC.format(flip=flip))
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_measure_passes_with_exit_0_and_prints_table(project):
+    r = run("measure", "--spec", _spec(project))
+    assert r.exit_code == 0, r.output
+    assert "flip" in r.output and "PASS" in r.output and "512 samples" in r.output
+
+
+def test_measure_gate_fails_with_exit_1(project):
+    r = run("measure", "--spec", _spec(project, flip=0.1))
+    assert r.exit_code == 1
+    assert "FAIL" in r.output
+
+
+def test_json_to_stdout_only(project):
+    r = run("measure", "--spec", _spec(project), "--json", "-")
+    assert r.exit_code == 0
+    data = json.loads(r.stdout)
+    assert data["tool"] == "eqaudit" and data["samples"] == 512 and data["passed"] is True
+    flip = data["checks"][0]
+    for field in ["name", "input", "output", "distance", "n", "mean", "std", "stderr", "ci_low", "ci_high",
+                  "confidence", "epsilon", "threshold", "weight", "penalty", "passed"]:
+        assert field in flip
+    assert flip["ci_low"] <= 1 / 3 <= flip["ci_high"] or abs(flip["mean"] - 1 / 3) < 0.05
+
+
+def test_two_batch_sizes_give_identical_json_numbers(project):
+    spec = _spec(project)
+    outs = []
+    for bs in (64, 320):
+        r = run("measure", "--spec", spec, "--json", "-", "--batch-size", bs, "--samples", 1000)
+        outs.append(json.loads(r.stdout)["checks"])
+    assert outs[0] == outs[1]
+
+
+def test_report_files(project, tmp_path):
+    j, x, m = tmp_path / "r.json", tmp_path / "r.xml", tmp_path / "r.md"
+    r = run("measure", "--spec", _spec(project, flip=0.1), "--json", j, "--junit", x, "--markdown", m, "--quiet")
+    assert r.exit_code == 1 and r.stdout == ""
+    assert json.loads(j.read_text())["passed"] is False
+    suite = ET.parse(x).getroot()
+    cases = suite.findall(".//testcase")
+    assert [c.get("name") for c in cases] == ["flip", "identity"]
+    assert cases[0].find("failure") is not None and cases[1].find("failure") is None
+    md = m.read_text()
+    assert "| flip |" in md and "FAIL" in md
+
+
+def test_checkpoint_argument_overrides_spec(project):
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 4)
+    save_file(lin.state_dict(), str(project / "lin.safetensors"))
+    spec = write_spec(project, """
+    model:
+      factory: models.py:Linear
+      kwargs: {n: 64}
+      checkpoint: missing.safetensors
+    input: {shape: [1, 8, 8]}
+    samples: 64
+    checks: [{input: identity}]
+    """)
+    assert run("measure", project / "lin.safetensors", "--spec", spec).exit_code == 0
+    r = run("measure", "--spec", spec)
+    assert r.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--samples", "0"], "--samples"),
+        (["--gate", "median"], "--gate"),
+        (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "tpu"], "--device"),
+        (["--confidence", "1.5"], "--confidence"),
+    ],
+)
+def test_bad_options_exit_2_with_one_line(project, args, words):
+    r = run("measure", "--spec", _spec(project), *args)
+    assert r.exit_code == 2
+    assert words in r.stderr and "Traceback" not in r.output
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_bad_spec_exit_2_names_file_key_line(project):
+    path = write_spec(project, SPEC.format(flip=1).replace("input: hflip", "input: hflp"))
+    r = run("measure", "--spec", path)
+    assert r.exit_code == 2
+    assert f"{path}:9: checks[0].input: unknown transform 'hflp'" in r.stderr
+    assert "did you mean 'hflip'" in r.stderr
+
+
+def test_debug_shows_traceback(project):
+    path = write_spec(project, SPEC.format(flip=1).replace("input: hflip", "input: hflp"))
+    r = run("measure", "--spec", path, "--debug")
+    assert r.exit_code != 0 and r.exception is not None
+
+
+def test_validate(project):
+    assert run("validate", _spec(project)).exit_code == 0
+    bad = write_spec(project, SPEC.format(flip=1).replace("models.py:PixelReader", "nomodels.py:X"), "bad.yaml")
+    r = run("validate", bad)
+    assert r.exit_code == 2 and "model.factory" in r.stderr
+
+
+def test_transforms_list_and_doc():
+    r = run("transforms")
+    assert r.exit_code == 0 and "rot90" in r.stdout and "shift" in r.stdout
+    r = run("transforms", "rotate")
+    assert r.exit_code == 0 and "degrees" in r.stdout
+    r = run("transforms", "rotat")
+    assert r.exit_code == 2 and "did you mean 'rotate'" in r.stderr
+
+
+def test_every_command_has_help():
+    for cmd in ["measure", "validate", "transforms"]:
+        r = run(cmd, "--help")
+        assert r.exit_code == 0 and "Usage" in r.stdout

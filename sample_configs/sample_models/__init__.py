@@ -1,0 +1,1 @@
+"""Models for the bundled eqaudit sample (``sample_models.digits:SmallCNN``)."""

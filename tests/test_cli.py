@@ -88,7 +88,7 @@ def test_report_files(project, tmp_path):
 def test_checkpoint_argument_overrides_spec(project):
     torch.manual_seed(0)
     lin = torch.nn.Linear(64, 4)
-    save_file(lin.state_dict(), str(project / "lin.safetensors"))
+    save_file({f"fc.{k}": v for k, v in lin.state_dict().items()}, str(project / "lin.safetensors"))
     spec = write_spec(project, """
     model:
       factory: models.py:Linear
@@ -123,7 +123,7 @@ def test_bad_spec_exit_2_names_file_key_line(project):
     path = write_spec(project, SPEC.format(flip=1).replace("input: hflip", "input: hflp"))
     r = run("measure", "--spec", path)
     assert r.exit_code == 2
-    assert f"{path}:9: checks[0].input: unknown transform 'hflp'" in r.stderr
+    assert f"{path}:8: checks[0].input: unknown transform 'hflp'" in r.stderr
     assert "did you mean 'hflip'" in r.stderr
 
 

@@ -50,16 +50,16 @@ def _error(project, text):
 @pytest.mark.parametrize(
     "old, new, key, line, words",
     [
-        ("samples: 128", "sample: 128", "sample", 7, "did you mean 'samples'"),
-        ("input: hflip", "input: hflipp", "checks[0].input", 11, "did you mean 'hflip'"),
-        ("degrees: [-15, 15]", "degree: [-15, 15]", "checks[2].both.rotate.degree", 20, "did you mean 'degrees'"),
-        ("degrees: [-15, 15]", "degrees: [15, -15]", "checks[2].both.rotate.degrees", 20, "lo > hi"),
-        ("distance: linf", "distance: l3", "checks[2].distance", 21, "unknown distance"),
-        ("threshold: 1.0e-5", "threshold: -1", "checks[1].threshold", 16, ">= 0"),
-        ("shape: [1, 8, 8]", "shape: [1, 0, 8]", "input.shape[1]", 5, ">= 1"),
-        ("bounds: [0, 1]", "bounds: [1, 0]", "input.bounds", 6, "lo > hi"),
-        ("name: quarter", "name: flip", "checks[1].name", 13, "used twice"),
-        ("seed: 3", "seed: three", "seed", 8, "integer"),
+        ("samples: 128", "sample: 128", "sample", 6, "did you mean 'samples'"),
+        ("input: hflip", "input: hflipp", "checks[0].input", 10, "did you mean 'hflip'"),
+        ("degrees: [-15, 15]", "degree: [-15, 15]", "checks[2].both.rotate.degree", 18, "did you mean 'degrees'"),
+        ("degrees: [-15, 15]", "degrees: [15, -15]", "checks[2].both.rotate.degrees", 18, "lo > hi"),
+        ("distance: linf", "distance: l3", "checks[2].distance", 19, "unknown distance"),
+        ("threshold: 1.0e-5", "threshold: -1", "checks[1].threshold", 15, ">= 0"),
+        ("shape: [1, 8, 8]", "shape: [1, 0, 8]", "input.shape[1]", 4, ">= 1"),
+        ("bounds: [0, 1]", "bounds: [1, 0]", "input.bounds", 5, "lo > hi"),
+        ("name: quarter", "name: flip", "checks[1].name", 12, "used twice"),
+        ("seed: 3", "seed: three", "seed", 7, "integer"),
     ],
 )
 def test_errors_name_key_and_line(project, old, new, key, line, words):

@@ -20,7 +20,7 @@ from .base import (
     register,
 )
 from .random import SampleRNG
-from . import image  # noqa: F401  (registers the built-in transforms)
+from . import image, noise, points, sequence  # noqa: F401  (registers the built-in transforms)
 
 __all__ = [
     "CallableTransform",

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 
-from .base import Param, Transform, TransformError, integer, register
+from .base import (
+    Param,
+    Transform,
+    TransformError,
+    boolean,
+    int_or_range,
+    integer,
+    number_or_range,
+    one_of,
+    register,
+)
+from .random import SampleRNG
 
 
 def _need_2d(x: torch.Tensor, name: str) -> None:
@@ -58,3 +71,222 @@ class VFlip(Transform):
     def apply(self, x: torch.Tensor, params: Any) -> torch.Tensor:
         _need_2d(x, self.name)
         return torch.flip(x, (-2,))
+
+
+@register
+class Transpose(Transform):
+    name = "transpose"
+    summary = "swap rows and columns (torch.transpose(x, -2, -1)): the D4 reflection about the diagonal"
+    acts_on = "image (..., H, W)"
+
+    def apply(self, x: torch.Tensor, params: Any) -> torch.Tensor:
+        _need_2d(x, self.name)
+        return torch.transpose(x, -2, -1)
+
+
+def _check_rows(x: torch.Tensor, rows: int, name: str) -> None:
+    if rows != x.shape[0]:
+        raise TransformError(f"'{name}' got parameters for {rows} samples but a batch of shape {list(x.shape)}")
+
+
+def _per_sample(rng: SampleRNG, tag: str, lo: float, hi: float) -> torch.Tensor:
+    """``(n,)`` float64 numbers uniform in ``[lo, hi)`` (the constant ``lo`` when ``lo == hi``)."""
+    if lo == hi:
+        return torch.full((rng.n,), lo, dtype=torch.float64, device=rng.device)
+    return rng.child(tag).uniform(low=lo, high=hi, dtype=torch.float64)
+
+
+# -- shift --------------------------------------------------------------------------------------
+class ShiftParams(NamedTuple):
+    """Per-sample integer shifts in pixels, int64 of shape ``(n,)``."""
+
+    dx: torch.Tensor
+    dy: torch.Tensor
+
+
+@register
+class Shift(Transform):
+    """Translates the image by whole pixels: content moves ``dx`` columns right and ``dy`` rows
+    down. ``mode: circular`` wraps around (``torch.roll(x, (dy, dx), (-2, -1))``); ``mode: zeros``
+    loses what moves out and fills zeros in. A ``[lo, hi]`` range draws an integer uniformly in
+    the inclusive range for each sample."""
+
+    name = "shift"
+    summary = "translate by whole pixels (dx: right, dy: down), circular or zero-filled"
+    acts_on = "image (..., H, W)"
+    params = (
+        Param("dx", int_or_range, 0, "columns to move the content right (negative: left)", "int or [lo, hi]"),
+        Param("dy", int_or_range, 0, "rows to move the content down (negative: up)", "int or [lo, hi]"),
+        Param("mode", one_of("circular", "zeros"), "circular",
+              "circular: wrap around; zeros: content moved out is lost, zeros move in", "circular | zeros"),
+    )
+
+    def validate(self) -> None:
+        self.dx = int_or_range(self.dx)
+        self.dy = int_or_range(self.dy)
+
+    @property
+    def is_random(self) -> bool:
+        return self.dx[0] != self.dx[1] or self.dy[0] != self.dy[1]
+
+    def sample(self, rng: SampleRNG) -> ShiftParams | None:
+        if not self.is_random:
+            return None
+
+        def draw(tag: str, lo: int, hi: int) -> torch.Tensor:
+            if lo == hi:
+                return torch.full((rng.n,), lo, dtype=torch.int64, device=rng.device)
+            return rng.child(tag).integers(lo, hi + 1)
+
+        return ShiftParams(draw("dx", *self.dx), draw("dy", *self.dy))
+
+    def apply(self, x: torch.Tensor, params: Any) -> torch.Tensor:
+        _need_2d(x, self.name)
+        n, h, w = x.shape[0], x.shape[-2], x.shape[-1]
+        if params is None:
+            dx, dy = self.dx[0], self.dy[0]
+            y = torch.roll(x, (dy, dx), (-2, -1))
+            if self.mode == "zeros":
+                rows = torch.arange(h, device=x.device) - dy
+                cols = torch.arange(w, device=x.device) - dx
+                keep = ((rows >= 0) & (rows < h))[:, None] & ((cols >= 0) & (cols < w))[None, :]
+                y = torch.where(keep, y, y.new_zeros(()))
+            return y
+        dx, dy = params.dx.to(x.device), params.dy.to(x.device)
+        _check_rows(x, dx.shape[0], self.name)
+        if h == 0 or w == 0:
+            return x
+        # Output pixel (i, j) reads input pixel (i - dy, j - dx): one gather over the flattened H*W.
+        rows = torch.arange(h, device=x.device)[None, :] - dy[:, None]  # (n, H)
+        cols = torch.arange(w, device=x.device)[None, :] - dx[:, None]  # (n, W)
+        idx = (torch.remainder(rows, h)[:, :, None] * w + torch.remainder(cols, w)[:, None, :]).reshape(n, 1, h * w)
+        c = math.prod(x.shape[1:-2])
+        flat = x.reshape(n, c, h * w)
+        y = torch.gather(flat, 2, idx.expand(n, c, h * w))
+        if self.mode == "zeros":
+            keep = (((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]).reshape(n, 1, h * w)
+            y = torch.where(keep, y, y.new_zeros(()))
+        return y.reshape(x.shape)
+
+
+# -- rotate and scale (bilinear, about the centre) ----------------------------------------------
+_PADDING = Param("padding", one_of("zeros", "border", "reflection"), "zeros",
+                 "what is read outside the image: zeros, the nearest border pixel, or a mirror image",
+                 "zeros | border | reflection")
+
+
+def _warp(x: torch.Tensor, theta: torch.Tensor, padding: str, name: str) -> torch.Tensor:
+    """Resample each sample of ``x`` (n, ..., H, W) at ``theta`` (n, 2, 3) applied to the output
+    grid in normalised coordinates (align_corners=False), bilinearly."""
+    _need_2d(x, name)
+    if not x.is_floating_point():
+        raise TransformError(f"'{name}' interpolates, so it needs a floating-point tensor, got {x.dtype}",
+                             hint="convert the input to float")
+    n, h, w = x.shape[0], x.shape[-2], x.shape[-1]
+    _check_rows(x, theta.shape[0], name)
+    if x.numel() == 0:
+        return x
+    c = math.prod(x.shape[1:-2])
+    x4 = x.reshape(n, c, h, w)
+    theta = theta.to(device=x.device, dtype=x.dtype)
+    grid = F.affine_grid(theta, [n, c, h, w], align_corners=False)
+    y = F.grid_sample(x4, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+    return y.reshape(x.shape)
+
+
+def _rotation_theta(degrees: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """``(n, 2, 3)`` float64 matrices that rotate the content counter-clockwise by ``degrees``.
+
+    In pixel units about the centre, output pixel p reads input pixel R(a) p with
+    R = [[cos, -sin], [sin, cos]] in (column, row) coordinates (rows grow downwards), which is what
+    ``torch.rot90`` does for a = 90. Normalised coordinates rescale it by the aspect ratio.
+    """
+    a = torch.deg2rad(degrees.to(torch.float64))
+    c, s = torch.cos(a), torch.sin(a)
+    z = torch.zeros_like(a)
+    row0 = torch.stack([c, -s * (h / w), z], dim=-1)
+    row1 = torch.stack([s * (w / h), c, z], dim=-1)
+    return torch.stack([row0, row1], dim=-2)
+
+
+@register
+class Rotate(Transform):
+    """Rotates the image about its centre by ``degrees`` (counter-clockwise for positive angles, as
+    ``rot90``: ``degrees: 90`` matches ``rot90`` on a square image), with bilinear interpolation
+    (``affine_grid`` + ``grid_sample``, ``align_corners=False``). A ``[lo, hi]`` range draws the
+    angle uniformly for each sample. Corners read from outside the image get ``padding``."""
+
+    name = "rotate"
+    summary = "rotate about the centre by an angle in degrees (counter-clockwise), bilinear"
+    acts_on = "image (..., H, W)"
+    params = (
+        Param("degrees", number_or_range, doc="angle, counter-clockwise; [lo, hi]: uniform per sample",
+              type_doc="number or [lo, hi]"),
+        _PADDING,
+    )
+
+    @property
+    def is_random(self) -> bool:
+        return self.degrees[0] != self.degrees[1]
+
+    def sample(self, rng: SampleRNG) -> torch.Tensor | None:
+        """The angles in degrees, float64 of shape ``(n,)``."""
+        if not self.is_random:
+            return None
+        return _per_sample(rng, "degrees", *self.degrees)
+
+    def apply(self, x: torch.Tensor, params: Any) -> torch.Tensor:
+        _need_2d(x, self.name)
+        h, w = x.shape[-2], x.shape[-1]
+        if params is None:
+            params = torch.full((x.shape[0],), self.degrees[0], dtype=torch.float64, device=x.device)
+        return _warp(x, _rotation_theta(params.to(x.device), h, w), self.padding, self.name)
+
+
+def _positive_or_range(v: Any) -> tuple[float, float]:
+    """A number > 0 or a [lo, hi] range of numbers > 0."""
+    lo, hi = number_or_range(v)
+    if lo <= 0:
+        raise ValueError(f"expected a number > 0 or a [lo, hi] range of numbers > 0, got {v!r}")
+    return lo, hi
+
+
+@register
+class Scale(Transform):
+    """Zooms about the image centre: ``factor > 1`` zooms in (content grows, the border is cropped
+    away), ``factor < 1`` zooms out (the freed border gets ``padding``). Bilinear, like
+    ``rotate``. A ``[lo, hi]`` range draws the factor per sample, uniformly or, with
+    ``log_uniform: true``, uniformly in log(factor) (so 0.5 and 2 are equally likely)."""
+
+    name = "scale"
+    summary = "zoom about the centre by a factor (> 1 zooms in), bilinear"
+    acts_on = "image (..., H, W)"
+    params = (
+        Param("factor", _positive_or_range, doc="zoom factor > 0 (> 1 zooms in); [lo, hi]: random per sample",
+              type_doc="number or [lo, hi]"),
+        _PADDING,
+        Param("log_uniform", boolean, False, "draw a range's factor uniformly in log(factor)", "bool"),
+    )
+
+    @property
+    def is_random(self) -> bool:
+        return self.factor[0] != self.factor[1]
+
+    def sample(self, rng: SampleRNG) -> torch.Tensor | None:
+        """The factors, float64 of shape ``(n,)``."""
+        if not self.is_random:
+            return None
+        lo, hi = self.factor
+        if self.log_uniform:
+            return torch.exp(_per_sample(rng, "factor", math.log(lo), math.log(hi)))
+        return _per_sample(rng, "factor", lo, hi)
+
+    def apply(self, x: torch.Tensor, params: Any) -> torch.Tensor:
+        _need_2d(x, self.name)
+        n = x.shape[0]
+        f = (torch.full((n,), self.factor[0], dtype=torch.float64, device=x.device) if params is None
+             else params.to(device=x.device, dtype=torch.float64))
+        inv = 1.0 / f
+        z = torch.zeros_like(inv)
+        theta = torch.stack([torch.stack([inv, z, z], -1), torch.stack([z, inv, z], -1)], -2)
+        return _warp(x, theta, self.padding, self.name)

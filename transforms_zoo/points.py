@@ -1,0 +1,130 @@
+"""Transforms of 3-D points and vectors: the last dimension of each sample has size 3."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from .base import Param, Transform, TransformError, number, number_or_range, positive, register
+from .random import SampleRNG
+
+
+def _axis(v: Any) -> tuple[float, float, float]:
+    """Three numbers, not all zero (normalised when used)."""
+    if not isinstance(v, (list, tuple)) or len(v) != 3:
+        raise ValueError(f"expected an axis [x, y, z] of three numbers, got {v!r}")
+    xyz = tuple(number(c) for c in v)
+    if not any(xyz):
+        raise ValueError("the axis [0, 0, 0] has no direction")
+    return xyz  # type: ignore[return-value]
+
+
+def quaternion_to_matrix(q: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices ``(..., 3, 3)`` of quaternions ``(..., 4)`` ordered (w, x, y, z).
+
+    The quaternion is normalised first; ``(cos(a/2), sin(a/2) * axis)`` gives the right-handed
+    (counter-clockwise seen from the tip of the axis) rotation by ``a`` about ``axis``.
+    """
+    q = q / torch.linalg.vector_norm(q, dim=-1, keepdim=True).clamp_min(torch.finfo(q.dtype).tiny)
+    w, x, y, z = q.unbind(-1)
+    rows = (
+        (1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)),
+        (2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)),
+        (2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)),
+    )
+    return torch.stack([torch.stack(r, dim=-1) for r in rows], dim=-2)
+
+
+def axis_angle_to_matrix(axis: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices for unit ``axis`` ``(..., 3)`` and angles ``(...)`` in degrees."""
+    half = torch.deg2rad(degrees) / 2
+    q = torch.cat([torch.cos(half)[..., None], torch.sin(half)[..., None] * axis], dim=-1)
+    return quaternion_to_matrix(q)
+
+
+@register
+class Rotate3d(Transform):
+    """Rotates 3-D points or vectors: a last dimension of size 3 becomes ``x @ R.T``.
+
+    By default ``R`` is a uniformly (Haar) distributed random rotation for each sample, from a
+    normalised Gaussian quaternion. With ``axis`` and ``degrees`` it rotates about that fixed axis
+    (right-handed: ``axis: [0, 0, 1], degrees: 90`` maps x to y); a ``[lo, hi]`` ``degrees`` range
+    draws the angle uniformly per sample. With ``max_degrees`` the axis is uniform on the sphere and
+    the angle uniform in ``[0, max_degrees]``. ``R`` is built in float64 and cast to the data's
+    dtype, so it is orthogonal with determinant +1 to that dtype's precision.
+    """
+
+    name = "rotate3d"
+    summary = "rotate 3-D points/vectors (last dim 3): uniform random in SO(3) by default, or about an axis"
+    acts_on = "points or vectors (..., 3)"
+    params = (
+        Param("axis", _axis, None, "fixed rotation axis [x, y, z] (needs degrees); none: random", "[x, y, z]"),
+        Param("degrees", number_or_range, None, "angle about axis, right-handed; [lo, hi]: uniform per sample",
+              "number or [lo, hi]"),
+        Param("max_degrees", positive, None, "random axis with an angle uniform in [0, max_degrees]", "number"),
+    )
+
+    def validate(self) -> None:
+        if self.axis is not None and self.degrees is None:
+            raise TransformError("a fixed 'axis' needs 'degrees' (the angle about it)", key="degrees")
+        if self.axis is None and self.degrees is not None:
+            raise TransformError(
+                "'degrees' is the angle about a fixed 'axis', which is not given", key="degrees",
+                hint="give axis: [x, y, z], or use max_degrees to limit the angle of a random rotation",
+            )
+        if self.max_degrees is not None:
+            if self.axis is not None:
+                raise TransformError("'max_degrees' limits a random-axis rotation; with a fixed 'axis' use "
+                                     "degrees: [lo, hi]", key="max_degrees")
+            if self.max_degrees > 180:
+                raise TransformError(f"max_degrees must be at most 180, got {self.max_degrees:g}",
+                                     key="max_degrees", hint="180 already reaches every rotation")
+        self._fixed: torch.Tensor | None = None
+        if self.axis is not None and not self.is_random:
+            self._fixed = self._about_axis(torch.tensor([self.degrees[0]], dtype=torch.float64))[0]
+
+    def _about_axis(self, degrees: torch.Tensor) -> torch.Tensor:
+        axis = torch.tensor(self.axis, dtype=torch.float64, device=degrees.device)
+        axis = axis / torch.linalg.vector_norm(axis)
+        return axis_angle_to_matrix(axis.expand(degrees.shape[0], 3), degrees)
+
+    @property
+    def is_random(self) -> bool:
+        return self.axis is None or self.degrees[0] != self.degrees[1]
+
+    def sample(self, rng: SampleRNG) -> torch.Tensor | None:
+        """The rotation matrices, float64 of shape ``(n, 3, 3)``."""
+        if not self.is_random:
+            return None
+        f64 = torch.float64
+        if self.axis is not None:
+            lo, hi = self.degrees
+            return self._about_axis(rng.child("degrees").uniform(low=lo, high=hi, dtype=f64))
+        if self.max_degrees is not None:
+            axis = rng.child("axis").normal(3, dtype=f64)
+            axis = axis / torch.linalg.vector_norm(axis, dim=-1, keepdim=True).clamp_min(1e-300)
+            angle = rng.child("angle").uniform(low=0.0, high=self.max_degrees, dtype=f64)
+            return axis_angle_to_matrix(axis, angle)
+        return quaternion_to_matrix(rng.child("quaternion").normal(4, dtype=f64))
+
+    def apply(self, x: torch.Tensor, params: Any) -> torch.Tensor:
+        if x.dim() < 2 or x.shape[-1] != 3:
+            raise TransformError(
+                f"'rotate3d' acts on a last dimension of size 3 (points or vectors), "
+                f"but the batch has shape {list(x.shape)}"
+            )
+        if not x.is_floating_point():
+            raise TransformError(f"'rotate3d' needs a floating-point tensor, got {x.dtype}")
+        n = x.shape[0]
+        if params is None:
+            if self._fixed is None:
+                raise TransformError("'rotate3d' is random: pass the parameters drawn by sample()")
+            r = self._fixed.to(device=x.device, dtype=x.dtype).expand(n, 3, 3)
+        else:
+            if params.shape[0] != n:
+                raise TransformError(f"'rotate3d' got {params.shape[0]} rotations for a batch of shape {list(x.shape)}")
+            r = params.to(device=x.device, dtype=x.dtype)
+        pts = x.reshape(n, math.prod(x.shape[1:-1]), 3)
+        return torch.matmul(pts, r.transpose(-1, -2)).reshape(x.shape)

@@ -148,7 +148,7 @@ def measure(
     if markdown is not None:
         write_text_atomic(markdown, report.to_markdown())
     if not quiet and not json_to_stdout:
-        out.print(report.rich_table())
+        out.print(report.rich_table(out.width))
         for note in report.notes:
             err.print(f"[yellow]note:[/] {_escape(note)}")
         if not report.passed:

@@ -201,9 +201,10 @@ def audit(
             trust_checkpoint=trust_checkpoint,
             source=spec.file,
         )
-        ckpt_label = str(path) if path is not None else None
+        ckpt_label = _display_path(path) if path is not None else None
         if device is None:
             device = "auto"
+        model.eval()  # freshly built: its training flag is only the constructor's default
 
     is_module = isinstance(model, torch.nn.Module)
     dev = resolve_device(device, model if is_module else None)
@@ -276,6 +277,14 @@ def audit(
         model_was_training=was_training,
         notes=tuple(notes),
     )
+
+
+def _display_path(path: Path) -> str:
+    """The path relative to the working directory when it lies below it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _is_oom(exc: BaseException) -> bool:

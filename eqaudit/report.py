@@ -174,30 +174,61 @@ class Report:
             parts.insert(0, f"checkpoint {self.checkpoint}")
         return " · ".join(parts)
 
-    def rich_table(self) -> Any:
-        """A :class:`rich.table.Table` with one row per check and a footer caption."""
+    def rich_table(self, width: int | None = None) -> Any:
+        """A :class:`rich.table.Table` with one row per check and a footer caption.
+
+        Below 110 columns the transforms and distance move under the check's name, so the numbers
+        keep one line each.
+        """
         from rich.table import Table
 
-        table = Table(title="eqaudit" + (f" — {self.spec}" if self.spec else ""), caption=self.footer())
-        for col, just in [
-            ("check", "left"),
-            ("input", "left"),
-            ("output", "left"),
-            ("distance", "left"),
-            ("mean", "right"),
-            (self.confidence_label, "right"),
-            ("threshold", "right"),
-            ("status", "center"),
-            ("penalty", "right"),
+        title = "eqaudit" + (f" — {self.spec}" if self.spec else "")
+        if width is not None and width < 110:
+            return self._compact_table(title)
+        from rich.markup import escape
+
+        table = Table(title=title, caption=self.footer())
+        for col, just, wrap in [
+            ("check", "left", True),
+            ("input", "left", True),
+            ("output", "left", True),
+            ("distance", "left", True),
+            ("mean", "right", False),
+            (self.confidence_label, "right", False),
+            ("threshold", "right", False),
+            ("status", "center", False),
+            ("penalty", "right", False),
         ]:
-            table.add_column(col, justify=just, overflow="fold")
+            table.add_column(col, justify=just, overflow="fold", no_wrap=not wrap)
         for c in self.checks:
             status = "[bold green]PASS[/]" if c.passed else "[bold red]FAIL[/]"
             table.add_row(
-                c.name,
-                c.input,
-                c.output,
+                escape(c.name),
+                escape(c.input),
+                escape(c.output),
                 c.distance,
+                _g(c.mean),
+                f"[{_g(c.ci_low)}, {_g(c.ci_high)}]",
+                _g(c.threshold),
+                status,
+                _g(c.penalty),
+            )
+        return table
+
+
+    def _compact_table(self, title: str) -> Any:
+        from rich.markup import escape
+        from rich.table import Table
+
+        table = Table(title=title, caption=self.footer())
+        table.add_column("check", overflow="fold")
+        for col in ("mean", self.confidence_label, "threshold", "status", "penalty"):
+            table.add_column(col, justify="center" if col == "status" else "right", no_wrap=True)
+        for c in self.checks:
+            status = "[bold green]PASS[/]" if c.passed else "[bold red]FAIL[/]"
+            what = f"{c.input} → {c.output}, {c.distance}"
+            table.add_row(
+                f"{escape(c.name)}\n[dim]{escape(what)}[/]",
                 _g(c.mean),
                 f"[{_g(c.ci_low)}, {_g(c.ci_high)}]",
                 _g(c.threshold),

@@ -196,6 +196,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    ap.add_argument("--models", default=",".join(CASES), help="comma-separated subset of: " + ", ".join(CASES))
     args = ap.parse_args()
     device = torch.device(args.device)
     result: dict[str, Any] = {
@@ -205,7 +206,10 @@ def main() -> None:
         "checks": 4,
         "repeats": args.repeats,
     }
-    for case in CASES:
+    cases = [c for c in args.models.split(",") if c]
+    for case in cases:
+        if case not in CASES:
+            ap.error(f"unknown model {case!r}; choose from {', '.join(CASES)}")
         model, spec = build(case, args.samples, device)
         t = median_times(
             {
@@ -236,7 +240,7 @@ def main() -> None:
     for col in ["model", "eqaudit (s)", "ideal (s)", "original (s)", "eqaudit/ideal", "original/eqaudit",
                 "peak mem 16N / N"]:
         table.add_column(col, justify="right")
-    for case in CASES:
+    for case in cases:
         orig = result[f"time_original_{case}_s"]
         mem = result.get(f"peak_memory_ratio_{case}")
         table.add_row(

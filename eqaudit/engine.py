@@ -26,9 +26,9 @@ from .spec import InputSpec, Spec, load_spec
 Progress = Callable[[int, int], None]
 
 #: Working-set target for an automatic chunk: input elements per forward.
-_CPU_ELEMENTS = 1 << 21
-_GPU_ELEMENTS = 1 << 24
-_MAX_CHUNK = 1 << 16
+_CPU_ELEMENTS = 1 << 18
+_GPU_ELEMENTS = 1 << 22
+_MAX_CHUNK = 1 << 12
 
 
 def resolve_device(device: str | torch.device | None, model: torch.nn.Module | None = None) -> torch.device:
@@ -370,6 +370,8 @@ def _sample(t: Any, rng: SampleRNG, spec: Spec, key: str) -> Any:
 def _chunk(
     model: Any, spec: Spec, sampler: PointSampler, stats: BlockStats, dev: torch.device, start: int, length: int
 ) -> None:
+    """One chunk: draw points, forward them once, forward every check's transformed points in
+    one fused batch (per input shape), then fold each check's distances into the statistics."""
     rng = SampleRNG.for_range(spec.seed, start, start + length, dev)
     valid = rng.index < spec.samples
     x = sampler.draw(rng)
@@ -380,27 +382,39 @@ def _chunk(
         picks = rng.child("num_funcs").choice(spec.num_funcs, k_checks)
         chosen = torch.zeros(length, k_checks, dtype=torch.bool, device=dev)
         chosen.scatter_(1, picks, True)
+
+    # 1. Transform the inputs of every check (parameters drawn once per sample).
+    work: list[_Pending] = []
     for j, check in enumerate(spec.checks):
         where = f"checks[{j}]"
         crng = rng.child(f"check:{check.name}")
         if chosen is not None:
-            rows = chosen[:, j].nonzero().squeeze(1)
-            xs, ys, crng_rows = x[rows], y[rows], crng.select(rows)
+            rows: torch.Tensor | None = chosen[:, j].nonzero().squeeze(1)
+            xs, crng = x[rows], crng.select(rows)
         else:
-            rows, xs, ys, crng_rows = None, x, y, crng
+            rows, xs = None, x
+        in_key = f"{where}.both" if check.both else f"{where}.input"
+        out_key = f"{where}.both" if check.both else f"{where}.output"
         if xs.shape[0] == 0:
             stats.update(j, start, torch.zeros(length, dtype=torch.float64, device=dev),
                          torch.zeros(length, dtype=torch.bool, device=dev))
             continue
-        in_key = f"{where}.both" if check.both else f"{where}.input"
-        out_key = f"{where}.both" if check.both else f"{where}.output"
-        p_in = _sample(check.input, crng_rows, spec, in_key)
-        p_out = p_in if check.both else _sample(check.output, crng_rows.child("output"), spec, out_key)
-        b = _forward(model, _apply(check.input, xs, p_in, spec, in_key), spec, in_key)
-        a = _apply(check.output, ys, p_out, spec, out_key)
+        p_in = _sample(check.input, crng, spec, in_key)
+        p_out = p_in if check.both else _sample(check.output, crng.child("output"), spec, out_key)
+        work.append(_Pending(j, rows, _apply(check.input, xs, p_in, spec, in_key), p_out, in_key, out_key))
+
+    # 2. One forward per distinct transformed shape (usually one for all checks).
+    _forward_fused(model, work, spec)
+
+    # 3. Compare with the output transform of the shared base outputs.
+    for item in work:
+        j, check = item.check, spec.checks[item.check]
+        ys = y if item.rows is None else y[item.rows]
+        a = _apply(check.output, ys, item.p_out, spec, item.out_key)
+        b = item.out
         if a.shape != b.shape:
             raise spec.error(
-                out_key,
+                item.out_key,
                 f"output transform gives shape {list(a.shape[1:])} but the model's output on transformed inputs "
                 f"has shape {list(b.shape[1:])}",
                 "the output transform must act on the model's outputs",
@@ -408,16 +422,49 @@ def _chunk(
         try:
             e = check.distance(a.to(torch.float64), b.to(torch.float64))
         except EqauditError as exc:
-            raise exc.located(file=spec.file, key=f"{where}.distance") from None
+            raise exc.located(file=spec.file, key=f"checks[{j}].distance") from None
         except Exception as exc:
-            raise spec.error(f"{where}.distance", f"distance '{check.distance.name}' failed: "
+            raise spec.error(f"checks[{j}].distance", f"distance '{check.distance.name}' failed: "
                              f"{type(exc).__name__}: {exc}") from None
-        e = e.reshape(-1)
-        if rows is not None:
+        e = e.reshape(-1).to(torch.float64)
+        if item.rows is not None:
             full = torch.zeros(length, dtype=torch.float64, device=dev)
-            full[rows] = e.to(torch.float64)
+            full[item.rows] = e
             mask = torch.zeros(length, dtype=torch.bool, device=dev)
-            mask[rows] = True
+            mask[item.rows] = True
             stats.update(j, start, full, mask & valid)
         else:
             stats.update(j, start, e, valid)
+
+
+class _Pending:
+    """A check's transformed inputs waiting for the fused forward pass."""
+
+    __slots__ = ("check", "rows", "x", "p_out", "in_key", "out_key", "out")
+
+    def __init__(self, check: int, rows: torch.Tensor | None, x: torch.Tensor, p_out: Any,
+                 in_key: str, out_key: str) -> None:
+        self.check, self.rows, self.x, self.p_out = check, rows, x, p_out
+        self.in_key, self.out_key = in_key, out_key
+        self.out: torch.Tensor = x
+
+
+def _forward_fused(model: Any, work: list[_Pending], spec: Spec) -> None:
+    """Run the model once on the concatenation of all pending inputs of the same shape."""
+    groups: dict[tuple[tuple[int, ...], torch.dtype], list[_Pending]] = {}
+    for item in work:
+        groups.setdefault((tuple(item.x.shape[1:]), item.x.dtype), []).append(item)
+    for items in groups.values():
+        if len(items) == 1:
+            items[0].out = _forward(model, items[0].x, spec, items[0].in_key)
+            items[0].x = items[0].out  # release the input
+            continue
+        try:
+            out = _forward(model, torch.cat([it.x for it in items]), spec, items[0].in_key)
+        except EqauditError:
+            for it in items:  # find the check whose inputs the model rejects
+                it.out = _forward(model, it.x, spec, it.in_key)
+            raise
+        for it, part in zip(items, torch.split(out, [it.x.shape[0] for it in items])):
+            it.out = part
+            it.x = part

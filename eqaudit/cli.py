@@ -103,11 +103,19 @@ def measure(
         str, typer.Option("--gate", help="Compare the threshold with the 'mean' or the 'upper' confidence bound.")
     ] = "mean",
     confidence: Annotated[float, typer.Option(help="Confidence level of the intervals.")] = 0.95,
+    precision: Annotated[
+        Optional[str], typer.Option("--precision", help="Forward passes in fp32 (default), bf16 or fp16 (autocast).")
+    ] = None,
+    compile_model: Annotated[bool, typer.Option("--compile", help="Wrap the model in torch.compile.")] = False,
     trust_checkpoint: TrustOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Estimate each check's equivariance error; exit 1 if any exceeds its threshold."""
+    """Estimate each check's equivariance error; exit 1 if any exceeds its threshold.
+
+    Under torchrun (python -m torch.distributed.run --nproc-per-node N -m eqaudit measure ...)
+    the samples are split across processes and rank 0 writes the reports.
+    """
     from .engine import audit
     from .report import write_text_atomic
     from .spec import load_spec
@@ -135,8 +143,14 @@ def measure(
             progress=progress,
             checkpoint=checkpoint,
             trust_checkpoint=trust_checkpoint,
+            precision=precision,
+            compile=compile_model,
         ),
     )
+    from .distributed import current_world
+
+    if not current_world().is_main:  # every rank holds the same report; one writes it
+        raise typer.Exit(report.exit_code)
     if json_path is not None:
         if json_to_stdout:
             sys.stdout.write(report.to_json() + "\n")

@@ -19,6 +19,7 @@ import torch
 from transforms_zoo import SampleRNG, TransformError
 
 from .errors import EqauditError
+from .distributed import World, current_world, reduce_stats
 from .estimator import BLOCK, BlockStats
 from .report import GATES, CheckResult, Report
 from .spec import InputSpec, Spec, load_spec
@@ -159,6 +160,8 @@ def audit(
     progress: Progress | None = None,
     checkpoint: str | Path | None = None,
     trust_checkpoint: bool = False,
+    precision: str | None = None,
+    compile: bool = False,
 ) -> Report:
     """Estimate every check of ``spec`` on ``model`` and return a :class:`Report`.
 
@@ -167,6 +170,11 @@ def audit(
     present. ``batch_size`` is rounded up to a multiple of 64 (the statistics block); by default
     it is chosen from the input size and device. The model is evaluated in eval mode under
     ``torch.inference_mode()`` and its training flag is restored afterwards.
+
+    ``precision`` (``bf16`` or ``fp16``) runs the model's forward passes under autocast; the
+    distances and statistics stay in float64. ``compile=True`` wraps the model in
+    ``torch.compile``. Launched with ``torchrun``, each process takes every n-th chunk and the
+    statistics are summed: the report equals the single-process one.
     """
     t0 = time.perf_counter()
     if not isinstance(spec, Spec):
@@ -185,6 +193,7 @@ def audit(
         raise EqauditError(f"confidence must lie in (0, 1), got {confidence}", key="--confidence")
     if batch_size is not None and batch_size < 1:
         raise EqauditError(f"--batch-size must be >= 1, got {batch_size}", key="--batch-size")
+    autocast_dtype = _autocast_dtype(precision)
 
     if device is not None:
         resolve_device(device)  # refuse a bad --device before loading anything
@@ -207,12 +216,20 @@ def audit(
         model.eval()  # freshly built: its training flag is only the constructor's default
 
     is_module = isinstance(model, torch.nn.Module)
+    world = current_world(resolve_device(device, model if is_module else None))
+    if world.size > 1 and str(device) == "auto" and torch.cuda.is_available():
+        device = f"cuda:{world.local_rank % torch.cuda.device_count()}"
     dev = resolve_device(device, model if is_module else None)
     was_training = bool(is_module and model.training)
     if is_module:
         model.to(dev)
         model.eval()
     dtype = _dtype_of(model) if is_module else torch.get_default_dtype()
+    forward_model: Any = model
+    if compile:
+        forward_model = torch.compile(model)
+    if autocast_dtype is not None:
+        forward_model = _Autocast(forward_model, dev, autocast_dtype)
     try:
         sampler = PointSampler(spec, dev, dtype)
         sample_numel = max(1, math.prod(sampler.shape))
@@ -223,7 +240,8 @@ def audit(
         )
         stats = BlockStats(spec.samples, len(spec.checks), dev)
         with torch.inference_mode():
-            chunk = _run(model, spec, sampler, stats, dev, chunk, batch_size is not None, progress)
+            chunk = _run(forward_model, spec, sampler, stats, dev, chunk, batch_size is not None, progress, world)
+        reduce_stats(stats, world)
     finally:
         if is_module and was_training:
             model.train(True)
@@ -262,6 +280,10 @@ def audit(
             )
         )
     notes = []
+    if world.size > 1:
+        notes.append(f"samples split across {world.size} processes")
+    if autocast_dtype is not None:
+        notes.append(f"forward passes under {precision} autocast; distances in float64")
     if was_training:
         notes.append("the model was in training mode; it was evaluated in eval mode (dropout off, batch norm frozen)")
     return Report(
@@ -291,6 +313,26 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
+def _autocast_dtype(precision: str | None) -> torch.dtype | None:
+    if precision in (None, "fp32", "float32", "model"):
+        return None
+    table = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+    if precision not in table:
+        raise EqauditError(f"unknown precision '{precision}'", key="--precision", hint="use fp32, bf16 or fp16")
+    return table[precision]
+
+
+class _Autocast:
+    """Calls a model under ``torch.autocast`` (mixed-precision forward passes)."""
+
+    def __init__(self, model: Any, device: torch.device, dtype: torch.dtype) -> None:
+        self.model, self.device_type, self.dtype = model, device.type, dtype
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return self.model(x)
+
+
 def _run(
     model: Any,
     spec: Spec,
@@ -300,29 +342,40 @@ def _run(
     chunk: int,
     fixed: bool,
     progress: Progress | None,
+    world: World = World(),
 ) -> int:
-    """Process all chunks; on out-of-memory halve the chunk (unless the user fixed it) and retry."""
+    """Process this process's share of the chunk grid. On out-of-memory a chunk is processed in
+    halves (the grid, hence the split across processes, stays the same), and later chunks use
+    the smaller size; with a user-fixed batch size it is an error instead."""
     n = spec.samples
-    start = 0
-    while start < n:
-        length = min(chunk, _round_up(n - start, BLOCK))
-        try:
-            _chunk(model, spec, sampler, stats, dev, start, length)
-        except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
-            if not _is_oom(exc) or chunk <= BLOCK:
-                raise
-            if fixed:
-                raise EqauditError(
-                    f"out of memory with --batch-size {chunk}", key="--batch-size", hint="use a smaller batch size or omit it"
-                ) from None
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
-            chunk = max(BLOCK, (chunk // 2 // BLOCK) * BLOCK)
-            continue
-        start += length
-        if progress is not None:
-            progress(min(start, n), n)
-    return chunk
+    starts = list(range(0, n, chunk))
+    mine = starts[world.rank :: world.size]
+    step = chunk
+    done = 0
+    for start in mine:
+        end = min(start + chunk, _round_up(n, BLOCK))
+        pos = start
+        while pos < end:
+            length = min(step, end - pos)
+            try:
+                _chunk(model, spec, sampler, stats, dev, pos, length)
+            except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
+                if not _is_oom(exc) or step <= BLOCK:
+                    raise
+                if fixed:
+                    raise EqauditError(
+                        f"out of memory with --batch-size {chunk}", key="--batch-size",
+                        hint="use a smaller batch size or omit it",
+                    ) from None
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+                step = max(BLOCK, (step // 2 // BLOCK) * BLOCK)
+                continue
+            pos += length
+            done += min(length, max(0, n - (pos - length)))
+            if progress is not None:
+                progress(min(done * world.size, n), n)
+    return step
 
 
 def _forward(model: Any, x: torch.Tensor, spec: Spec, key: str) -> torch.Tensor:

@@ -174,3 +174,32 @@ def test_penalty_is_weight_times_hinge(pixel_reader):
     spec = _spec([{"input": "hflip", "distance": "l1", "epsilon": 0.1, "weight": 3.0, "threshold": 1}], samples=256)
     c = audit(pixel_reader, spec).checks[0]
     assert c.penalty == pytest.approx(3.0 * (c.mean - 0.1))
+
+
+def test_out_of_memory_backs_off_to_smaller_chunks(pixel_reader):
+    class Picky(torch.nn.Module):
+        """Fails like CUDA does when a batch exceeds 128 rows."""
+
+        def forward(self, x):
+            if x.shape[0] > 128:
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return pixel_reader(x)
+
+    spec = _spec([{"input": "hflip"}], samples=1000)
+    backed_off = audit(Picky(), spec)
+    assert backed_off.batch_size == 128  # halved from the automatic 1024 until it fits
+    assert backed_off.checks == audit(pixel_reader, spec, batch_size=64).checks  # same numbers
+    with pytest.raises(EqauditError, match="out of memory with --batch-size 512"):
+        audit(Picky(), spec, batch_size=512)
+
+
+def test_bf16_autocast_forward_is_close_to_fp32():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    spec = _spec([{"input": "hflip"}], samples=256)
+    full = audit(model, spec).checks[0]
+    half = audit(model, spec, precision="bf16")
+    assert half.checks[0].mean == pytest.approx(full.mean, rel=0.05)
+    assert any("bf16" in n for n in half.notes)
+    with pytest.raises(EqauditError, match="unknown precision"):
+        audit(model, spec, precision="fp8")

@@ -41,7 +41,9 @@ def test_audit_on_cuda_agrees_with_cpu():
 
 
 @cuda
-def test_audit_on_cuda_is_deterministic_across_batch_sizes():
+def test_audit_on_cuda_is_nearly_identical_across_batch_sizes():
+    # cuBLAS picks kernels by batch size, so per-sample outputs may differ in the last bits;
+    # the points and parameters are identical, so the estimates agree to ~1e-9 relative.
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(),
                                 torch.nn.Linear(32, 10)).cuda()
@@ -49,4 +51,18 @@ def test_audit_on_cuda_is_deterministic_across_batch_sizes():
                            "checks": [{"input": "hflip"}, {"input": "rot90"}]})
     a = audit(model, spec, batch_size=512)
     b = audit(model, spec, batch_size=4096)
-    assert a.to_dict()["checks"] == b.to_dict()["checks"]
+    for x, y in zip(a.checks, b.checks):
+        assert x.n == y.n
+        assert x.mean == pytest.approx(y.mean, rel=1e-7)
+        assert x.std == pytest.approx(y.std, rel=1e-6)
+
+
+@cuda
+def test_bf16_on_cuda_runs_and_is_close():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(512, 10)).cuda()
+    spec = spec_from_dict({"input": {"shape": [1, 8, 8]}, "samples": 2048, "checks": [{"input": "rot90"}]})
+    full = audit(model, spec).checks[0].mean
+    half = audit(model, spec, precision="bf16").checks[0].mean
+    assert half == pytest.approx(full, rel=0.05)

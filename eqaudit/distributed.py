@@ -1,0 +1,76 @@
+"""Splitting an audit across processes (``torchrun``) and reducing the per-block statistics.
+
+Each process takes every ``world``-th chunk of the same chunk grid; the block tables are
+disjoint between processes, so summing them (``all_reduce``) gives exactly the single-process
+tables, hence the same report.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from .errors import EqauditError
+from .estimator import BlockStats
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the processes of a run."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_by_torchrun() -> bool:
+    """True when the environment says several processes were started (``WORLD_SIZE`` > 1)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return False
+
+
+def current_world(device: torch.device | None = None) -> World:
+    """The process group, initialised from the torchrun environment when needed
+    (gloo on CPU, nccl on CUDA); a single process gets ``World()``."""
+    import torch.distributed as dist
+
+    if not launched_by_torchrun():
+        if dist.is_available() and dist.is_initialized():
+            return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        return World()
+    if not dist.is_available():
+        raise EqauditError("this torch build has no torch.distributed", key="WORLD_SIZE")
+    if not dist.is_initialized():
+        backend = "nccl" if device is not None and device.type == "cuda" else "gloo"
+        try:
+            dist.init_process_group(backend)
+        except Exception as exc:  # bad MASTER_ADDR/PORT, ...
+            raise EqauditError(f"cannot join the process group: {exc}", key="WORLD_SIZE") from None
+    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def reduce_stats(stats: BlockStats, world: World) -> None:
+    """Sum the block tables of every process (max for the maxima), in place, on all ranks."""
+    if world.size == 1:
+        return
+    import torch.distributed as dist
+
+    backend = dist.get_backend()
+    for table, op in zip(stats.tables(), ["sum", "sum", "sum", "max", "sum"]):
+        # gloo has no float64 reduction on CUDA tensors; nccl needs them on the GPU.
+        t = table if backend == "nccl" else table.cpu()
+        if op == "max":
+            t = torch.where(torch.isinf(t), torch.full_like(t, -1.0), t)  # -inf rows: not filled here
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            t = torch.where(t < 0, torch.full_like(t, float("-inf")), t)
+        else:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        table.copy_(t.to(table.device))

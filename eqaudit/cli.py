@@ -118,13 +118,12 @@ def measure(
     """
     from .engine import audit
     from .report import write_text_atomic
-    from .spec import load_spec
 
     if gate not in ("mean", "upper"):
         raise EqauditError(f"unknown gate '{gate}'", key="--gate", hint="use mean or upper")
     if not 0.0 < confidence < 1.0:
         raise EqauditError(f"must lie in (0, 1), got {confidence}", key="--confidence")
-    the_spec = load_spec(spec)
+    the_spec = _load_spec_file(spec)
     if checkpoint is not None and not checkpoint.exists():
         raise EqauditError("checkpoint file not found", file=str(checkpoint), hint="check the path")
     json_to_stdout = json_path == "-"
@@ -171,6 +170,19 @@ def measure(
     raise typer.Exit(report.exit_code)
 
 
+def _load_spec_file(path: Path) -> Any:
+    """A spec, or the spec part of a fine-tune config (its training keys validated too)."""
+    from .finetune import FINETUNE_KEYS, parse_config
+    from .spec import parse_spec
+    from .yaml_source import load_yaml
+
+    src = load_yaml(path)
+    base = Path(path).resolve().parent
+    if isinstance(src.data, dict) and any(k in src.data for k in FINETUNE_KEYS):
+        return parse_config(src, base_dir=base).spec
+    return parse_spec(src, base_dir=base)
+
+
 def _with_progress(show: bool, job: Callable[[Any], Any]) -> Any:
     if not show:
         return job(None)
@@ -201,11 +213,10 @@ def validate(
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Check a spec (keys, transforms, distances, files) without running a model."""
-    from .spec import load_spec
+    """Check a spec or fine-tune config (keys, transforms, distances, files) without running a model."""
     from .validation import check_files
 
-    the_spec = load_spec(spec)
+    the_spec = _load_spec_file(spec)
     check_files(the_spec)
     if not quiet:
         n = len(the_spec.checks)

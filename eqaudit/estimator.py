@@ -78,47 +78,47 @@ class BlockStats:
     def tables(self) -> list[torch.Tensor]:
         return [self.count, self.total, self.m2, self.max, self.nonfinite]
 
-    def update(self, check: int, start: int, errors: torch.Tensor, mask: torch.Tensor | None = None) -> None:
-        """Fold in the errors of samples ``start .. start + len(errors) - 1`` for one check.
+    def update(self, check: int | slice, start: int, errors: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """Fold in the errors of samples ``start .. start + len(errors) - 1``.
 
-        ``start`` and ``len(errors)`` are multiples of :data:`BLOCK` (the engine pads the last
-        chunk); ``mask`` marks which rows count (samples past the end, or not selected by
-        ``num_funcs``, do not).
+        ``errors`` is ``(L,)`` for one check, or ``(L, K)`` with ``check=slice(None)`` for all
+        checks at once. ``start`` and ``L`` are multiples of :data:`BLOCK` (the engine pads the
+        last chunk); ``mask`` (same shape) marks which rows count (samples past the end, or not
+        selected by ``num_funcs``, do not).
         """
         length = errors.shape[0]
         if start % BLOCK or length % BLOCK:
             raise ValueError("chunks must start and end on block boundaries")
-        e = errors.to(torch.float64).reshape(-1, BLOCK)
-        valid = torch.ones_like(e, dtype=torch.bool) if mask is None else mask.reshape(-1, BLOCK)
+        e = errors.to(torch.float64).reshape(-1, BLOCK, *errors.shape[1:])
         finite = torch.isfinite(e)
-        use = valid & finite
+        use = finite if mask is None else mask.reshape(e.shape) & finite
         w = use.to(torch.float64)
-        e0 = torch.where(use, e, torch.zeros_like(e))
+        e0 = torch.where(use, e, 0.0)
         count = w.sum(dim=1)
         total = e0.sum(dim=1)
         mean = total / count.clamp(min=1.0)
-        m2 = (w * (e0 - mean[:, None]) ** 2).sum(dim=1)
-        vmax = torch.where(use, e, torch.full_like(e, -math.inf)).amax(dim=1)
-        bad = (valid & ~finite).to(torch.float64).sum(dim=1)
+        m2 = (w * (e0 - mean.unsqueeze(1)) ** 2).sum(dim=1)
+        vmax = torch.where(use, e, -math.inf).amax(dim=1)
+        bad = (~finite if mask is None else mask.reshape(e.shape) & ~finite).to(torch.float64).sum(dim=1)
         b0 = start // BLOCK
-        rows = slice(b0, b0 + e.shape[0])
-        n_rows = self.count.shape[0] - b0
-        if e.shape[0] > n_rows:  # padding past the last block carries no valid rows
-            count, total, m2, vmax, bad = (t[:n_rows] for t in (count, total, m2, vmax, bad))
-            rows = slice(b0, b0 + n_rows)
-        self.count[rows, check] = count
-        self.total[rows, check] = total
-        self.m2[rows, check] = m2
-        self.max[rows, check] = vmax
-        self.nonfinite[rows, check] = bad
+        n_rows = min(e.shape[0], self.count.shape[0] - b0)  # padding past the last block is empty
+        rows = slice(b0, b0 + n_rows)
+        for table, value in zip(self.tables(), (count, total, m2, vmax, bad)):
+            table[rows, check] = value[:n_rows]
 
     def summary(self, check: int, confidence: float = 0.95) -> Summary:
         """Combine the blocks of one check (law of total variance, exactly rounded sums)."""
-        count = self.count[:, check].cpu().tolist()
-        total = self.total[:, check].cpu().tolist()
-        m2 = self.m2[:, check].cpu().tolist()
-        vmax = float(self.max[:, check].max().cpu())
-        nonfinite = int(self.nonfinite[:, check].sum().cpu())
+        return self.summaries(confidence)[check]
+
+    def summaries(self, confidence: float = 0.95) -> list[Summary]:
+        """Every check's summary, reading the tables from the device once."""
+        tables = [t.cpu() for t in self.tables()]
+        return [self._summary(tables, j, confidence) for j in range(self.n_checks)]
+
+    def _summary(self, tables: list[torch.Tensor], check: int, confidence: float) -> Summary:
+        count, total, m2 = (t[:, check].tolist() for t in tables[:3])
+        vmax = float(tables[3][:, check].max())
+        nonfinite = int(tables[4][:, check].sum())
         n = int(math.fsum(count))
         if n == 0:
             nan = float("nan")

@@ -44,9 +44,9 @@ def finetune_command(
 ) -> None:
     """Fine-tune a model with the equivariance penalty added to its task loss.
 
-    Audits before and after (same engine and seed as `measure`), writes the fine-tuned state dict
-    (safetensors), a JSON report and a resumable state. Exit code: the final audit's gate (0 / 1),
-    2 when it could not run, 130 when interrupted (resume with --resume).
+    Audits before and after (same engine and seed as `measure`); writes the fine-tuned state dict (safetensors), a JSON report and a resumable state.
+
+    Exit code: the final audit's gate (0 / 1); 2 when it could not run; 130 when interrupted (continue with --resume).
     """
     from .cli import err, out
     from .finetune import FinetuneInterrupted, load_config, run_finetune
@@ -91,9 +91,9 @@ def finetune_command(
             write_text_atomic(json_path, text)
     if show and not json_to_stdout:
         before, after = result.before, result.after
-        before_table = before.rich_table()
+        before_table = _table(before, out.width)
         before_table.title = "before fine-tuning" + (f" — {before.spec}" if before.spec else "")
-        after_table = after.rich_table()
+        after_table = _table(after, out.width)
         after_table.title = "after fine-tuning" + (f" — {after.spec}" if after.spec else "")
         out.print(before_table)
         out.print(after_table)
@@ -108,6 +108,13 @@ def finetune_command(
             failed = ", ".join(c.name for c in after.checks if not c.passed)
             err.print(f"[bold red]FAILED[/]: {_esc(failed)} exceed their thresholds after fine-tuning")
     raise typer.Exit(result.exit_code)
+
+
+def _table(report: Any, width: int) -> Any:
+    try:
+        return report.rich_table(width)  # compact below ~110 columns
+    except TypeError:
+        return report.rich_table()
 
 
 def _esc(text: str) -> str:

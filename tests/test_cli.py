@@ -153,3 +153,13 @@ def test_every_command_has_help():
     for cmd in ["measure", "validate", "transforms"]:
         r = run(cmd, "--help")
         assert r.exit_code == 0 and "Usage" in r.stdout
+
+
+def test_measure_and_validate_accept_a_finetune_config():
+    from pathlib import Path
+
+    cfg = Path(__file__).resolve().parents[1] / "sample_configs" / "finetune_digits.yaml"
+    assert run("validate", cfg).exit_code == 0
+    r = run("measure", "--spec", cfg, "--samples", 128, "--json", "-")
+    assert r.exit_code == 1  # the bundled checkpoint is far from rot90-invariant
+    assert [c["name"] for c in json.loads(r.stdout)["checks"]] == ["rot90", "hflip"]

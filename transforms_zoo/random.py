@@ -47,6 +47,23 @@ def stream_id(tag: str | int) -> int:
     return zlib.crc32(tag.encode("utf-8")) & _M32
 
 
+_POSITION_KEYS: dict[tuple[int, int, str], torch.Tensor] = {}
+
+
+def _position_keys(count: int, salt: int, device: torch.device) -> torch.Tensor:
+    """Hashed element positions, cached: the same for every chunk, so computed once."""
+    k = (count, salt, str(device))
+    keys = _POSITION_KEYS.get(k)
+    if keys is None:
+        if len(_POSITION_KEYS) > 256:
+            _POSITION_KEYS.clear()
+        pos = torch.arange(count, dtype=torch.int64, device=device)
+        with torch.inference_mode(False), torch.no_grad():
+            keys = _mix32(pos * 2 + salt + _GOLDEN)
+        _POSITION_KEYS[k] = keys
+    return keys
+
+
 class SampleRNG:
     """Random numbers for a batch of samples, each row determined by its sample index alone.
 
@@ -116,8 +133,7 @@ class SampleRNG:
     def _bits(self, shape: Sequence[int], salt: int = 0) -> torch.Tensor:
         """32 random bits (as int64 in [0, 2**32)) for each sample and each element of ``shape``."""
         count = math.prod(shape)
-        pos = torch.arange(count, dtype=torch.int64, device=self.device)
-        pos_key = _mix32(pos * 2 + salt + _GOLDEN)
+        pos_key = _position_keys(count, salt, self.device)
         h = _mix32(self._key[:, None] + pos_key[None, :])
         h = _mix32(h ^ (pos_key[None, :] >> 7))
         return h.reshape(self.n, *shape)

@@ -15,7 +15,8 @@ interleaved, the median of R runs of:
 Ratios come from one run so machine noise cancels: ratio_vs_ideal = a / b,
 speedup_vs_original = c / a. Peak memory of eqaudit is measured at N and 16 N in child
 processes (CUDA: max_memory_allocated; CPU: the resident-set high-water mark above the
-process's level after set-up).
+process's level after set-up, with glibc told to mmap blocks over 64 KiB so that RSS follows the
+live tensors rather than allocator slack).
 
     python benchmarks/measure_vs_ideal.py [--device cpu|cuda] [--samples 4096] [--repeats 7] [--json]
 
@@ -169,7 +170,10 @@ def peak_memory_child(case: str, n: int, device: str) -> int:
         "from benchmarks.measure_vs_ideal import _peak_in_this_process; "
         "print(json.dumps(_peak_in_this_process(%r, %d, %r)))" % (str(ROOT), case, n, device)
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # glibc keeps freed heap memory in the process, so RSS would count allocator slack; with
+    # every block over 64 KiB mmap-ed, RSS follows the live tensors.
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     return int(json.loads(out.stdout.strip().splitlines()[-1]))
 
 

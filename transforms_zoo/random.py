@@ -134,8 +134,8 @@ class SampleRNG:
         """32 random bits (as int64 in [0, 2**32)) for each sample and each element of ``shape``."""
         count = math.prod(shape)
         pos_key = _position_keys(count, salt, self.device)
+        # One round suffices: both the sample key and the position key are already hashed.
         h = _mix32(self._key[:, None] + pos_key[None, :])
-        h = _mix32(h ^ (pos_key[None, :] >> 7))
         return h.reshape(self.n, *shape)
 
     def uniform(

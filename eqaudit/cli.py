@@ -104,8 +104,17 @@ def measure(
     ] = "mean",
     confidence: Annotated[float, typer.Option(help="Confidence level of the intervals.")] = 0.95,
     precision: Annotated[
-        Optional[str], typer.Option("--precision", help="Forward passes in fp32 (default), bf16 or fp16 (autocast).")
+        Optional[str],
+        typer.Option(
+            "--precision",
+            help="Forward passes in fp32 (default), bf16 or fp16 (autocast); or a number EPS: keep sampling "
+            "until every check's confidence half-width is <= EPS (or --max-samples).",
+        ),
     ] = None,
+    max_samples: Annotated[
+        Optional[int], typer.Option("--max-samples", help="Sample cap for --precision EPS (default 16x samples).")
+    ] = None,
+    quantiles: Annotated[bool, typer.Option("--quantiles", help="Add p50, p95, p99 and max columns to the table.")] = False,
     compile_model: Annotated[bool, typer.Option("--compile", help="Wrap the model in torch.compile.")] = False,
     trust_checkpoint: TrustOpt = False,
     quiet: QuietOpt = False,
@@ -117,7 +126,7 @@ def measure(
     the samples are split across processes and rank 0 writes the reports.
     """
     from .engine import audit
-    from .report import write_text_atomic
+    from .atomic import write_text_atomic
 
     if gate not in ("mean", "upper"):
         raise EqauditError(f"unknown gate '{gate}'", key="--gate", hint="use mean or upper")
@@ -144,6 +153,7 @@ def measure(
             trust_checkpoint=trust_checkpoint,
             precision=precision,
             compile=compile_model,
+            max_samples=max_samples,
         ),
     )
     from .distributed import current_world
@@ -161,7 +171,10 @@ def measure(
     if markdown is not None:
         write_text_atomic(markdown, report.to_markdown())
     if not quiet and not json_to_stdout:
-        out.print(report.rich_table(out.width))
+        out.print(report.rich_table(out.width, quantiles=quantiles))
+        elements = report.elements_table()
+        if elements is not None:
+            out.print(elements)
         for note in report.notes:
             err.print(f"[yellow]note:[/] {_escape(note)}")
         if not report.passed:
@@ -232,15 +245,56 @@ def validate(
 @handles_errors
 def transforms(
     name: Annotated[Optional[str], typer.Argument(help="Document one transform.")] = None,
+    check: Annotated[
+        bool,
+        typer.Option("--check", help="Verify identity, composition and inverses numerically (exit 1 on a failure)."),
+    ] = False,
     debug: DebugOpt = False,
 ) -> None:
     """List the transforms that specs can name, or document one."""
     from .transform_docs import describe_transform, transforms_table
 
+    if check:
+        _check_transforms(name)
+        return
     if name is None:
         out.print(transforms_table())
     else:
         out.print(describe_transform(name))
+
+
+def _check_transforms(name: Optional[str]) -> None:
+    """``eqaudit transforms --check``: a table of the group laws per transform; exit 1 on a failure."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    import transforms_zoo
+    from transforms_zoo.group import verify_transform
+
+    names = [name] if name is not None else transforms_zoo.names()
+    if name is not None:
+        try:
+            transforms_zoo.get(name)
+        except transforms_zoo.TransformError as exc:
+            raise EqauditError(exc.message, key=name, hint=exc.hint) from None
+    table = Table(title="transform group laws (numerical check)")
+    for col in ("transform", "group action", "law", "max error", "status"):
+        table.add_column(col)
+    failed = []
+    for n in names:
+        cls = transforms_zoo.get(n)
+        action = "approximate" if getattr(cls, "approximate", False) else (
+            "yes" if getattr(cls, "group_action", False) else "no")
+        for i, (law, error, status) in enumerate(verify_transform(n)):
+            color = {"ok": "green", "FAIL": "bold red"}.get(status, "dim")
+            table.add_row(n if i == 0 else "", action if i == 0 else "", escape(law),
+                          "" if error is None else f"{error:.2e}", f"[{color}]{status}[/]")
+            if status == "FAIL":
+                failed.append(f"{n}: {law}")
+    out.print(table)
+    if failed:
+        err.print("[bold red]FAILED[/]: " + escape("; ".join(failed)))
+        raise typer.Exit(1)
 
 
 # -- finetune (its options live beside the training loop) --------------------------------------

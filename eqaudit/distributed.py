@@ -74,3 +74,9 @@ def reduce_stats(stats: BlockStats, world: World) -> None:
         else:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
         table.copy_(t.to(table.device))
+    # Kept per-sample values (quantiles): disjoint rows per process, NaN elsewhere.
+    v = stats.values if backend == "nccl" else stats.values.cpu()
+    v = torch.where(torch.isnan(v), torch.full_like(v, float("-inf")), v)
+    dist.all_reduce(v, op=dist.ReduceOp.MAX)
+    v = torch.where(torch.isinf(v) & (v < 0), torch.full_like(v, float("nan")), v)
+    stats.values.copy_(v.to(stats.values.device))

@@ -94,8 +94,30 @@ class PointSampler:
                 ) from None
             self.lo = b[..., 0].to(device=device, dtype=self.dtype)
             self.span = (b[..., 1] - b[..., 0]).to(device=device, dtype=self.dtype)
+        self.sobol = inp.sampling == "sobol"
+        self.seed = spec.seed
+        self._engine: Any = None
+        self._next = -1  # the Sobol index the cached engine draws next
+
+    def _sobol(self, rng: SampleRNG) -> torch.Tensor:
+        """Points ``start .. start + n - 1`` of the scrambled Sobol sequence of ``seed``: point i is
+        the i-th Sobol point, whatever the chunking (``fast_forward`` to each chunk's start)."""
+        start, n = int(rng.index[0]) if rng.n else 0, rng.n
+        if rng.n and int(rng.index[-1]) != start + n - 1:
+            raise ValueError("Sobol points are drawn for contiguous index ranges")
+        dim = max(1, math.prod(self.shape))
+        if self._engine is None or self._next != start:
+            self._engine = torch.quasirandom.SobolEngine(dim, scramble=True, seed=self.seed)
+            if start:
+                self._engine.fast_forward(start)
+        u = self._engine.draw(n, dtype=torch.float64)
+        self._next = start + n
+        u = u.reshape(n, *self.shape).to(device=rng.device, dtype=self.dtype)
+        return self.lo + self.span * u
 
     def draw(self, rng: SampleRNG) -> torch.Tensor:
+        if self.sobol:
+            return self._sobol(rng)
         stream = rng.child("points")
         if self.data is not None:
             n_rows = self.data.shape[0]
@@ -160,8 +182,10 @@ def audit(
     progress: Progress | None = None,
     checkpoint: str | Path | None = None,
     trust_checkpoint: bool = False,
-    precision: str | None = None,
+    precision: str | float | None = None,
     compile: bool = False,
+    max_samples: int | None = None,
+    noise_floor: bool = True,
 ) -> Report:
     """Estimate every check of ``spec`` on ``model`` and return a :class:`Report`.
 
@@ -175,6 +199,12 @@ def audit(
     distances and statistics stay in float64. ``compile=True`` wraps the model in
     ``torch.compile``. Launched with ``torchrun``, each process takes every n-th chunk and the
     statistics are summed: the report equals the single-process one.
+
+    ``precision`` may instead be a number EPS > 0 (or its text): sampling then continues along
+    the same index sequence (sample i is still a function of (seed, i)) until every check's
+    confidence half-width is at most EPS, or ``max_samples`` (default 16 x ``samples``) is
+    reached; the report's ``samples`` is the count used. ``noise_floor`` measures each check's
+    distance between two forward passes of the same 64 points (see :func:`noise_floors`).
     """
     t0 = time.perf_counter()
     if not isinstance(spec, Spec):
@@ -193,7 +223,12 @@ def audit(
         raise EqauditError(f"confidence must lie in (0, 1), got {confidence}", key="--confidence")
     if batch_size is not None and batch_size < 1:
         raise EqauditError(f"--batch-size must be >= 1, got {batch_size}", key="--batch-size")
-    autocast_dtype = _autocast_dtype(precision)
+    autocast_dtype, target = _parse_precision(precision)
+    if max_samples is not None and max_samples < 1:
+        raise EqauditError(f"--max-samples must be >= 1, got {max_samples}", key="--max-samples")
+    if max_samples is not None and target is None:
+        raise EqauditError("--max-samples caps sequential sampling, which needs --precision EPS",
+                           key="--max-samples", hint="e.g. --precision 0.01 --max-samples 100000")
 
     if device is not None:
         resolve_device(device)  # refuse a bad --device before loading anything
@@ -238,16 +273,33 @@ def audit(
             if batch_size is not None
             else auto_batch_size(sample_numel, dev, spec.samples)
         )
-        stats = BlockStats(spec.samples, len(spec.checks), dev)
+        local = BlockStats(spec.samples, _n_columns(spec), dev)
+        fixed = batch_size is not None
         with torch.inference_mode():
-            chunk = _run(forward_model, spec, sampler, stats, dev, chunk, batch_size is not None, progress, world)
-        reduce_stats(stats, world)
+            chunk = _run(forward_model, spec, sampler, local, dev, chunk, fixed, progress, world)
+            stats = _reduced(local, world)
+            if target is not None:
+                cap = max_samples if max_samples is not None else 16 * spec.samples
+                while True:
+                    n_next = _next_sample_count(stats.summaries(confidence)[: len(spec.checks)], target,
+                                                spec.samples, cap)
+                    if n_next is None:
+                        break
+                    begin = (spec.samples // BLOCK) * BLOCK  # a partial last block is redone whole
+                    local = local.grown(n_next)
+                    local.clear_from(begin)
+                    spec = spec.replace(samples=n_next)
+                    _run(forward_model, spec, sampler, local, dev, chunk, fixed, progress, world, begin=begin)
+                    stats = _reduced(local, world)
+            floors = noise_floors(forward_model, spec, sampler, dev) if noise_floor else None
+            summaries = stats.summaries(confidence)
+            hints = _inverse_hints(forward_model, spec, sampler, dev, summaries, gate)
     finally:
         if is_module and was_training:
             model.train(True)
 
     results = []
-    for (j, check), s in zip(enumerate(spec.checks), stats.summaries(confidence)):
+    for (j, check), s in zip(enumerate(spec.checks), summaries):
         if s.nonfinite:
             raise spec.error(
                 f"checks[{j}]",
@@ -276,6 +328,13 @@ def audit(
                 passed=bool(gated <= check.threshold),
                 max=s.max,
                 gate=gate,
+                p50=s.p50,
+                p95=s.p95,
+                p99=s.p99,
+                quantile_n=s.quantile_n,
+                noise_floor=floors[j] if floors is not None else math.nan,
+                hint=hints.get(j),
+                elements=_element_results(spec, j, summaries, check.threshold, gate),
             )
         )
     notes = []
@@ -283,6 +342,20 @@ def audit(
         notes.append(f"samples split across {world.size} processes")
     if autocast_dtype is not None:
         notes.append(f"forward passes under {precision} autocast; distances in float64")
+    if spec.input.sampling == "sobol":
+        notes.append("points are scrambled Sobol (quasi-Monte Carlo); the confidence intervals assume "
+                     "independent samples, so they are conservative")
+    if target is not None:
+        worst = max((r.ci_high - r.ci_low) / 2 for r in results)
+        reached = "reached" if worst <= target else f"NOT reached (sample cap {spec.samples})"
+        notes.append(f"--precision {target:g}: {spec.samples} samples, largest half-width {worst:.3g}: {reached}")
+    for check in spec.checks:
+        if check.group is not None and not check.group.exact:
+            notes.append(f"check '{check.name}': {check.group.label} rotates by angles that are not multiples of 90 "
+                         "degrees with bilinear interpolation, so the group action is inexact (even an invariant "
+                         "model shows an error)")
+    for j, text in sorted(hints.items()):
+        notes.append(f"check '{spec.checks[j].name}': {text}")
     if was_training:
         notes.append("the model was in training mode; it was evaluated in eval mode (dropout off, batch norm frozen)")
     return Report(
@@ -297,6 +370,9 @@ def audit(
         batch_size=chunk,
         model_was_training=was_training,
         notes=tuple(notes),
+        noise_floor=_max_finite(floors),
+        sampling=spec.input.sampling,
+        target_halfwidth=target,
     )
 
 
@@ -310,6 +386,145 @@ def _display_path(path: Path) -> str:
 
 def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _parse_precision(precision: str | float | None) -> tuple[torch.dtype | None, float | None]:
+    """``--precision``: a forward dtype (fp32, bf16, fp16) or a number EPS > 0 (the target
+    confidence half-width of sequential sampling)."""
+    eps: float | None = None
+    if isinstance(precision, (int, float)) and not isinstance(precision, bool):
+        eps = float(precision)
+    elif isinstance(precision, str):
+        try:
+            eps = float(precision)
+        except ValueError:
+            eps = None
+    if eps is None:
+        return _autocast_dtype(precision), None  # type: ignore[arg-type]
+    if not math.isfinite(eps) or eps <= 0:
+        raise EqauditError(f"a target half-width must be a number > 0, got {precision}", key="--precision",
+                           hint="give fp32, bf16, fp16, or a positive number such as 0.01")
+    return None, eps
+
+
+def _next_sample_count(summaries: list[Any], target: float, n: int, cap: int) -> int | None:
+    """The next sample count of sequential sampling, or None to stop (every half-width <= target,
+    or the cap reached). Grows by the predicted factor (half-width ~ 1/sqrt(n)) with a margin, at
+    least one block and at most 8x per round."""
+    if n >= cap:
+        return None
+    worst = 0.0
+    for s in summaries:
+        if s.n == 0:
+            continue
+        half = s.half_width if math.isfinite(s.half_width) else math.inf
+        worst = max(worst, half / target)
+    if worst <= 1.0:
+        return None
+    want = n * min(64.0, worst * worst * 1.1) if math.isfinite(worst) else 8 * n
+    want = min(max(want, n + BLOCK), 8 * n)
+    return int(min(cap, _round_up(math.ceil(want), BLOCK)))
+
+
+def _reduced(local: BlockStats, world: World) -> BlockStats:
+    """The statistics of every process (``local`` itself in a single process)."""
+    if world.size == 1:
+        return local
+    total = local.grown(local.n_samples)
+    reduce_stats(total, world)
+    return total
+
+
+def _element_results(spec: Spec, j: int, summaries: list[Any], threshold: float,
+                     gate: str) -> list[dict[str, Any]] | None:
+    """Per-element figures of a ``group:`` check (JSON-safe: non-finite numbers become None)."""
+    check = spec.checks[j]
+    if check.group is None:
+        return None
+    first = _element_columns(spec)[j]
+    out = []
+    for e, name in enumerate(check.group.element_names()):
+        s = summaries[first + e]
+        row: dict[str, Any] = {"element": name}
+        for key in ("n", "mean", "std", "stderr", "ci_low", "ci_high", "max", "p50", "p95", "p99"):
+            v = getattr(s, key)
+            row[key] = v if not isinstance(v, float) or math.isfinite(v) else None
+        gated = s.ci_high if gate == "upper" else s.mean
+        row["passed"] = bool(gated <= threshold)
+        out.append(row)
+    return out
+
+
+def _max_finite(values: list[float] | None) -> float:
+    finite = [v for v in values or [] if math.isfinite(v)]
+    return max(finite) if finite else math.nan
+
+
+def noise_floors(model: Any, spec: Spec, sampler: PointSampler, dev: torch.device) -> list[float]:
+    """Each check's distance between two evaluations of the model on the same points: the error
+    of the identity transform, i.e. run-to-run nondeterminism plus the rounding differences of a
+    different batch size (the first ``min(samples, 64)`` points, forwarded alone and then
+    concatenated with themselves). Fixed points and batch sizes: independent of ``--batch-size``."""
+    n0 = min(spec.samples, BLOCK)
+    x = sampler.draw(SampleRNG.for_range(spec.seed, 0, n0, dev))
+    try:
+        y1 = model(x)
+        y2 = model(torch.cat([x, x]))[:n0]
+    except Exception:
+        return [math.nan] * len(spec.checks)
+    out = []
+    for check in spec.checks:
+        try:
+            e = check.distance(y1.to(torch.float64), y2.to(torch.float64)).reshape(-1).to(torch.float64)
+            out.append(float(e.mean()) if bool(torch.isfinite(e).all()) else math.nan)
+        except Exception:
+            out.append(math.nan)
+    return out
+
+
+def _first_block_mean(model: Any, spec: Spec, sampler: PointSampler, dev: torch.device, j: int,
+                      output: Any) -> float:
+    """Mean error of check ``j`` on the first 64 samples with ``output`` as its output transform
+    (the same draws as the audit)."""
+    check = spec.checks[j]
+    n0 = min(spec.samples, BLOCK)
+    rng = SampleRNG.for_range(spec.seed, 0, n0, dev)
+    x = sampler.draw(rng)
+    crng = rng.child(f"check:{check.name}")
+    p_in = check.input.sample(crng)
+    p_out = p_in if check.both else check.output.sample(crng.child("output"))
+    a = output.apply(model(x), p_out)
+    b = model(check.input.apply(x, p_in))
+    return float(check.distance(a.to(torch.float64), b.to(torch.float64)).to(torch.float64).mean())
+
+
+def _inverse_hints(model: Any, spec: Spec, sampler: PointSampler, dev: torch.device,
+                   summaries: list[Any], gate: str) -> dict[int, str]:
+    """For each failing check whose output transform the zoo can invert: when the inverted output
+    transform fits at least 10x better on the first 64 samples, a hint that it may be inverted."""
+    from transforms_zoo.group import inverse_of
+
+    hints: dict[int, str] = {}
+    for j, (check, s) in enumerate(zip(spec.checks, summaries)):
+        gated = s.ci_high if gate == "upper" else s.mean
+        if not gated > check.threshold or check.output.name == "identity":
+            continue
+        inv = inverse_of(check.output)
+        if inv is None:
+            continue
+        try:
+            inv_text = inv.describe()
+            if inv_text == check.output.describe():
+                continue  # self-inverse: nothing to learn
+            base = _first_block_mean(model, spec, sampler, dev, j, check.output)
+            flipped = _first_block_mean(model, spec, sampler, dev, j, inv)
+        except Exception:
+            continue
+        if math.isfinite(base) and math.isfinite(flipped) and base > 0 and flipped * 10 <= base:
+            hints[j] = (f"the inverse output transform {inv_text} fits {base / max(flipped, 1e-300):.3g}x better "
+                        f"(mean {flipped:.3g} vs {base:.3g} on the first {min(spec.samples, BLOCK)} samples): "
+                        "the output transform may be inverted (R vs R^T / rot90 direction)")
+    return hints
 
 
 def _autocast_dtype(precision: str | None) -> torch.dtype | None:
@@ -342,15 +557,16 @@ def _run(
     fixed: bool,
     progress: Progress | None,
     world: World = World(),
+    begin: int = 0,
 ) -> int:
     """Process this process's share of the chunk grid. On out-of-memory a chunk is processed in
     halves (the grid, hence the split across processes, stays the same), and later chunks use
     the smaller size; with a user-fixed batch size it is an error instead."""
     n = spec.samples
-    starts = list(range(0, n, chunk))
+    starts = list(range(begin, n, chunk))
     mine = starts[world.rank :: world.size]
     step = chunk
-    done = 0
+    done = begin
     for start in mine:
         end = min(start + chunk, _round_up(n, BLOCK))
         pos = start
@@ -451,6 +667,13 @@ def _chunk(
             stats.update(j, start, torch.zeros(length, dtype=torch.float64, device=dev),
                          torch.zeros(length, dtype=torch.bool, device=dev))
             continue
+        if check.group is not None:  # every element on every sample
+            g_key = f"{where}.group"
+            for e, element in enumerate(check.group.elements):
+                item = _Pending(j, rows, _apply(element, xs, None, spec, g_key), None, g_key, f"{where}.output")
+                item.element = e
+                work.append(item)
+            continue
         p_in = _sample(check.input, crng, spec, in_key)
         p_out = p_in if check.both else _sample(check.output, crng.child("output"), spec, out_key)
         work.append(_Pending(j, rows, _apply(check.input, xs, p_in, spec, in_key), p_out, in_key, out_key))
@@ -460,10 +683,16 @@ def _chunk(
 
     # 3. Compare with the output transform of the shared base outputs.
     errors: list[torch.Tensor] = []
+    columns = _element_columns(spec)
+    group_sums: dict[int, torch.Tensor] = {}
     for item in work:
         j, check = item.check, spec.checks[item.check]
         ys = y if item.rows is None else y[item.rows]
-        a = _apply(check.output, ys, item.p_out, spec, item.out_key)
+        if item.element is not None:
+            element = check.group.elements[item.element]
+            a = _apply(element, ys, None, spec, item.out_key) if check.both else ys
+        else:
+            a = _apply(check.output, ys, item.p_out, spec, item.out_key)
         b = item.out
         if a.shape != b.shape:
             raise spec.error(
@@ -480,6 +709,12 @@ def _chunk(
             raise spec.error(f"checks[{j}].distance", f"distance '{check.distance.name}' failed: "
                              f"{type(exc).__name__}: {exc}") from None
         e = e.reshape(-1).to(torch.float64)
+        if item.element is not None:
+            group_sums[j] = group_sums[j] + e if j in group_sums else e
+            _store(stats, columns[j] + item.element, start, e, item.rows, valid, length, dev)
+            if item.element == check.group.order - 1:  # the last element: the mean over the group
+                _store(stats, j, start, group_sums.pop(j) / check.group.order, item.rows, valid, length, dev)
+            continue
         if item.rows is not None:
             full = torch.zeros(length, dtype=torch.float64, device=dev)
             full[item.rows] = e
@@ -498,13 +733,41 @@ def _chunk(
 class _Pending:
     """A check's transformed inputs waiting for the fused forward pass."""
 
-    __slots__ = ("check", "rows", "x", "p_out", "in_key", "out_key", "out")
+    __slots__ = ("check", "rows", "x", "p_out", "in_key", "out_key", "out", "element")
 
     def __init__(self, check: int, rows: torch.Tensor | None, x: torch.Tensor, p_out: Any,
                  in_key: str, out_key: str) -> None:
         self.check, self.rows, self.x, self.p_out = check, rows, x, p_out
         self.in_key, self.out_key = in_key, out_key
         self.out: torch.Tensor = x
+        self.element: int | None = None  # group checks: the element's index
+
+
+def _store(stats: BlockStats, column: int, start: int, e: torch.Tensor, rows: torch.Tensor | None,
+           valid: torch.Tensor, length: int, dev: torch.device) -> None:
+    """Fold one column's errors (for all rows, or for ``rows`` of the chunk) into the statistics."""
+    if rows is None:
+        stats.update(column, start, e, valid)
+        return
+    full = torch.zeros(length, dtype=torch.float64, device=dev)
+    full[rows] = e
+    mask = torch.zeros(length, dtype=torch.bool, device=dev)
+    mask[rows] = True
+    stats.update(column, start, full, mask & valid)
+
+
+def _element_columns(spec: Spec) -> dict[int, int]:
+    """The statistics column of element 0 of each group check (after one column per check)."""
+    cols, nxt = {}, len(spec.checks)
+    for j, check in enumerate(spec.checks):
+        if check.group is not None:
+            cols[j] = nxt
+            nxt += check.group.order
+    return cols
+
+
+def _n_columns(spec: Spec) -> int:
+    return len(spec.checks) + sum(c.group.order for c in spec.checks if c.group is not None)
 
 
 def _forward_fused(model: Any, work: list[_Pending], spec: Spec) -> None:

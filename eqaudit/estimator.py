@@ -6,6 +6,12 @@ and the number of non-finite values, on the device, in float64. Blocks never str
 a block's figures do not depend on the batch size; the final reduction over blocks uses
 ``math.fsum`` (exactly rounded, order-free). The same holds across processes: each fills disjoint
 blocks, and summing the block tables (``all_reduce``) gives the single-process result.
+
+Tail quantiles (p50, p95, p99) need the values themselves: the per-sample errors of the first
+:data:`QUANTILE_CAP` sample indices are kept in a ``(min(samples, cap), checks)`` float64 buffer
+indexed by sample index, so the quantiles are exact when ``samples <= cap`` and, above it, those
+of a fixed subsample (the first ``cap`` indices, i.i.d. like all the others); either way they do
+not depend on the chunking.
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ from statistics import NormalDist
 import torch
 
 BLOCK = 64
+#: Per-sample errors kept for the quantiles (per check): the first this many sample indices.
+QUANTILE_CAP = 1 << 16
+QUANTILES = (0.5, 0.95, 0.99)
 
 
 @dataclass(frozen=True)
@@ -32,6 +41,15 @@ class Summary:
     confidence: float
     max: float
     nonfinite: int
+    p50: float = math.nan
+    p95: float = math.nan
+    p99: float = math.nan
+    quantile_n: int = 0  # how many values the quantiles were computed from
+
+    @property
+    def half_width(self) -> float:
+        """Half the width of the confidence interval."""
+        return (self.ci_high - self.ci_low) / 2.0
 
 
 def z_value(confidence: float) -> float:
@@ -51,22 +69,40 @@ def summarize_values(values: list[float] | torch.Tensor, confidence: float = 0.9
         return Summary(0, nan, nan, nan, nan, nan, confidence, nan, int(v.numel()))
     mean = math.fsum(finite.tolist()) / n
     m2 = math.fsum(((finite - mean) ** 2).tolist())
-    return _finish(n, mean, m2, float(finite.max()), int(v.numel()) - n, confidence)
+    return _finish(n, mean, m2, float(finite.max()), int(v.numel()) - n, confidence, quantiles(finite))
 
 
-def _finish(n: int, mean: float, m2: float, vmax: float, nonfinite: int, confidence: float) -> Summary:
+def quantiles(values: torch.Tensor) -> tuple[float, float, float, int]:
+    """(p50, p95, p99, count) of the finite values (linear interpolation, as numpy's default)."""
+    v = values.to(torch.float64).flatten()
+    v = v[torch.isfinite(v)]
+    if v.numel() == 0:
+        return (math.nan, math.nan, math.nan, 0)
+    q = torch.quantile(v, torch.tensor(QUANTILES, dtype=torch.float64, device=v.device))
+    p50, p95, p99 = (float(a) for a in q.tolist())
+    return (p50, p95, p99, int(v.numel()))
+
+
+def _finish(
+    n: int, mean: float, m2: float, vmax: float, nonfinite: int, confidence: float,
+    q: tuple[float, float, float, int] = (math.nan, math.nan, math.nan, 0),
+) -> Summary:
     std = math.sqrt(m2 / (n - 1)) if n > 1 else 0.0
     stderr = std / math.sqrt(n)
     half = z_value(confidence) * stderr
-    return Summary(n, mean, std, stderr, mean - half, mean + half, confidence, vmax, nonfinite)
+    return Summary(n, mean, std, stderr, mean - half, mean + half, confidence, vmax, nonfinite, *q)
 
 
 class BlockStats:
     """Per-block, per-check sufficient statistics for ``n_samples`` samples and ``n_checks`` checks."""
 
-    def __init__(self, n_samples: int, n_checks: int, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, n_samples: int, n_checks: int, device: torch.device | str = "cpu", *, keep_values: int = QUANTILE_CAP
+    ) -> None:
         self.n_samples = n_samples
         self.n_checks = n_checks
+        self.device = torch.device(device)
+        self.keep_values = keep_values
         n_blocks = max(1, math.ceil(n_samples / BLOCK))
         f64 = dict(dtype=torch.float64, device=device)
         self.count = torch.zeros(n_blocks, n_checks, **f64)
@@ -74,6 +110,28 @@ class BlockStats:
         self.m2 = torch.zeros(n_blocks, n_checks, **f64)
         self.max = torch.full((n_blocks, n_checks), -math.inf, **f64)
         self.nonfinite = torch.zeros(n_blocks, n_checks, **f64)
+        #: Per-sample values of the first ``keep_values`` indices (NaN: not drawn / not selected).
+        self.values = torch.full((min(n_samples, keep_values), n_checks), math.nan, **f64)
+
+    def grown(self, n_samples: int) -> BlockStats:
+        """A copy for a larger sample count, holding these blocks (for sequential sampling:
+        blocks are keyed by sample index, so later blocks are simply appended)."""
+        if n_samples < self.n_samples:
+            raise ValueError("cannot shrink")
+        new = BlockStats(n_samples, self.n_checks, self.device, keep_values=self.keep_values)
+        for a, b in zip(new.tables() + [new.values], self.tables() + [self.values]):
+            a[: b.shape[0]] = b
+        return new
+
+    def clear_from(self, start: int) -> None:
+        """Forget samples from index ``start`` on (a multiple of :data:`BLOCK`)."""
+        if start % BLOCK:
+            raise ValueError("start must be a multiple of BLOCK")
+        b0 = start // BLOCK
+        for t in (self.count, self.total, self.m2, self.nonfinite):
+            t[b0:] = 0.0
+        self.max[b0:] = -math.inf
+        self.values[start:] = math.nan
 
     def tables(self) -> list[torch.Tensor]:
         return [self.count, self.total, self.m2, self.max, self.nonfinite]
@@ -105,6 +163,10 @@ class BlockStats:
         rows = slice(b0, b0 + n_rows)
         for table, value in zip(self.tables(), (count, total, m2, vmax, bad)):
             table[rows, check] = value[:n_rows]
+        stop = min(start + length, self.values.shape[0])
+        if stop > start:
+            kept = torch.where(use, e, math.nan).reshape(errors.shape)[: stop - start]
+            self.values[start:stop, check] = kept
 
     def summary(self, check: int, confidence: float = 0.95) -> Summary:
         """Combine the blocks of one check (law of total variance, exactly rounded sums)."""
@@ -113,9 +175,12 @@ class BlockStats:
     def summaries(self, confidence: float = 0.95) -> list[Summary]:
         """Every check's summary, reading the tables from the device once."""
         tables = [t.cpu() for t in self.tables()]
-        return [self._summary(tables, j, confidence) for j in range(self.n_checks)]
+        values = self.values.cpu()
+        return [self._summary(tables, j, confidence, values[:, j]) for j in range(self.n_checks)]
 
-    def _summary(self, tables: list[torch.Tensor], check: int, confidence: float) -> Summary:
+    def _summary(
+        self, tables: list[torch.Tensor], check: int, confidence: float, values: torch.Tensor | None = None
+    ) -> Summary:
         count, total, m2 = (t[:, check].tolist() for t in tables[:3])
         vmax = float(tables[3][:, check].max())
         nonfinite = int(tables[4][:, check].sum())
@@ -125,4 +190,5 @@ class BlockStats:
             return Summary(0, nan, nan, nan, nan, nan, confidence, nan, nonfinite)
         mean = math.fsum(total) / n
         between = math.fsum(c * (t / c - mean) ** 2 for c, t in zip(count, total) if c > 0)
-        return _finish(n, mean, math.fsum(m2) + between, vmax, nonfinite, confidence)
+        q = quantiles(values) if values is not None else (math.nan, math.nan, math.nan, 0)
+        return _finish(n, mean, math.fsum(m2) + between, vmax, nonfinite, confidence, q)

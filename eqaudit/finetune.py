@@ -78,7 +78,6 @@ import json
 import math
 import os
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -86,6 +85,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_write, temp_prefix
 from .errors import EqauditError, did_you_mean
 from .spec import Spec, _check_keys, _float, _int, _kind, _mapping, _resolve_path, parse_spec
 from .yaml_source import YamlSource, load_yaml
@@ -935,43 +935,11 @@ class Curve:
 
 
 # -- atomic writes ------------------------------------------------------------------------------
-def _tmp_prefix(path: Path) -> str:
-    return f".{path.name}."
-
-
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file in ``path``'s folder, fsync it, then rename it onto
-    ``path``: readers see the old file or the new one, never a half-written one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-
-
 def remove_stale_temps(paths: Iterable[Path]) -> list[Path]:
     """Delete temporary files that a killed run left beside ``paths`` (``.NAME.*.tmp``)."""
     removed = []
     for p in paths:
-        pattern = os.path.join(glob.escape(str(p.parent)), glob.escape(_tmp_prefix(p)) + "*.tmp")
+        pattern = os.path.join(glob.escape(str(p.parent)), glob.escape(temp_prefix(p)) + "*.tmp")
         for stale in glob.glob(pattern):
             try:
                 os.unlink(stale)

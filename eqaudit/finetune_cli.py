@@ -86,7 +86,7 @@ def finetune_command(
             sys.stdout.write(text)
             sys.stdout.flush()
         else:
-            from .report import write_text_atomic
+            from .atomic import write_text_atomic
 
             write_text_atomic(json_path, text)
     if show and not json_to_stdout:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +39,14 @@ class CheckResult:
     passed: bool
     max: float = math.nan
     gate: str = "mean"
+    p50: float = math.nan
+    p95: float = math.nan
+    p99: float = math.nan
+    quantile_n: int = 0
+    noise_floor: float = math.nan
+    hint: str | None = None
+    #: ``group:`` checks: one entry per group element (element, n, mean, std, ci_low, ci_high, ...).
+    elements: list[dict[str, Any]] | None = None
 
     @property
     def gated_value(self) -> float:
@@ -63,6 +69,9 @@ class Report:
     batch_size: int | None = None
     model_was_training: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)
+    noise_floor: float = math.nan
+    sampling: str = "random"
+    target_halfwidth: float | None = None
 
     @property
     def passed(self) -> bool:
@@ -95,6 +104,9 @@ class Report:
             "batch_size": self.batch_size,
             "model_was_training": self.model_was_training,
             "notes": list(self.notes),
+            "noise_floor": self.noise_floor if math.isfinite(self.noise_floor) else None,
+            "sampling": self.sampling,
+            "target_halfwidth": self.target_halfwidth,
             "checks": [_json_safe(asdict(c)) for c in self.checks],
         }
 
@@ -170,21 +182,23 @@ class Report:
             f"gate {self.gate}",
             f"{self.elapsed_s:.2f} s",
         ]
+        if math.isfinite(self.noise_floor):
+            parts.insert(1, f"noise floor {_g(self.noise_floor)}")
         if self.checkpoint:
             parts.insert(0, f"checkpoint {self.checkpoint}")
         return " · ".join(parts)
 
-    def rich_table(self, width: int | None = None) -> Any:
+    def rich_table(self, width: int | None = None, *, quantiles: bool = False) -> Any:
         """A :class:`rich.table.Table` with one row per check and a footer caption.
 
         Below 110 columns the transforms and distance move under the check's name, so the numbers
-        keep one line each.
+        keep one line each. ``quantiles=True`` adds p50, p95, p99 and max columns.
         """
         from rich.table import Table
 
         title = "eqaudit" + (f" — {self.spec}" if self.spec else "")
         if width is not None and width < 110:
-            return self._compact_table(title)
+            return self._compact_table(title, quantiles)
         from rich.markup import escape
 
         table = Table(title=title, caption=self.footer())
@@ -200,6 +214,7 @@ class Report:
             ("penalty", "right", False),
         ]:
             table.add_column(col, justify=just, overflow="fold", no_wrap=not wrap)
+        _quantile_columns(table, quantiles)
         for c in self.checks:
             status = "[bold green]PASS[/]" if c.passed else "[bold red]FAIL[/]"
             table.add_row(
@@ -212,11 +227,30 @@ class Report:
                 _g(c.threshold),
                 status,
                 _g(c.penalty),
+                *_quantile_cells(c, quantiles),
             )
         return table
 
+    def elements_table(self) -> Any:
+        """A second table: the error of every element of the ``group:`` checks (None without any)."""
+        from rich.markup import escape
+        from rich.table import Table
 
-    def _compact_table(self, title: str) -> Any:
+        group_checks = [c for c in self.checks if c.elements]
+        if not group_checks:
+            return None
+        table = Table(title="group elements")
+        for col, just in (("check", "left"), ("element", "left"), ("mean", "right"), (self.confidence_label, "right"),
+                          ("max", "right"), ("status", "center")):
+            table.add_column(col, justify=just)
+        for c in group_checks:
+            for i, e in enumerate(c.elements or []):
+                status = "[green]PASS[/]" if e["passed"] else "[red]FAIL[/]"
+                table.add_row(escape(c.name) if i == 0 else "", escape(e["element"]), _g(_num(e["mean"])),
+                              f"[{_g(_num(e['ci_low']))}, {_g(_num(e['ci_high']))}]", _g(_num(e["max"])), status)
+        return table
+
+    def _compact_table(self, title: str, quantiles: bool = False) -> Any:
         from rich.markup import escape
         from rich.table import Table
 
@@ -224,6 +258,7 @@ class Report:
         table.add_column("check", overflow="fold")
         for col in ("mean", self.confidence_label, "threshold", "status", "penalty"):
             table.add_column(col, justify="center" if col == "status" else "right", no_wrap=True)
+        _quantile_columns(table, quantiles)
         for c in self.checks:
             status = "[bold green]PASS[/]" if c.passed else "[bold red]FAIL[/]"
             what = f"{c.input} → {c.output}, {c.distance}"
@@ -234,8 +269,23 @@ class Report:
                 _g(c.threshold),
                 status,
                 _g(c.penalty),
+                *_quantile_cells(c, quantiles),
             )
         return table
+
+
+def _quantile_columns(table: Any, on: bool) -> None:
+    if on:
+        for name in ("p50", "p95", "p99", "max"):
+            table.add_column(name, justify="right", no_wrap=True)
+
+
+def _quantile_cells(c: CheckResult, on: bool) -> list[str]:
+    return [_g(c.p50), _g(c.p95), _g(c.p99), _g(c.max)] if on else []
+
+
+def _num(x: Any) -> float:
+    return math.nan if x is None else float(x)
 
 
 def _g(x: float) -> str:
@@ -257,32 +307,3 @@ def _json_safe(d: dict[str, Any]) -> dict[str, Any]:
             v = None
         out[k] = v
     return out
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: never half-written.
-
-    Special files (``/dev/stdout``, pipes) are written directly, and the GitHub job summary file
-    (``$GITHUB_STEP_SUMMARY``) is appended to, as GitHub expects.
-    """
-    path = Path(path)
-    summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    if (summary and path.resolve() == Path(summary).resolve()) or (path.exists() and not path.is_file()):
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(text)
-        return
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise

@@ -22,8 +22,10 @@ from .yaml_source import YamlSource, join, load_yaml
 SPEC_KEYS = ("model", "input", "distance", "samples", "num_funcs", "seed", "checks")
 MODEL_KEYS = ("factory", "kwargs", "checkpoint")
 INPUT_KEYS = ("shape", "bounds", "data", "dtype", "sampling")
-CHECK_KEYS = ("name", "input", "output", "both", "epsilon", "threshold", "weight", "distance")
+CHECK_KEYS = ("name", "input", "output", "both", "epsilon", "threshold", "weight", "distance", "group")
 DTYPES = ("float16", "bfloat16", "float32", "float64")
+SAMPLINGS = ("random", "sequential", "sobol")
+SOBOL_MAX_DIM = 21201  # torch.quasirandom.SobolEngine.MAXDIM
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ class InputSpec:
     bounds: Any = (0.0, 1.0)  # [lo, hi] or nested lists broadcast to shape + (2,)
     data: DataRef | None = None
     dtype: str | None = None  # None: the model's parameter dtype
-    sampling: str = "random"  # for data: "random" (with replacement) or "sequential"
+    sampling: str = "random"  # data: "random" (with replacement) or "sequential"; box: "random" or "sobol"
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,8 @@ class CheckSpec:
     epsilon: float = 0.0
     threshold: float = 0.0
     weight: float = 1.0
+    #: ``group:`` checks: the finite group whose every element is evaluated (a GroupTransform).
+    group: Any = None
 
     @property
     def input_text(self) -> str:
@@ -223,10 +227,18 @@ def _parse_input(src: YamlSource, raw: Any, base_dir: Path, require: bool) -> In
     if dtype is not None and dtype not in DTYPES:
         raise src.error("input.dtype", f"unknown dtype {_kind(dtype)}", did_you_mean(str(dtype), DTYPES))
     sampling = m.get("sampling", "random")
-    if sampling not in ("random", "sequential"):
-        raise src.error("input.sampling", f"expected random or sequential, got {_kind(sampling)}")
-    if sampling != "random" and data is None:
-        raise src.error("input.sampling", "only applies to 'input.data'")
+    if sampling not in SAMPLINGS:
+        raise src.error("input.sampling", f"expected random, sequential or sobol, got {_kind(sampling)}",
+                        did_you_mean(str(sampling), SAMPLINGS))
+    if sampling == "sequential" and data is None:
+        raise src.error("input.sampling", "'sequential' only applies to 'input.data'")
+    if sampling == "sobol":
+        if data is not None:
+            raise src.error("input.sampling", "'sobol' (quasi-Monte Carlo) needs a uniform box, not 'input.data'",
+                            "use random or sequential with data")
+        if math.prod(shape) > SOBOL_MAX_DIM:
+            raise src.error("input.sampling", f"'sobol' supports at most {SOBOL_MAX_DIM} input elements, "
+                            f"the input has {math.prod(shape)}", "use sampling: random")
     return InputSpec(shape, bounds, data, dtype, sampling)
 
 
@@ -247,11 +259,30 @@ def _parse_check(
     c = _mapping(src, raw, where)
     _check_keys(src, c, CHECK_KEYS, where)
     both = "both" in c
+    group = None
     if both and ("input" in c or "output" in c):
         raise src.error(
             f"{where}.both", "'both' replaces 'input' and 'output'", "remove input/output, or remove both"
         )
-    if both:
+    if "group" in c:
+        from transforms_zoo.group import finite_group
+
+        for other in ("input", "both"):
+            if other in c:
+                raise src.error(f"{where}.{other}", f"'group' replaces '{other}': every group element is the input "
+                                "transform", "remove one of them")
+        try:
+            group = finite_group(c["group"])
+        except ValueError as exc:
+            raise src.error(f"{where}.group", str(exc)) from None
+        out = c.get("output", "identity")
+        if out not in ("identity", "same"):
+            raise src.error(f"{where}.output", f"with 'group', output is 'identity' (invariance) or 'same' (the same "
+                            f"element on the outputs), got {_kind(out)}")
+        both = out == "same"
+        t_in = group
+        t_out = group if both else _build_transform(src, "identity", f"{where}.output", base_dir)
+    elif both:
         t_in = _build_transform(src, c["both"], f"{where}.both", base_dir)
         t_out = t_in
     else:
@@ -273,7 +304,7 @@ def _parse_check(
         name = t_in.describe() if t_out.name == "identity" or both else f"{t_in.describe()} -> {t_out.describe()}"
     elif not isinstance(name, (str, int, float)) or isinstance(name, bool):
         raise src.error(f"{where}.name", f"expected a string, got {_kind(name)}")
-    return CheckSpec(str(name), t_in, t_out, both, dist, epsilon, threshold, weight)
+    return CheckSpec(str(name), t_in, t_out, both, dist, epsilon, threshold, weight, group)
 
 
 def parse_spec(

@@ -21,6 +21,7 @@ from .base import (
 )
 from .random import SampleRNG
 from . import image, noise, points, sequence  # noqa: F401  (registers the built-in transforms)
+from . import adapters  # noqa: F401  (e3nn irreps and escnn-style field actions; e3nn imported on use)
 
 __all__ = [
     "CallableTransform",

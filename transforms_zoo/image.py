@@ -32,15 +32,22 @@ def _need_2d(x: torch.Tensor, name: str) -> None:
 
 @register
 class Identity(Transform):
+    #: Composes as a group action (verified by ``eqaudit transforms --check``).
+    group_action = True
     name = "identity"
     summary = "leave the tensor unchanged (the output side of an invariance check)"
 
     def apply(self, x: torch.Tensor, params: Any) -> torch.Tensor:
         return x
 
+    def inverse(self) -> Transform:
+        return self
+
 
 @register
 class Rot90(Transform):
+    #: Composes as a group action (verified by ``eqaudit transforms --check``).
+    group_action = True
     name = "rot90"
     summary = "rotate by k quarter turns counter-clockwise: torch.rot90(x, k, (-2, -1))"
     acts_on = "image (..., H, W)"
@@ -50,9 +57,14 @@ class Rot90(Transform):
         _need_2d(x, self.name)
         return torch.rot90(x, self.k, (-2, -1))
 
+    def inverse(self) -> Transform:
+        return Rot90(k=-self.k)
+
 
 @register
 class HFlip(Transform):
+    #: Composes as a group action (verified by ``eqaudit transforms --check``).
+    group_action = True
     name = "hflip"
     summary = "mirror left-right (reverse the last dimension, W)"
     acts_on = "image (..., H, W)"
@@ -61,9 +73,14 @@ class HFlip(Transform):
         _need_2d(x, self.name)
         return torch.flip(x, (-1,))
 
+    def inverse(self) -> Transform:
+        return self
+
 
 @register
 class VFlip(Transform):
+    #: Composes as a group action (verified by ``eqaudit transforms --check``).
+    group_action = True
     name = "vflip"
     summary = "mirror top-bottom (reverse the second-to-last dimension, H)"
     acts_on = "image (..., H, W)"
@@ -72,9 +89,14 @@ class VFlip(Transform):
         _need_2d(x, self.name)
         return torch.flip(x, (-2,))
 
+    def inverse(self) -> Transform:
+        return self
+
 
 @register
 class Transpose(Transform):
+    #: Composes as a group action (verified by ``eqaudit transforms --check``).
+    group_action = True
     name = "transpose"
     summary = "swap rows and columns (torch.transpose(x, -2, -1)): the D4 reflection about the diagonal"
     acts_on = "image (..., H, W)"
@@ -82,6 +104,9 @@ class Transpose(Transform):
     def apply(self, x: torch.Tensor, params: Any) -> torch.Tensor:
         _need_2d(x, self.name)
         return torch.transpose(x, -2, -1)
+
+    def inverse(self) -> Transform:
+        return self
 
 
 def _check_rows(x: torch.Tensor, rows: int, name: str) -> None:
@@ -111,6 +136,8 @@ class Shift(Transform):
     loses what moves out and fills zeros in. A ``[lo, hi]`` range draws an integer uniformly in
     the inclusive range for each sample."""
 
+    #: Composes as a group action (verified by ``eqaudit transforms --check``).
+    group_action = True
     name = "shift"
     summary = "translate by whole pixels (dx: right, dy: down), circular or zero-filled"
     acts_on = "image (..., H, W)"
@@ -168,6 +195,18 @@ class Shift(Transform):
             y = torch.where(keep, y, y.new_zeros(()))
         return y.reshape(x.shape)
 
+    def inverse(self) -> Transform:
+        from .group import Inverted
+
+        def undo(x: torch.Tensor, params: Any) -> torch.Tensor:
+            if params is None:
+                n = x.shape[0]
+                params = ShiftParams(torch.full((n,), self.dx[0], dtype=torch.int64, device=x.device),
+                                     torch.full((n,), self.dy[0], dtype=torch.int64, device=x.device))
+            return self.apply(x, ShiftParams(-params.dx, -params.dy))
+
+        return Inverted(self, undo)
+
 
 # -- rotate and scale (bilinear, about the centre) ----------------------------------------------
 _PADDING = Param("padding", one_of("zeros", "border", "reflection"), "zeros",
@@ -216,6 +255,10 @@ class Rotate(Transform):
     (``affine_grid`` + ``grid_sample``, ``align_corners=False``). A ``[lo, hi]`` range draws the
     angle uniformly for each sample. Corners read from outside the image get ``padding``."""
 
+    #: Composes as a group action (verified by ``eqaudit transforms --check``).
+    group_action = True
+    #: Interpolates: the action is exact only up to resampling error.
+    approximate = True
     name = "rotate"
     summary = "rotate about the centre by an angle in degrees (counter-clockwise), bilinear"
     acts_on = "image (..., H, W)"
@@ -242,6 +285,16 @@ class Rotate(Transform):
             params = torch.full((x.shape[0],), self.degrees[0], dtype=torch.float64, device=x.device)
         return _warp(x, _rotation_theta(params.to(x.device), h, w), self.padding, self.name)
 
+    def inverse(self) -> Transform:
+        from .group import Inverted
+
+        def undo(x: torch.Tensor, params: Any) -> torch.Tensor:
+            if params is None:
+                params = torch.full((x.shape[0],), self.degrees[0], dtype=torch.float64, device=x.device)
+            return self.apply(x, -params)
+
+        return Inverted(self, undo)
+
 
 def _positive_or_range(v: Any) -> tuple[float, float]:
     """A number > 0 or a [lo, hi] range of numbers > 0."""
@@ -258,6 +311,10 @@ class Scale(Transform):
     ``rotate``. A ``[lo, hi]`` range draws the factor per sample, uniformly or, with
     ``log_uniform: true``, uniformly in log(factor) (so 0.5 and 2 are equally likely)."""
 
+    #: Composes as a group action (verified by ``eqaudit transforms --check``).
+    group_action = True
+    #: Interpolates: the action is exact only up to resampling error.
+    approximate = True
     name = "scale"
     summary = "zoom about the centre by a factor (> 1 zooms in), bilinear"
     acts_on = "image (..., H, W)"
@@ -290,3 +347,13 @@ class Scale(Transform):
         z = torch.zeros_like(inv)
         theta = torch.stack([torch.stack([inv, z, z], -1), torch.stack([z, inv, z], -1)], -2)
         return _warp(x, theta, self.padding, self.name)
+
+    def inverse(self) -> Transform:
+        from .group import Inverted
+
+        def undo(x: torch.Tensor, params: Any) -> torch.Tensor:
+            if params is None:
+                params = torch.full((x.shape[0],), self.factor[0], dtype=torch.float64, device=x.device)
+            return self.apply(x, 1.0 / params)
+
+        return Inverted(self, undo)

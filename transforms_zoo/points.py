@@ -56,6 +56,8 @@ class Rotate3d(Transform):
     dtype, so it is orthogonal with determinant +1 to that dtype's precision.
     """
 
+    #: Composes as a group action (verified by ``eqaudit transforms --check``).
+    group_action = True
     name = "rotate3d"
     summary = "rotate 3-D points/vectors (last dim 3): uniform random in SO(3) by default, or about an axis"
     acts_on = "points or vectors (..., 3)"
@@ -128,3 +130,16 @@ class Rotate3d(Transform):
             r = params.to(device=x.device, dtype=x.dtype)
         pts = x.reshape(n, math.prod(x.shape[1:-1]), 3)
         return torch.matmul(pts, r.transpose(-1, -2)).reshape(x.shape)
+
+    def inverse(self) -> Transform:
+        """R^T, with the same parameters."""
+        from .group import Inverted
+
+        def undo(x: torch.Tensor, params: Any) -> torch.Tensor:
+            if params is None:
+                if self._fixed is None:
+                    raise TransformError("'rotate3d' is random: pass the parameters drawn by sample()")
+                params = self._fixed.expand(x.shape[0], 3, 3)
+            return self.apply(x, params.transpose(-1, -2))
+
+        return Inverted(self, undo)

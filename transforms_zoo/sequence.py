@@ -88,6 +88,8 @@ class Permute(Transform):
     check applies the same permutation to input and output when that dimension has the same size.
     """
 
+    #: Composes as a group action (verified by ``eqaudit transforms --check``).
+    group_action = True
     name = "permute"
     summary = "reorder the entries of one dimension (a set's elements, a sequence's tokens)"
     acts_on = "sequence or set (..., N, ...)"
@@ -117,12 +119,30 @@ class Permute(Transform):
         _check_rows(x, rng.n, self.name)
         return take_along(x, d, rng.permutation(k))
 
+    def inverse(self) -> Transform:
+        if self.perm is not None:
+            inv = [0] * len(self.perm)
+            for i, p in enumerate(self.perm):
+                inv[p] = i
+            return Permute(dim=self.dim, perm=inv)
+        from .group import Inverted
+
+        def undo(x: torch.Tensor, params: Any) -> torch.Tensor:
+            d = sample_dim(x, self.dim, self.name)
+            rng = keyed_rng(params, x.device, "permute")
+            _check_rows(x, rng.n, self.name)
+            return take_along(x, d, torch.argsort(rng.permutation(x.shape[d]), dim=1))
+
+        return Inverted(self, undo)
+
 
 @register
 class Roll(Transform):
     """Circular shift along one dimension: entry ``i`` moves to ``(i + shift) mod N``
     (``torch.roll`` per sample)."""
 
+    #: Composes as a group action (verified by ``eqaudit transforms --check``).
+    group_action = True
     name = "roll"
     summary = "circular shift along one dimension (torch.roll), by a fixed or random amount"
     acts_on = "sequence (..., N, ...)"
@@ -155,9 +175,21 @@ class Roll(Transform):
         idx = torch.remainder(torch.arange(k, device=x.device)[None, :] - s[:, None], k)
         return take_along(x, d, idx)
 
+    def inverse(self) -> Transform:
+        from .group import Inverted
+
+        def undo(x: torch.Tensor, params: Any) -> torch.Tensor:
+            if params is None:
+                return self.apply(x, torch.full((x.shape[0],), -self.shift[0], dtype=torch.int64, device=x.device))
+            return self.apply(x, -params)
+
+        return Inverted(self, undo)
+
 
 @register
 class Flip(Transform):
+    #: Composes as a group action (verified by ``eqaudit transforms --check``).
+    group_action = True
     name = "flip"
     summary = "reverse the order of one dimension (torch.flip)"
     acts_on = "sequence (..., N, ...)"
@@ -165,3 +197,6 @@ class Flip(Transform):
 
     def apply(self, x: torch.Tensor, params: Any) -> torch.Tensor:
         return torch.flip(x, (sample_dim(x, self.dim, self.name),))
+
+    def inverse(self) -> Transform:
+        return self

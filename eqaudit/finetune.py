@@ -716,7 +716,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: FinetuneConfig, model: Any, train: TensorData | DatasetData, device: Any,
-                 *, total_steps: int | None = None) -> None:
+                 *, total_steps: int | None = None, world: Any = None) -> None:
         import torch
 
         from .checkpoint import model_dtype
@@ -735,6 +735,12 @@ class Trainer:
         self.loss_fn = make_task_loss(cfg)
         n = len(train)
         self.batch_size = min(cfg.batch_size, n)
+        from .distributed import World
+
+        self.world = world if world is not None else World()
+        if self.world.size > 1 and self.batch_size % self.world.size:
+            raise cfg.error("batch_size", f"batch size {self.batch_size} does not split evenly across "
+                            f"{self.world.size} processes", f"use a multiple of {self.world.size}")
         self.steps_per_epoch = max(1, n // self.batch_size)
         self.total_steps = total_steps if total_steps is not None else (
             cfg.steps if cfg.steps is not None else int(cfg.epochs or 1) * self.steps_per_epoch)
@@ -835,7 +841,7 @@ class Trainer:
 
         s = self.step_idx
         self.model.train()
-        x, y_true = self.train.batch(self.batch_indices(s))
+        x, y_true = self.train.batch(self._shard(self.batch_indices(s)))
         x, y_true = _to(x, self.device, self.dtype), y_true.to(self.device)
         data_key = "data.dataset" if self.cfg.data.dataset else "data.inputs"
         out = _call(self.model, x, self.cfg, data_key)
@@ -850,7 +856,10 @@ class Trainer:
                 ys.append(out)
             if self.points in ("random", "both"):
                 assert self.sampler is not None
-                xr = self.sampler.draw(self._rng(s, self.samples, "random"))
+                rng = self._rng(s, self.samples, "random")
+                if self.world.size > 1:
+                    rng = rng.select(torch.arange(self.world.rank, self.samples, self.world.size, device=self.device))
+                xr = self.sampler.draw(rng)
                 xs.append(xr.to(x.dtype) if self.points == "both" else xr)
                 ys.append(_call(self.model, xs[-1], self.cfg, "input"))
             px = xs[0] if len(xs) == 1 else torch.cat(xs)
@@ -865,9 +874,39 @@ class Trainer:
                 f"(task loss {float(task)}, penalty {pen_value})", "lower the learning rate or the check weights")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        task_value = float(task.detach())
+        if self.world.size > 1:
+            task_value, pen_value = self._average_gradients(task_value, pen_value)
         self.optimizer.step()
         self.step_idx = s + 1
-        return StepResult(s + 1, (s + 1) / self.steps_per_epoch, float(task.detach()), pen_value, errors)
+        return StepResult(s + 1, (s + 1) / self.steps_per_epoch, task_value, pen_value, errors)
+
+    # -- data parallel --------------------------------------------------------------------------
+    def _shard(self, rows: Any) -> Any:
+        """This process's share of a batch: every ``world.size``-th row."""
+        return rows if self.world.size == 1 else rows[self.world.rank :: self.world.size]
+
+    def _average_gradients(self, task: float, penalty: float | None) -> tuple[float, float | None]:
+        """Average the gradients (and the logged losses) over the processes, as
+        DistributedDataParallel does: equal shards, so the result is the full batch's gradient."""
+        import torch
+        import torch.distributed as dist
+
+        size = self.world.size
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if grads:
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            dist.all_reduce(flat)
+            flat /= size
+            offset = 0
+            for g in grads:
+                g.copy_(flat[offset : offset + g.numel()].view_as(g))
+                offset += g.numel()
+        logged = torch.tensor([task, penalty if penalty is not None else 0.0], dtype=torch.float64,
+                              device=grads[0].device if grads else "cpu")
+        dist.all_reduce(logged)
+        logged /= size
+        return float(logged[0]), (float(logged[1]) if penalty is not None else None)
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -1127,6 +1166,7 @@ def _run(cfg: FinetuneConfig, dyn: DynamicsConfig, *, resume: bool, force: bool,
          t0: float) -> FinetuneResult:
     import torch
 
+    from .distributed import current_world
     from .engine import audit, resolve_device
 
     spec = cfg.spec
@@ -1139,18 +1179,31 @@ def _run(cfg: FinetuneConfig, dyn: DynamicsConfig, *, resume: bool, force: bool,
             dev = resolve_device(cfg.device)
         except EqauditError as exc:
             raise cfg.error("device", exc.message, exc.hint) from None
-    remove_stale_temps([out.checkpoint, out.report, out.state])
+    world = current_world(dev)
+    if world.size > 1 and dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", world.local_rank % torch.cuda.device_count())
+    main = world.is_main  # under torchrun only rank 0 writes files
+    if main:
+        remove_stale_temps([out.checkpoint, out.report, out.state])
 
     train, val = load_data(cfg)
     if model is None:
         from .checkpoint import load_model
 
-        model = load_model(spec.model.checkpoint, factory=spec.model.factory, kwargs=dict(spec.model.kwargs),
-                           base_dir=spec.base_dir, trust_checkpoint=trust_checkpoint, source=spec.file)
+        with torch.random.fork_rng():  # a model built without a checkpoint starts from seeded weights
+            torch.manual_seed(spec.seed)
+            model = load_model(spec.model.checkpoint, factory=spec.model.factory, kwargs=dict(spec.model.kwargs),
+                               base_dir=spec.base_dir, trust_checkpoint=trust_checkpoint, source=spec.file)
     if not isinstance(model, torch.nn.Module):
         raise cfg.error("model", f"fine-tuning needs a torch.nn.Module, got {type(model).__name__}")
     model.to(dev)
-    trainer = Trainer(cfg, model, train, dev)
+    if world.size > 1:  # every process starts from rank 0's weights
+        import torch.distributed as dist
+
+        with torch.no_grad():
+            for t in list(model.parameters()) + list(model.buffers()):
+                dist.broadcast(t.data, src=0)
+    trainer = Trainer(cfg, model, train, dev, world=world)
     total = trainer.total_steps
     if spec.input.shape and cfg.regularizer.points != "random":
         sample_shape = tuple(train.batch(torch.arange(1))[0].shape[1:])
@@ -1213,12 +1266,14 @@ def _run(cfg: FinetuneConfig, dyn: DynamicsConfig, *, resume: bool, force: bool,
                 if point is not None:
                     _emit(callback, "log", **point)
                 if sigint.hit:
-                    save_state(out.state, snapshot())
+                    if main:
+                        save_state(out.state, snapshot())
                     raise FinetuneInterrupted(r.step, total, out.state)
-                if cfg.checkpoint_every and r.step % cfg.checkpoint_every == 0 and r.step < total:
+                if cfg.checkpoint_every and r.step % cfg.checkpoint_every == 0 and r.step < total and main:
                     save_state(out.state, snapshot())
                     _emit(callback, "checkpoint", step=r.step, path=str(out.state))
-        save_state(out.state, snapshot())
+        if main:
+            save_state(out.state, snapshot())
         train_elapsed += time.perf_counter() - t_train
 
     _emit(callback, "audit", phase="after")
@@ -1230,14 +1285,17 @@ def _run(cfg: FinetuneConfig, dyn: DynamicsConfig, *, resume: bool, force: bool,
         _emit(callback, "dynamics")
         dyn_result = compute_dynamics(cfg, dyn, model, train, dev, trainer.dtype)
 
-    save_model_safetensors(model, out.checkpoint, {
-        "format": "pt", "eqaudit": "finetune", "steps": str(total), "seed": str(spec.seed),
-        "config": str(cfg.file or ""),
-    })
     report = _report(cfg, dyn, before, after, metrics_before, metrics_after, curve.points, dyn_result,
                      total, trainer, resumed_from, dev, time.perf_counter() - t0, train_elapsed)
-    atomic_write(out.report, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2, allow_nan=False) + "\n",
-                                                              encoding="utf-8"))
+    if world.size > 1:
+        report["processes"] = world.size
+    if main:
+        save_model_safetensors(model, out.checkpoint, {
+            "format": "pt", "eqaudit": "finetune", "steps": str(total), "seed": str(spec.seed),
+            "config": str(cfg.file or ""),
+        })
+        atomic_write(out.report, lambda tmp: Path(tmp).write_text(
+            json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8"))
     _emit(callback, "done", exit_code=after.exit_code)
     return FinetuneResult(before, after, metrics_before, metrics_after, curve.points, dyn_result, report, out,
                           total, resumed_from)

@@ -6,6 +6,7 @@ No torch at import time (``eqaudit --help`` stays instant); the library is impor
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from collections.abc import Mapping
@@ -56,6 +57,10 @@ def finetune_command(
                            hint="--resume continues a run, --force starts it over")
     cfg = load_config(config)
     json_to_stdout = json_path == "-"
+    from .distributed import launched_by_torchrun
+
+    if launched_by_torchrun() and os.environ.get("RANK", "0") != "0":
+        quiet, json_path, json_to_stdout = True, None, False  # rank 0 speaks for the run
     show = not quiet
     view = _View(err, show=show, terminal=err.is_terminal)
     try:

@@ -27,3 +27,56 @@ def test_two_processes_give_the_single_process_report(tmp_path):
     a, b = json.loads(single.read_text()), json.loads(split.read_text())
     assert a["checks"] == b["checks"]
     assert "samples split across 2 processes" in b["notes"]
+
+
+FINETUNE = """
+model:
+  factory: sample_models.digits:SmallCNN
+  kwargs: {{channels: 4}}
+input:
+  data: {data}:val_images
+samples: 128
+checks:
+  - name: rot90
+    input: rot90
+    weight: 0.1
+    threshold: 100
+data:
+  path: {data}
+  inputs: train_images
+  targets: train_labels
+task_loss: cross_entropy
+optimizer: {{name: sgd, lr: 0.05}}
+steps: 12
+batch_size: 32
+regularizer: {{points: data}}
+output:
+  checkpoint: {out}
+checkpoint_every: 0
+"""
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
+def test_data_parallel_finetune_matches_one_process(tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    shutil.copytree(ROOT / "sample_configs" / "sample_models", tmp_path / "sample_models")
+    data = ROOT / "sample_configs" / "digits.safetensors"
+    for name in ("one", "two"):
+        (tmp_path / f"{name}.yaml").write_text(FINETUNE.format(data=data, out=f"{name}.safetensors"))
+    base = [sys.executable, "-m"]
+    subprocess.run([*base, "eqaudit", "finetune", "one.yaml", "-q", "--device", "cpu"], check=True, cwd=tmp_path)
+    run = subprocess.run(
+        [*base, "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "eqaudit", "finetune", "two.yaml", "-q", "--device", "cpu"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    one, two = load_file(str(tmp_path / "one.safetensors")), load_file(str(tmp_path / "two.safetensors"))
+    # Each process takes half of every batch; averaged gradients equal the full batch's up to rounding.
+    for k in one:
+        assert torch.allclose(one[k], two[k], atol=1e-6), k
+    report = json.loads((tmp_path / "two.report.json").read_text())
+    assert report["processes"] == 2

@@ -667,6 +667,9 @@ def _chunk(
             stats.update(j, start, torch.zeros(length, dtype=torch.float64, device=dev),
                          torch.zeros(length, dtype=torch.bool, device=dev))
             continue
+        if check.mode == "lie":  # forward-mode AD along the path: its own forward
+            _store(stats, j, start, _lie_errors(model, spec, j, xs), rows, valid, length, dev)
+            continue
         if check.group is not None:  # every element on every sample
             g_key = f"{where}.group"
             for e, element in enumerate(check.group.elements):
@@ -741,6 +744,47 @@ class _Pending:
         self.in_key, self.out_key = in_key, out_key
         self.out: torch.Tensor = x
         self.element: int | None = None  # group checks: the element's index
+
+
+def lie_derivative(model: Any, check: Any, x: torch.Tensor) -> torch.Tensor:
+    """``d/dt f_out(t)^-1 f(f_in(t)(x))`` at ``t = 0`` per sample, by forward-mode AD
+    (``torch.func.jvp``), for transforms with a one-parameter path (``lie_path(x, t)``)."""
+    import warnings
+
+    t_in = check.input
+    t_out = check.input if check.both else (None if check.output.name == "identity" else check.output)
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.enable_grad():
+        # torch.func scripts a helper on first use, which warns about torch.jit.script in torch 2.13
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=DeprecationWarning)
+        xc = x.clone()
+        real = xc.dtype if xc.is_floating_point() else torch.float32
+        t0 = torch.zeros(xc.shape[0], dtype=real, device=xc.device)
+
+        def path(t: torch.Tensor) -> torch.Tensor:
+            y = model(t_in.lie_path(xc, t))
+            return t_out.lie_path(y, -t) if t_out is not None else y
+
+        _, d = torch.func.jvp(path, (t0,), (torch.ones_like(t0),))
+    return d.detach()
+
+
+def _lie_errors(model: Any, spec: Spec, j: int, x: torch.Tensor) -> torch.Tensor:
+    """The check's norm of the Lie derivative, per sample (float64)."""
+    check = spec.checks[j]
+    try:
+        d = lie_derivative(model, check, x)
+    except TransformError as exc:
+        raise spec.error(f"checks[{j}].{'both' if check.both else 'input'}", exc.message, exc.hint) from None
+    except (torch.cuda.OutOfMemoryError, MemoryError):
+        raise
+    except Exception as exc:
+        if _is_oom(exc):
+            raise
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise spec.error(f"checks[{j}].mode", f"the Lie derivative failed (forward-mode AD through the model): "
+                         f"{type(exc).__name__}: {msg}", "the model must support torch.func.jvp") from None
+    d = d.to(torch.float64)
+    return check.distance(d, torch.zeros_like(d)).reshape(-1).to(torch.float64)
 
 
 def _store(stats: BlockStats, column: int, start: int, e: torch.Tensor, rows: torch.Tensor | None,

@@ -22,7 +22,8 @@ from .yaml_source import YamlSource, join, load_yaml
 SPEC_KEYS = ("model", "input", "distance", "samples", "num_funcs", "seed", "checks")
 MODEL_KEYS = ("factory", "kwargs", "checkpoint")
 INPUT_KEYS = ("shape", "bounds", "data", "dtype", "sampling")
-CHECK_KEYS = ("name", "input", "output", "both", "epsilon", "threshold", "weight", "distance", "group")
+CHECK_KEYS = ("name", "input", "output", "both", "epsilon", "threshold", "weight", "distance", "group", "mode")
+MODES = ("sample", "lie")
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 SAMPLINGS = ("random", "sequential", "sobol")
 SOBOL_MAX_DIM = 21201  # torch.quasirandom.SobolEngine.MAXDIM
@@ -70,6 +71,8 @@ class CheckSpec:
     weight: float = 1.0
     #: ``group:`` checks: the finite group whose every element is evaluated (a GroupTransform).
     group: Any = None
+    #: ``sample`` (the error of drawn transforms) or ``lie`` (the Lie derivative along a path).
+    mode: str = "sample"
 
     @property
     def input_text(self) -> str:
@@ -304,7 +307,30 @@ def _parse_check(
         name = t_in.describe() if t_out.name == "identity" or both else f"{t_in.describe()} -> {t_out.describe()}"
     elif not isinstance(name, (str, int, float)) or isinstance(name, bool):
         raise src.error(f"{where}.name", f"expected a string, got {_kind(name)}")
-    return CheckSpec(str(name), t_in, t_out, both, dist, epsilon, threshold, weight, group)
+    mode = c.get("mode", "sample")
+    if mode not in MODES:
+        raise src.error(f"{where}.mode", f"expected sample or lie, got {_kind(mode)}", did_you_mean(str(mode), MODES))
+    if mode == "lie":
+        _check_lie(src, c, where, t_in, t_out, both, group, dist)
+    return CheckSpec(str(name), t_in, t_out, both, dist, epsilon, threshold, weight, group, mode)
+
+
+def _check_lie(src: YamlSource, c: Mapping, where: str, t_in: Transform, t_out: Transform, both: bool,
+               group: Any, dist: Distance) -> None:
+    """``mode: lie`` needs transforms with a one-parameter path and a norm as the distance."""
+    if group is not None:
+        raise src.error(f"{where}.mode", "'mode: lie' differentiates along a continuous path; a finite 'group' "
+                        "has none", "remove mode or group")
+    side = "both" if both else "input"
+    if getattr(t_in, "lie_path", None) is None:
+        raise src.error(f"{where}.{side}", f"transform {t_in.describe()} declares no one-parameter path, so it has "
+                        "no Lie derivative", "use shift, rotate, scale or rotate3d (with axis)")
+    if not both and t_out.name != "identity" and getattr(t_out, "lie_path", None) is None:
+        raise src.error(f"{where}.output", f"transform {t_out.describe()} declares no one-parameter path")
+    if not (dist.name in ("l1", "l2", "linf") or dist.name.startswith("lp:")):
+        key = f"{where}.distance" if "distance" in c else "distance"
+        raise src.error(key, f"'mode: lie' takes the norm of a derivative: use l1, l2, linf or lp:P, "
+                        f"not {dist.name}")
 
 
 def parse_spec(

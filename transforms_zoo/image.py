@@ -43,6 +43,9 @@ class Identity(Transform):
     def inverse(self) -> Transform:
         return self
 
+    def lie_path(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return x
+
 
 @register
 class Rot90(Transform):
@@ -207,6 +210,29 @@ class Shift(Transform):
 
         return Inverted(self, undo)
 
+    def lie_path(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Continuous translation by ``t`` pixels (``(n,)``) along the unit direction of (dx, dy)
+        ((1, 0) when both are 0 or ranges): band-limited (Fourier) interpolation, circular; equal
+        to ``torch.roll`` at integer steps along an axis."""
+        _need_2d(x, self.name)
+        d = (float(self.dx[0]), float(self.dy[0])) if not self.is_random else (1.0, 0.0)
+        norm = math.hypot(*d) or 1.0
+        ux, uy = (d[0] / norm, d[1] / norm) if any(d) else (1.0, 0.0)
+        return fourier_translate(x, t * ux, t * uy)
+
+
+def fourier_translate(x: torch.Tensor, tx: torch.Tensor, ty: torch.Tensor) -> torch.Tensor:
+    """Translate each sample of ``x`` (n, ..., H, W) by ``(tx, ty)`` pixels ((n,) each; right and
+    down), circularly, by the Fourier shift theorem; differentiable in ``tx`` and ``ty``."""
+    n, h, w = x.shape[0], x.shape[-2], x.shape[-1]
+    real = torch.float64 if x.dtype == torch.float64 else torch.float32
+    fy = torch.fft.fftfreq(h, dtype=real, device=x.device)
+    fx = torch.fft.fftfreq(w, dtype=real, device=x.device)
+    view = (n,) + (1,) * (x.dim() - 1)
+    phase = fy.reshape(-1, 1) * ty.to(real).reshape(view) + fx.reshape(1, -1) * tx.to(real).reshape(view)
+    spec = torch.fft.fft2(x.to(real)) * torch.exp(-2j * math.pi * phase)
+    return torch.fft.ifft2(spec).real.to(x.dtype)
+
 
 # -- rotate and scale (bilinear, about the centre) ----------------------------------------------
 _PADDING = Param("padding", one_of("zeros", "border", "reflection"), "zeros",
@@ -231,6 +257,62 @@ def _warp(x: torch.Tensor, theta: torch.Tensor, padding: str, name: str) -> torc
     grid = F.affine_grid(theta, [n, c, h, w], align_corners=False)
     y = F.grid_sample(x4, grid, mode="bilinear", padding_mode=padding, align_corners=False)
     return y.reshape(x.shape)
+
+
+def _warp_ad(x: torch.Tensor, theta: torch.Tensor, padding: str, name: str) -> torch.Tensor:
+    """The same resampling as :func:`_warp` built from elementary ops, so that forward-mode AD
+    (``torch.func.jvp``, for Lie derivatives) goes through it (``grid_sample`` has no forward AD).
+    Bilinear, ``align_corners=False``; ``reflection`` padding mirrors the corner pixels' indices."""
+    _need_2d(x, name)
+    n, h, w = x.shape[0], x.shape[-2], x.shape[-1]
+    c = math.prod(x.shape[1:-2])
+    x3 = x.reshape(n, c, h * w)
+    theta = theta.to(dtype=x.dtype, device=x.device)
+    bx = (2 * torch.arange(w, dtype=x.dtype, device=x.device) + 1) / w - 1
+    by = (2 * torch.arange(h, dtype=x.dtype, device=x.device) + 1) / h - 1
+    gy, gx = torch.meshgrid(by, bx, indexing="ij")
+    base = torch.stack([gx, gy, torch.ones_like(gx)], -1).reshape(1, h * w, 3)
+    grid = base @ theta.transpose(-1, -2)  # (n, H*W, 2): normalised (x, y) read for each output pixel
+    ix = ((grid[..., 0] + 1) * w - 1) / 2
+    iy = ((grid[..., 1] + 1) * h - 1) / 2
+    # At t = 0 the sampling points sit exactly on pixel centres, where bilinear interpolation has
+    # only one-sided derivatives: average the interpolants of the cells on either side (equal
+    # values, the mean of both slopes: the central derivative, as a finite difference sees it).
+    out = 0.5 * (_bilinear_cells(x3, ix, iy, -1e-6, h, w, padding)
+                 + _bilinear_cells(x3, ix, iy, 1e-6, h, w, padding))
+    return out.reshape(x.shape)
+
+
+def _bilinear_cells(x3: torch.Tensor, ix: torch.Tensor, iy: torch.Tensor, nudge: float, h: int, w: int,
+                    padding: str) -> torch.Tensor:
+    """Bilinear samples of ``x3`` (n, C, H*W) at pixel coordinates ``(ix, iy)`` (n, H*W), using the
+    cells of ``floor(coordinate + nudge)`` (the choice matters only on cell edges)."""
+    n, c = x3.shape[0], x3.shape[1]
+    x0, y0 = torch.floor(ix.detach() + nudge), torch.floor(iy.detach() + nudge)
+    fx, fy = ix - x0, iy - y0
+    out = None
+    for dy, wy in ((0, 1 - fy), (1, fy)):
+        for dx, wx in ((0, 1 - fx), (1, fx)):
+            cx, cy = (x0 + dx).long(), (y0 + dy).long()
+            inside = (cx >= 0) & (cx < w) & (cy >= 0) & (cy < h)
+            if padding == "reflection":
+                cx, cy = _mirror(cx, w), _mirror(cy, h)
+            else:
+                cx, cy = cx.clamp(0, w - 1), cy.clamp(0, h - 1)
+            weight = wx * wy
+            if padding == "zeros":
+                weight = weight * inside.to(x3.dtype)
+            vals = torch.gather(x3, 2, (cy * w + cx)[:, None, :].expand(n, c, h * w))
+            term = vals * weight[:, None, :]
+            out = term if out is None else out + term
+    return out
+
+
+def _mirror(i: torch.Tensor, size: int) -> torch.Tensor:
+    """Indices mirrored into [0, size) with the edge pixel repeated (-1 -> 0, size -> size - 1)."""
+    period = 2 * size
+    i = torch.remainder(i, period)
+    return torch.where(i >= size, period - 1 - i, i)
 
 
 def _rotation_theta(degrees: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -295,6 +377,14 @@ class Rotate(Transform):
 
         return Inverted(self, undo)
 
+    def lie_path(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Rotation by ``t`` radians (``(n,)``) counter-clockwise, bilinear (``degrees`` is not used)."""
+        h, w = x.shape[-2], x.shape[-1]
+        c, s = torch.cos(t), torch.sin(t)
+        z = torch.zeros_like(t)
+        theta = torch.stack([torch.stack([c, -s * (h / w), z], -1), torch.stack([s * (w / h), c, z], -1)], -2)
+        return _warp_ad(x, theta, self.padding, self.name)
+
 
 def _positive_or_range(v: Any) -> tuple[float, float]:
     """A number > 0 or a [lo, hi] range of numbers > 0."""
@@ -357,3 +447,10 @@ class Scale(Transform):
             return self.apply(x, 1.0 / params)
 
         return Inverted(self, undo)
+
+    def lie_path(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Zoom by the factor ``exp(t)`` (``(n,)``), bilinear (``factor`` is not used)."""
+        inv = torch.exp(-t)
+        z = torch.zeros_like(inv)
+        theta = torch.stack([torch.stack([inv, z, z], -1), torch.stack([z, inv, z], -1)], -2)
+        return _warp_ad(x, theta, self.padding, self.name)

@@ -143,3 +143,17 @@ class Rotate3d(Transform):
             return self.apply(x, params.transpose(-1, -2))
 
         return Inverted(self, undo)
+
+    def lie_path(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Rotation by ``t`` radians (``(n,)``) about the fixed ``axis`` (right-handed)."""
+        if self.axis is None:
+            raise TransformError("a Lie derivative of 'rotate3d' needs a fixed 'axis' (the path's generator)",
+                                 key="axis")
+        a = torch.tensor(self.axis, dtype=x.dtype, device=x.device)
+        a = a / torch.linalg.vector_norm(a)
+        k = torch.zeros(3, 3, dtype=x.dtype, device=x.device)
+        k[0, 1], k[0, 2], k[1, 0], k[1, 2], k[2, 0], k[2, 1] = -a[2], a[1], a[2], -a[0], -a[1], a[0]
+        s, c = torch.sin(t.to(x.dtype))[:, None, None], torch.cos(t.to(x.dtype))[:, None, None]
+        r = torch.eye(3, dtype=x.dtype, device=x.device) + s * k + (1 - c) * (k @ k)  # Rodrigues
+        pts = x.reshape(x.shape[0], math.prod(x.shape[1:-1]), 3)
+        return torch.matmul(pts, r.transpose(-1, -2)).reshape(x.shape)

@@ -472,14 +472,16 @@ def noise_floors(model: Any, spec: Spec, sampler: PointSampler, dev: torch.devic
         y2 = model(torch.cat([x, x]))[:n0]
     except Exception:
         return [math.nan] * len(spec.checks)
-    out = []
-    for check in spec.checks:
+    means: list[torch.Tensor | None] = []
+    for check in spec.checks:  # stay on the device: one transfer for all checks at the end
         try:
             e = check.distance(y1.to(torch.float64), y2.to(torch.float64)).reshape(-1).to(torch.float64)
-            out.append(float(e.mean()) if bool(torch.isfinite(e).all()) else math.nan)
+            means.append(e.mean())  # NaN or Inf when any value is not finite
         except Exception:
-            out.append(math.nan)
-    return out
+            means.append(None)
+    got = [m for m in means if m is not None]
+    values = iter(torch.stack(got).tolist() if got else [])
+    return [next(values) if m is not None else math.nan for m in means]
 
 
 def _first_block_mean(model: Any, spec: Spec, sampler: PointSampler, dev: torch.device, j: int,

@@ -46,7 +46,9 @@ TrustOpt = Annotated[
 
 def fail(message: str) -> None:
     """Print one error line on stderr."""
-    err.print(f"[bold red]eqaudit: error:[/] {message}", highlight=False, markup=True)
+    from .errors import one_line
+
+    err.print(f"[bold red]eqaudit: error:[/] {one_line(message)}", highlight=False, markup=True, soft_wrap=True)
 
 
 def handles_errors(fn: F) -> F:
@@ -70,7 +72,9 @@ def handles_errors(fn: F) -> F:
         except Exception as exc:  # a bug, or an error we did not anticipate
             if debug:
                 raise
-            fail(_escape(f"{type(exc).__name__}: {exc}") + " (run again with --debug for the traceback)")
+            from .errors import first_line
+
+            fail(_escape(first_line(exc)) + " (run again with --debug for the traceback)")
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]

@@ -18,11 +18,11 @@ import torch
 
 from transforms_zoo import SampleRNG, TransformError
 
-from .errors import EqauditError
+from .errors import EqauditError, first_line
 from .distributed import World, current_world, reduce_stats
 from .estimator import BLOCK, BlockStats
 from .report import GATES, CheckResult, Report
-from .spec import InputSpec, Spec, load_spec
+from .spec import MAX_SAMPLES, InputSpec, Spec, load_spec
 
 Progress = Callable[[int, int], None]
 
@@ -212,6 +212,8 @@ def audit(
     if samples is not None:
         if samples < 1:
             raise EqauditError(f"--samples must be >= 1, got {samples}", key="--samples")
+        if samples > MAX_SAMPLES:
+            raise EqauditError(f"--samples {samples} is too large (at most {MAX_SAMPLES})", key="--samples")
         spec = spec.replace(samples=int(samples))
     if seed is not None:
         if seed < 0:
@@ -626,8 +628,7 @@ def _apply(t: Any, x: torch.Tensor, params: Any, spec: Spec, key: str) -> torch.
     except Exception as exc:
         if _is_oom(exc):
             raise
-        raise spec.error(key, f"transform {t.describe()} failed on shape {list(x.shape)}: "
-                         f"{type(exc).__name__}: {exc}") from None
+        raise spec.error(key, f"transform {t.describe()} failed on shape {list(x.shape)}: {first_line(exc)}") from None
 
 
 def _sample(t: Any, rng: SampleRNG, spec: Spec, key: str) -> Any:
@@ -635,6 +636,10 @@ def _sample(t: Any, rng: SampleRNG, spec: Spec, key: str) -> Any:
         return t.sample(rng)
     except TransformError as exc:
         raise spec.error(key, exc.message, exc.hint) from None
+    except (ValueError, RuntimeError) as exc:
+        if _is_oom(exc):
+            raise
+        raise spec.error(key, f"drawing the parameters of {t.describe()} failed: {first_line(exc)}") from None
 
 
 def _chunk(
@@ -711,8 +716,8 @@ def _chunk(
         except EqauditError as exc:
             raise exc.located(file=spec.file, key=f"checks[{j}].distance") from None
         except Exception as exc:
-            raise spec.error(f"checks[{j}].distance", f"distance '{check.distance.name}' failed: "
-                             f"{type(exc).__name__}: {exc}") from None
+            raise spec.error(f"checks[{j}].distance",
+                             f"distance '{check.distance.name}' failed: {first_line(exc)}") from None
         e = e.reshape(-1).to(torch.float64)
         if item.element is not None:
             group_sums[j] = group_sums[j] + e if j in group_sums else e

@@ -7,6 +7,26 @@ from collections.abc import Iterable
 from pathlib import Path
 
 
+_LINE_BREAKS = {"\n": "\\n", "\r": "\\r", "\x0b": "\\v", "\x0c": "\\f", "\x1c": "\\x1c", "\x1d": "\\x1d",
+                "\x1e": "\\x1e", "\x85": "\\x85", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+_ESCAPE_BREAKS = str.maketrans(_LINE_BREAKS)
+
+
+def one_line(text: str) -> str:
+    """``text`` with every line break shown as an escape (``\\n``): messages stay one line even
+    when they quote a key or value that contains one."""
+    return str(text).translate(_ESCAPE_BREAKS)
+
+
+def first_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` of an exception raised by user or library code (a
+    multi-line message, such as a C++ stack, is cut to its first line)."""
+    text = str(exc).strip()
+    head = text.splitlines()[0] if text else ""
+    more = " …" if len(text.splitlines()) > 1 else ""
+    return f"{type(exc).__name__}: {head}{more}" if head else type(exc).__name__
+
+
 class EqauditError(Exception):
     """A problem with the user's input (spec, checkpoint, option, model output).
 
@@ -49,7 +69,7 @@ class EqauditError(Exception):
             where = f"line {self.line}: "
         key = f"{self.key}: " if self.key else ""
         hint = f" ({self.hint})" if self.hint else ""
-        return f"{where}{key}{self.message}{hint}"
+        return one_line(f"{where}{key}{self.message}{hint}")
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:

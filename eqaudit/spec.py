@@ -131,11 +131,20 @@ def _kind(v: Any) -> str:
     return {dict: "a mapping", list: "a list", str: f"the string {v!r}", bool: f"{v}"}.get(type(v), repr(v))
 
 
-def _int(src: YamlSource, v: Any, key: str, *, minimum: int = 0) -> int:
+#: Largest Monte Carlo sample count: the block tables hold 5 float64 per 64 samples and check.
+MAX_SAMPLES = 2**31
+
+#: Largest integer a spec may give (sample counts, seeds, sizes): 2**40.
+INT_MAX = 2**40
+
+
+def _int(src: YamlSource, v: Any, key: str, *, minimum: int = 0, maximum: int = INT_MAX) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
         raise src.error(key, f"expected an integer, got {_kind(v)}")
     if v < minimum:
         raise src.error(key, f"must be >= {minimum}, got {v}")
+    if v > maximum:
+        raise src.error(key, f"{v} is too large (at most {maximum})")
     return v
 
 
@@ -348,7 +357,7 @@ def parse_spec(
     distance = d.get("distance", "l2")
     if not isinstance(distance, (str, int, float)) or isinstance(distance, bool):
         raise src.error("distance", f"expected a distance name, got {_kind(distance)}")
-    samples = _int(src, d.get("samples", 1024), "samples", minimum=1)
+    samples = _int(src, d.get("samples", 1024), "samples", minimum=1, maximum=MAX_SAMPLES)
     seed = _int(src, d.get("seed", 0), "seed", minimum=0)
     raw_checks = d.get("checks")
     if not isinstance(raw_checks, list) or not raw_checks:

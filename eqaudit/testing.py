@@ -61,9 +61,8 @@ OPTION_NAMES = ("samples", "seed", "atol", "rtol", "device")
 #: Keys of a list-of-checks call that build the spec's input block and top level.
 _INPUT_KEYS = ("shape", "bounds", "data", "dtype", "sampling")
 _TOP_KEYS = ("distance", "num_funcs")
-#: Keyword arguments passed on to :func:`eqaudit.engine.audit`.
-_AUDIT_KEYS = ("batch_size", "confidence", "gate", "precision", "compile", "progress", "checkpoint",
-               "trust_checkpoint")
+#: Arguments of :func:`eqaudit.engine.audit` that assert_equivariant sets itself.
+_OWN_AUDIT_KEYS = ("samples", "seed", "device")
 
 _session_defaults: dict[str, Any] = {}
 _scoped_defaults: list[dict[str, Any]] = []
@@ -154,7 +153,7 @@ def assert_equivariant(
     ``{"both": "rotate3d", "threshold": 1e-4}``, ...) with the input domain given as keyword
     arguments ``shape=`` (required), ``bounds=``, ``data=``, ``dtype=``, ``sampling=`` and the
     spec's ``distance=`` and ``num_funcs=``. Other keyword arguments (``batch_size``,
-    ``confidence``, ``gate``, ``precision``, ``compile``) go to :func:`eqaudit.engine.audit`.
+    ``confidence``, ``gate``, ``precision``, ``compile``, ...) go to :func:`eqaudit.engine.audit`.
 
     ``model`` may be None to build it from the spec's ``model`` block. Checks without a threshold
     get ``atol + rtol * scale`` (see the module documentation). A bad spec raises
@@ -163,15 +162,16 @@ def assert_equivariant(
     """
     __tracebackhide__ = True
     spec, own = _build_spec(spec_or_checks, kwargs)
+    audit_keys = _audit_keys()
     audit_kwargs = {}
     for key in list(kwargs):
-        if key in _AUDIT_KEYS:
+        if key in audit_keys:
             audit_kwargs[key] = kwargs.pop(key)
     if kwargs:
         from .errors import did_you_mean
 
         key = next(iter(kwargs))
-        hint = did_you_mean(key, (*OPTION_NAMES, *_INPUT_KEYS, *_TOP_KEYS, *_AUDIT_KEYS))
+        hint = did_you_mean(key, (*OPTION_NAMES, *_INPUT_KEYS, *_TOP_KEYS, *audit_keys))
         raise TypeError(f"assert_equivariant() got an unexpected keyword argument '{key}'"
                         + (f" ({hint})" if hint else ""))
     ambient = current_defaults()
@@ -197,6 +197,16 @@ def assert_equivariant(
     if report.passed:
         return report
     raise EquivarianceAssertionError(_failure_message(report, tolerances), report)
+
+
+def _audit_keys() -> tuple[str, ...]:
+    """The keyword arguments that pass through to :func:`eqaudit.engine.audit`."""
+    import inspect
+
+    from .engine import audit
+
+    return tuple(name for name, p in inspect.signature(audit).parameters.items()
+                 if p.kind is p.KEYWORD_ONLY and name not in _OWN_AUDIT_KEYS)
 
 
 def _build_spec(spec_or_checks: Any, kwargs: dict[str, Any]) -> tuple[Spec, list[bool]]:
@@ -342,6 +352,9 @@ def _failure_message(report: Report, tolerances: Mapping[int, str]) -> str:
         lines.append(line)
         if j in tolerances:
             lines.append(f"    {tolerances[j]}")
+        hint = getattr(c, "hint", None)
+        if hint:
+            lines.append(f"    hint: {hint}")
     for note in report.notes:
         lines.append(f"  note: {note}")
     lines += ["", render_table(report)]

@@ -60,9 +60,10 @@ def load_yaml(path: str | Path, display: str | None = None) -> YamlSource:
 
 def parse_yaml(text: str, file: str = "<string>") -> YamlSource:
     """Parse YAML text, recording the line of each key; duplicate keys are errors."""
-    loader = yaml.SafeLoader(text)
     source = YamlSource(None, file)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)  # rejects control characters (ReaderError) already here
         node = loader.get_single_node()
         if node is not None:
             source.data = _construct(loader, node, "", source)
@@ -74,7 +75,8 @@ def parse_yaml(text: str, file: str = "<string>") -> YamlSource:
     except yaml.YAMLError as exc:
         raise EqauditError(f"invalid YAML: {exc}", file=file) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return source
 
 

@@ -87,6 +87,8 @@ def plugin_env(tmp_path, monkeypatch):
     (pkg / "module_plugin.py").write_text(MODULE_PLUGIN)
     (pkg / "broken.py").write_text("import not_a_real_module_xyz\n")
     (pkg / "exits.py").write_text("raise SystemExit(3)\n")
+    (pkg / "lookup.py").write_text(MODULE_PLUGIN.replace("square_plugin", "lookup_plugin")
+                                   + "\nimport transforms_zoo\nSEEN = transforms_zoo.names()\n")
     (pkg / "half.py").write_text(MODULE_PLUGIN.replace("square_plugin", "half_plugin") + "\nraise RuntimeError('boom')\n")
 
     def install(entries: dict[str, str], dist: str = "eqa-demo-plugin") -> None:
@@ -141,6 +143,13 @@ def test_a_module_entry_point_registers_on_import(plugin_env):
     assert "eqa_demo.module_plugin" not in sys.modules
     assert "square_plugin" in transforms_zoo.names()
     assert "squares = eqa_demo.module_plugin" in base.plugin_origin("square_plugin")
+
+
+def test_a_plugin_may_look_names_up_while_it_loads(plugin_env):
+    plugin_env({"lookup": "eqa_demo.lookup"})
+    assert "lookup_plugin" in transforms_zoo.names()
+    seen = sys.modules["eqa_demo.lookup"].SEEN
+    assert "rot90" in seen  # the built-ins were there; no recursion, no deadlock
 
 
 def test_plugins_load_lazily_and_once(plugin_env, monkeypatch):

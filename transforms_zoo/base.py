@@ -79,10 +79,16 @@ def positive(v: Any) -> float:
     return x
 
 
+#: Largest magnitude of an integer transform parameter (pixel counts, dimensions, turns).
+INT_LIMIT = 2**30
+
+
 def integer(v: Any) -> int:
     """An integer (a float like 2.0 is refused: pixel counts are exact)."""
     if isinstance(v, bool) or not isinstance(v, int):
         raise ValueError(f"expected an integer, got {v!r}")
+    if abs(v) > INT_LIMIT:
+        raise ValueError(f"{v} is out of range (at most {INT_LIMIT} in magnitude)")
     return int(v)
 
 
@@ -107,7 +113,7 @@ def number_or_range(v: Any) -> tuple[float, float]:
 def int_or_range(v: Any) -> tuple[int, int]:
     """An integer ``a`` (stored as ``(a, a)``) or an inclusive ``[lo, hi]`` integer range."""
     if isinstance(v, int) and not isinstance(v, bool):
-        return (int(v), int(v))
+        return (integer(v), integer(v))
     if (
         isinstance(v, (list, tuple))
         and len(v) == 2
@@ -115,6 +121,8 @@ def int_or_range(v: Any) -> tuple[int, int]:
     ):
         if v[0] > v[1]:
             raise ValueError(f"range [{v[0]}, {v[1]}] has lo > hi")
+        for x in v:
+            integer(x)
         return (int(v[0]), int(v[1]))
     raise ValueError(f"expected an integer or an inclusive [lo, hi] integer range, got {v!r}")
 
@@ -262,6 +270,7 @@ def _load_builtins() -> None:
 ENTRY_POINT_GROUP = "eqaudit.transforms"
 
 _PLUGINS_LOADED = False
+_PLUGINS_LOADING = False
 _PLUGIN_LOCK = threading.RLock()
 #: entry-point name -> why it failed (one line, naming the entry point and its package)
 _PLUGIN_FAILURES: dict[str, str] = {}
@@ -278,26 +287,30 @@ def _load_plugins() -> None:
     skipped, never fatal: its failure is kept in :func:`plugin_failures` and reported, as a
     :class:`TransformError` naming the entry point, only when a spec uses its name.
     """
-    global _PLUGINS_LOADED
+    global _PLUGINS_LOADED, _PLUGINS_LOADING
     if _PLUGINS_LOADED:
         return
-    with _PLUGIN_LOCK:
-        if _PLUGINS_LOADED:
-            return
-        _PLUGINS_LOADED = True  # set first: a plugin that looks names up must not recurse
+    with _PLUGIN_LOCK:  # other threads wait here until the plugins are in
+        if _PLUGINS_LOADED or _PLUGINS_LOADING:
+            return  # done, or a lookup by a plugin while it loads (same thread: the lock is re-entrant)
+        _PLUGINS_LOADING = True
         try:
-            from importlib.metadata import entry_points
+            try:
+                from importlib.metadata import entry_points
 
-            eps = list(entry_points(group=ENTRY_POINT_GROUP))
-        except Exception as exc:  # a broken installation must not break the registry
-            _PLUGIN_FAILURES["<entry points>"] = f"reading the '{ENTRY_POINT_GROUP}' entry points failed: {exc}"
-            return
-        seen: set[tuple[str, str]] = set()
-        for ep in sorted(eps, key=lambda e: (e.name, e.value)):
-            if (ep.name, ep.value) in seen:  # the same distribution found twice on sys.path
-                continue
-            seen.add((ep.name, ep.value))
-            _load_plugin(ep)
+                eps = list(entry_points(group=ENTRY_POINT_GROUP))
+            except Exception as exc:  # a broken installation must not break the registry
+                _PLUGIN_FAILURES["<entry points>"] = f"reading the '{ENTRY_POINT_GROUP}' entry points failed: {exc}"
+                eps = []
+            seen: set[tuple[str, str]] = set()
+            for ep in sorted(eps, key=lambda e: (e.name, e.value)):
+                if (ep.name, ep.value) in seen:  # the same distribution found twice on sys.path
+                    continue
+                seen.add((ep.name, ep.value))
+                _load_plugin(ep)
+        finally:
+            _PLUGINS_LOADING = False
+            _PLUGINS_LOADED = True
 
 
 def _plugin_label(ep: Any) -> str:

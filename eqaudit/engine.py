@@ -605,9 +605,8 @@ def _forward(model: Any, x: torch.Tensor, spec: Spec, key: str) -> torch.Tensor:
     except Exception as exc:
         if _is_oom(exc):
             raise
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise spec.error(
-            key, f"the model failed on a batch of shape {list(x.shape)}: {type(exc).__name__}: {msg}",
+            key, f"the model failed on a batch of shape {list(x.shape)}: {first_line(exc)}",
             "check input.shape (one sample, no batch dimension) and the transforms",
         ) from None
     if not isinstance(y, torch.Tensor):
@@ -787,9 +786,8 @@ def _lie_errors(model: Any, spec: Spec, j: int, x: torch.Tensor) -> torch.Tensor
     except Exception as exc:
         if _is_oom(exc):
             raise
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise spec.error(f"checks[{j}].mode", f"the Lie derivative failed (forward-mode AD through the model): "
-                         f"{type(exc).__name__}: {msg}", "the model must support torch.func.jvp") from None
+        raise spec.error(f"checks[{j}].mode", "the Lie derivative failed (forward-mode AD through the model): "
+                         f"{first_line(exc)}", "the model must support torch.func.jvp") from None
     d = d.to(torch.float64)
     return check.distance(d, torch.zeros_like(d)).reshape(-1).to(torch.float64)
 

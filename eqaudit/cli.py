@@ -301,6 +301,63 @@ def _check_transforms(name: Optional[str]) -> None:
         raise typer.Exit(1)
 
 
+# -- sweep --------------------------------------------------------------------------------------
+@app.command()
+@handles_errors
+def sweep(
+    spec: Annotated[Path, typer.Option("--spec", "-s", help="The spec YAML.")] = ...,  # type: ignore[assignment]
+    check: Annotated[str, typer.Option("--check", help="Name of the check to sweep.")] = ...,  # type: ignore[assignment]
+    param: Annotated[str, typer.Option("--param", help="Parameter of the check's transform (e.g. degrees, dx).")] = ...,  # type: ignore[assignment]
+    values: Annotated[str, typer.Option("--values", help="start:stop:step (inclusive) or a comma list.")] = ...,  # type: ignore[assignment]
+    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Overrides model.checkpoint.")] = None,
+    samples: Annotated[Optional[int], typer.Option(help="Monte Carlo sample size per value.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed (overrides the spec).")] = None,
+    device: DeviceOpt = "auto",
+    json_path: Annotated[Optional[str], typer.Option("--json", help="Write the curve as JSON ('-': stdout).")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write error versus parameter as a PNG (matplotlib).")] = None,
+    trust_checkpoint: TrustOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Evaluate one check over a range of one transform parameter (error versus angle, shift...)."""
+    import json
+
+    from .atomic import write_text_atomic
+    from .sweep import parse_values, plot_sweep, run_sweep
+
+    the_spec = _load_spec_file(spec)
+    vals = parse_values(values)
+    if plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise EqauditError("--plot needs matplotlib", key="--plot",
+                               hint="pip install 'eqaudit[plot]' (or matplotlib)") from None
+    result = run_sweep(None, the_spec, check, param, vals, samples=samples, seed=seed, device=device,
+                       checkpoint=checkpoint, trust_checkpoint=trust_checkpoint)
+    text = json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n"
+    if json_path == "-":
+        sys.stdout.write(text)
+    elif json_path is not None:
+        write_text_atomic(json_path, text)
+    if plot is not None:
+        plot_sweep(result, str(plot))
+    if not quiet and json_path != "-":
+        from rich.table import Table
+
+        conf = result.report.checks[0].confidence
+        table = Table(title=f"eqaudit sweep — {check}: {result.transform}.{param}",
+                      caption=f"{result.report.samples} samples per value · seed {result.report.seed} · "
+                              f"device {result.report.device} · distance {result.distance}")
+        for col in (param, "mean", f"{conf * 100:g}% CI", "std"):
+            table.add_column(col, justify="right", no_wrap=True)
+        from .report import _g
+
+        for p in result.points:
+            table.add_row(str(p.value), _g(p.mean), f"[{_g(p.ci_low)}, {_g(p.ci_high)}]", _g(p.std))
+        out.print(table)
+
+
 # -- finetune (its options live beside the training loop) --------------------------------------
 from .finetune_cli import finetune_command  # noqa: E402  (no torch at import time)
 

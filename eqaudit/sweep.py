@@ -1,0 +1,171 @@
+"""Sweeps: one check's error as a function of one transform parameter.
+
+Each value of the parameter becomes its own check, so a single audit evaluates them all on the
+same points, sharing the base forward pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from transforms_zoo import Compose, TransformError
+
+from .errors import EqauditError, did_you_mean
+from .report import Report
+from .spec import Spec
+
+MAX_VALUES = 2000
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    value: float | int
+    mean: float
+    std: float
+    stderr: float
+    ci_low: float
+    ci_high: float
+    n: int
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """The result of a sweep: the check, the parameter and one point per value."""
+
+    check: str
+    param: str
+    transform: str
+    distance: str
+    points: tuple[SweepPoint, ...]
+    report: Report
+
+    def to_dict(self) -> dict[str, Any]:
+        def clean(v: Any) -> Any:
+            return None if isinstance(v, float) and not math.isfinite(v) else v
+
+        return {
+            "tool": "eqaudit",
+            "check": self.check,
+            "param": self.param,
+            "transform": self.transform,
+            "distance": self.distance,
+            "samples": self.report.samples,
+            "seed": self.report.seed,
+            "device": self.report.device,
+            "points": [{k: clean(v) for k, v in dataclasses.asdict(p).items()} for p in self.points],
+        }
+
+
+def parse_values(text: str) -> list[float | int]:
+    """``start:stop:step`` (inclusive of stop when it lies on the grid) or a comma list."""
+    text = text.strip()
+    if not text:
+        raise EqauditError("no values given", key="--values", hint="e.g. -180:180:15 or 0,90,180")
+    if ":" in text:
+        parts = text.split(":")
+        if len(parts) != 3:
+            raise EqauditError(f"'{text}' is not start:stop:step", key="--values", hint="e.g. -180:180:15")
+        start, stop, step = (_number(p) for p in parts)
+        if step == 0 or (stop - start) * step < 0:
+            raise EqauditError(f"'{text}': the step must move from start toward stop", key="--values")
+        count = int(math.floor((stop - start) / step + 1e-9)) + 1
+        if count > MAX_VALUES:
+            raise EqauditError(f"'{text}' gives {count} values (at most {MAX_VALUES})", key="--values")
+        values = [start + i * step for i in range(count)]
+        if all(isinstance(v, int) for v in (start, stop, step)):
+            return [int(v) for v in values]
+        return [float(round(v, 12)) for v in values]
+    values = [_number(p) for p in text.split(",") if p.strip()]
+    if len(values) > MAX_VALUES:
+        raise EqauditError(f"{len(values)} values (at most {MAX_VALUES})", key="--values")
+    return values
+
+
+def _number(text: str) -> float | int:
+    t = text.strip()
+    try:
+        return int(t)
+    except ValueError:
+        pass
+    try:
+        v = float(t)
+    except ValueError:
+        raise EqauditError(f"'{t}' is not a number", key="--values") from None
+    if not math.isfinite(v):
+        raise EqauditError(f"'{t}' is not a finite number", key="--values")
+    return v
+
+
+def sweep_spec(spec: Spec, check_name: str, param: str, values: list[float | int]) -> tuple[Spec, list[str]]:
+    """A spec with one copy of the named check per value of ``param`` (names ``param=value``)."""
+    names = [c.name for c in spec.checks]
+    if check_name not in names:
+        raise EqauditError(f"no check named '{check_name}'", key="--check",
+                           hint=did_you_mean(check_name, names))
+    check = spec.checks[names.index(check_name)]
+    t = check.input
+    if isinstance(t, Compose) or not type(t).params:
+        raise EqauditError(
+            f"check '{check_name}' uses {t.describe()}, which has no parameter to sweep",
+            key="--check", hint="sweep a check whose input is a single zoo transform such as rotate or shift",
+        )
+    declared = [p.name for p in type(t).params]
+    if param not in declared:
+        raise EqauditError(f"transform '{t.name}' has no parameter '{param}'", key="--param",
+                           hint=did_you_mean(param, declared))
+    given = dict(getattr(t, "_given", {}))
+    checks, labels = [], []
+    for v in values:
+        try:
+            new = type(t)(**{**given, param: v})
+        except TransformError as exc:
+            raise EqauditError(f"{param}={v}: {exc.message}", key="--values", hint=exc.hint) from None
+        label = f"{param}={v}"
+        labels.append(label)
+        checks.append(dataclasses.replace(check, name=label, input=new, output=new if check.both else check.output))
+    return spec.replace(checks=tuple(checks), num_funcs=None), labels
+
+
+def run_sweep(model: Any, spec: Spec, check_name: str, param: str, values: list[float | int],
+              **audit_kwargs: Any) -> Sweep:
+    """Audit every value of the parameter in one pass and collect the curve."""
+    from .engine import audit
+
+    swept, labels = sweep_spec(spec, check_name, param, values)
+    report = audit(model, swept, **audit_kwargs)
+    base = spec.checks[[c.name for c in spec.checks].index(check_name)]
+    points = tuple(
+        SweepPoint(v, c.mean, c.std, c.stderr, c.ci_low, c.ci_high, c.n)
+        for v, c in zip(values, (report.check(label) for label in labels))
+    )
+    return Sweep(check_name, param, base.input.name, base.distance.name, points, report)
+
+
+def plot_sweep(sweep: Sweep, path: str) -> None:
+    """Error versus parameter with its confidence band, as a PNG (needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise EqauditError("--plot needs matplotlib", key="--plot",
+                           hint="pip install 'eqaudit[plot]' (or matplotlib)") from None
+    from .atomic import atomic_write
+
+    xs = [float(p.value) for p in sweep.points]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(xs, [p.mean for p in sweep.points], marker="o", ms=3, label="mean error")
+    ax.fill_between(xs, [p.ci_low for p in sweep.points], [p.ci_high for p in sweep.points], alpha=0.25,
+                    label=f"{sweep.report.checks[0].confidence:.0%} CI")
+    ax.set_xlabel(f"{sweep.transform}.{sweep.param}")
+    ax.set_ylabel(f"error ({sweep.distance})")
+    ax.set_title(f"eqaudit sweep — {sweep.check}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)

@@ -685,7 +685,10 @@ def _chunk(
             continue
         p_in = _sample(check.input, crng, spec, in_key)
         p_out = p_in if check.both else _sample(check.output, crng.child("output"), spec, out_key)
-        work.append(_Pending(j, rows, _apply(check.input, xs, p_in, spec, in_key), p_out, in_key, out_key))
+        item = _Pending(j, rows, _apply(check.input, xs, p_in, spec, in_key), p_out, in_key, out_key)
+        if check.mask == "valid":  # where the transform keeps content: it maps ones to ones there
+            item.valid = _apply(check.input, torch.ones_like(xs), p_in, spec, in_key) >= 1.0 - 1e-6
+        work.append(item)
 
     # 2. One forward per distinct transformed shape (usually one for all checks).
     _forward_fused(model, work, spec)
@@ -703,6 +706,8 @@ def _chunk(
         else:
             a = _apply(check.output, ys, item.p_out, spec, item.out_key)
         b = item.out
+        if item.valid is not None:
+            a, b = _masked(a, b, item, check, spec, dev)
         if a.shape != b.shape:
             raise spec.error(
                 item.out_key,
@@ -739,10 +744,28 @@ def _chunk(
         stats.update(cols, start, e_all, valid[:, None].expand_as(e_all))
 
 
+def _masked(a: torch.Tensor, b: torch.Tensor, item: Any, check: Any, spec: Spec,
+            dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero both outputs outside the region valid on both sides (``mask: valid``): the pixels the
+    input transform keeps in frame, and those the output transform keeps in frame."""
+    key = f"checks[{item.check}].mask"
+    valid = item.valid
+    if a.dim() < 3 or a.shape[-2:] != valid.shape[-2:] or a.shape != b.shape:
+        raise spec.error(key, f"'mask: valid' compares images of the input's size {list(valid.shape[-2:])}; "
+                         f"the outputs have shape {list(b.shape[1:])}", "use it for image-to-image models")
+    keep = valid.reshape(valid.shape[0], -1, *valid.shape[-2:]).all(dim=1)  # (n, H, W): every channel kept
+    if check.output.name != "identity":
+        ones = torch.ones_like(a)
+        kept_out = _apply(check.output, ones, item.p_out, spec, item.out_key) >= 1.0 - 1e-6
+        keep = keep & kept_out.reshape(kept_out.shape[0], -1, *kept_out.shape[-2:]).all(dim=1)
+    m = keep.reshape(keep.shape[0], *([1] * (a.dim() - 3)), *keep.shape[-2:]).to(a.dtype)
+    return a * m, b * m
+
+
 class _Pending:
     """A check's transformed inputs waiting for the fused forward pass."""
 
-    __slots__ = ("check", "rows", "x", "p_out", "in_key", "out_key", "out", "element")
+    __slots__ = ("check", "rows", "x", "p_out", "in_key", "out_key", "out", "element", "valid")
 
     def __init__(self, check: int, rows: torch.Tensor | None, x: torch.Tensor, p_out: Any,
                  in_key: str, out_key: str) -> None:
@@ -750,6 +773,7 @@ class _Pending:
         self.in_key, self.out_key = in_key, out_key
         self.out: torch.Tensor = x
         self.element: int | None = None  # group checks: the element's index
+        self.valid: torch.Tensor | None = None  # mask: valid — pixels the input transform keeps
 
 
 def lie_derivative(model: Any, check: Any, x: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,8 @@ from .yaml_source import YamlSource, join, load_yaml
 SPEC_KEYS = ("model", "input", "distance", "samples", "num_funcs", "seed", "checks")
 MODEL_KEYS = ("factory", "kwargs", "checkpoint")
 INPUT_KEYS = ("shape", "bounds", "data", "dtype", "sampling")
-CHECK_KEYS = ("name", "input", "output", "both", "epsilon", "threshold", "weight", "distance", "group", "mode")
+CHECK_KEYS = ("name", "input", "output", "both", "epsilon", "threshold", "weight", "distance", "group", "mode", "mask")
+MASKS = ("none", "valid")
 MODES = ("sample", "lie")
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 SAMPLINGS = ("random", "sequential", "sobol")
@@ -73,6 +74,8 @@ class CheckSpec:
     group: Any = None
     #: ``sample`` (the error of drawn transforms) or ``lie`` (the Lie derivative along a path).
     mode: str = "sample"
+    #: ``valid``: compare only the pixels that both transforms keep inside the frame.
+    mask: str = "none"
 
     @property
     def input_text(self) -> str:
@@ -321,7 +324,13 @@ def _parse_check(
         raise src.error(f"{where}.mode", f"expected sample or lie, got {_kind(mode)}", did_you_mean(str(mode), MODES))
     if mode == "lie":
         _check_lie(src, c, where, t_in, t_out, both, group, dist)
-    return CheckSpec(str(name), t_in, t_out, both, dist, epsilon, threshold, weight, group, mode)
+    mask = c.get("mask", "none")
+    if mask not in MASKS:
+        raise src.error(f"{where}.mask", f"expected none or valid, got {_kind(mask)}", did_you_mean(str(mask), MASKS))
+    if mask == "valid" and (group is not None or mode == "lie"):
+        raise src.error(f"{where}.mask", "'mask: valid' applies to sampled transforms, not to 'group' or "
+                        "'mode: lie' checks", "remove mask")
+    return CheckSpec(str(name), t_in, t_out, both, dist, epsilon, threshold, weight, group, mode, mask)
 
 
 def _check_lie(src: YamlSource, c: Mapping, where: str, t_in: Transform, t_out: Transform, both: bool,

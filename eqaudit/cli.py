@@ -119,6 +119,7 @@ def measure(
         Optional[int], typer.Option("--max-samples", help="Sample cap for --precision EPS (default 16x samples).")
     ] = None,
     quantiles: Annotated[bool, typer.Option("--quantiles", help="Add p50, p95, p99 and max columns to the table.")] = False,
+    layers: Annotated[bool, typer.Option("--layers", help="Print the per-layer table (spec key 'layers').")] = False,
     compile_model: Annotated[bool, typer.Option("--compile", help="Wrap the model in torch.compile.")] = False,
     trust_checkpoint: TrustOpt = False,
     quiet: QuietOpt = False,
@@ -176,6 +177,9 @@ def measure(
         write_text_atomic(markdown, report.to_markdown())
     if not quiet and not json_to_stdout:
         out.print(report.rich_table(out.width, quantiles=quantiles))
+        layer_table = report.layers_table() if layers else None
+        if layer_table is not None:
+            out.print(layer_table)
         elements = report.elements_table()
         if elements is not None:
             out.print(elements)

@@ -267,6 +267,7 @@ def audit(
         forward_model = torch.compile(model)
     if autocast_dtype is not None:
         forward_model = _Autocast(forward_model, dev, autocast_dtype)
+    plan: _LayerPlan | None = None
     try:
         sampler = PointSampler(spec, dev, dtype)
         sample_numel = max(1, math.prod(sampler.shape))
@@ -275,10 +276,11 @@ def audit(
             if batch_size is not None
             else auto_batch_size(sample_numel, dev, spec.samples)
         )
-        local = BlockStats(spec.samples, _n_columns(spec), dev)
+        plan = _LayerPlan.build(model, spec)
+        local = BlockStats(spec.samples, _n_columns(spec) + (plan.n_columns if plan else 0), dev)
         fixed = batch_size is not None
         with torch.inference_mode():
-            chunk = _run(forward_model, spec, sampler, local, dev, chunk, fixed, progress, world)
+            chunk = _run(forward_model, spec, sampler, local, dev, chunk, fixed, progress, world, plan=plan)
             stats = _reduced(local, world)
             if target is not None:
                 cap = max_samples if max_samples is not None else 16 * spec.samples
@@ -291,12 +293,17 @@ def audit(
                     local = local.grown(n_next)
                     local.clear_from(begin)
                     spec = spec.replace(samples=n_next)
-                    _run(forward_model, spec, sampler, local, dev, chunk, fixed, progress, world, begin=begin)
+                    _run(forward_model, spec, sampler, local, dev, chunk, fixed, progress, world, begin=begin,
+                         plan=plan)
                     stats = _reduced(local, world)
+            if plan is not None:
+                plan.tap.remove()
             floors = noise_floors(forward_model, spec, sampler, dev) if noise_floor else None
             summaries = stats.summaries(confidence)
             hints = _inverse_hints(forward_model, spec, sampler, dev, summaries, gate)
     finally:
+        if plan is not None:
+            plan.tap.remove()  # never leave hooks on the user's model
         if is_module and was_training:
             model.train(True)
 
@@ -337,9 +344,10 @@ def audit(
                 noise_floor=floors[j] if floors is not None else math.nan,
                 hint=hints.get(j),
                 elements=_element_results(spec, j, summaries, check.threshold, gate),
+                layers=plan.results(j, summaries) if plan is not None else None,
             )
         )
-    notes = []
+    notes = list(plan.notes()) if plan is not None else []
     if world.size > 1:
         notes.append(f"samples split across {world.size} processes")
     if autocast_dtype is not None:
@@ -562,6 +570,7 @@ def _run(
     progress: Progress | None,
     world: World = World(),
     begin: int = 0,
+    plan: Any = None,
 ) -> int:
     """Process this process's share of the chunk grid. On out-of-memory a chunk is processed in
     halves (the grid, hence the split across processes, stays the same), and later chunks use
@@ -577,7 +586,7 @@ def _run(
         while pos < end:
             length = min(step, end - pos)
             try:
-                _chunk(model, spec, sampler, stats, dev, pos, length)
+                _chunk(model, spec, sampler, stats, dev, pos, length, plan)
             except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
                 if not _is_oom(exc) or step <= BLOCK:
                     raise
@@ -642,13 +651,16 @@ def _sample(t: Any, rng: SampleRNG, spec: Spec, key: str) -> Any:
 
 
 def _chunk(
-    model: Any, spec: Spec, sampler: PointSampler, stats: BlockStats, dev: torch.device, start: int, length: int
+    model: Any, spec: Spec, sampler: PointSampler, stats: BlockStats, dev: torch.device, start: int, length: int,
+    plan: Any = None,
 ) -> None:
     """One chunk: draw points, forward them once, forward every check's transformed points in
     one fused batch (per input shape), then fold each check's distances into the statistics."""
     rng = SampleRNG.for_range(spec.seed, start, start + length, dev)
     valid = rng.index < spec.samples
     x = sampler.draw(rng)
+    if plan is not None:
+        plan.tap.clear()
     y = _forward(model, x, spec, "input.shape")
     k_checks = len(spec.checks)
     chosen: torch.Tensor | None = None
@@ -686,12 +698,15 @@ def _chunk(
         p_in = _sample(check.input, crng, spec, in_key)
         p_out = p_in if check.both else _sample(check.output, crng.child("output"), spec, out_key)
         item = _Pending(j, rows, _apply(check.input, xs, p_in, spec, in_key), p_out, in_key, out_key)
+        item.p_in = p_in
         if check.mask == "valid":  # where the transform keeps content: it maps ones to ones there
             item.valid = _apply(check.input, torch.ones_like(xs), p_in, spec, in_key) >= 1.0 - 1e-6
         work.append(item)
 
     # 2. One forward per distinct transformed shape (usually one for all checks).
     _forward_fused(model, work, spec)
+    if plan is not None:
+        plan.fold(work, stats, start, valid, tuple(x.shape[-2:]))
 
     # 3. Compare with the output transform of the shared base outputs.
     errors: list[torch.Tensor] = []
@@ -765,7 +780,8 @@ def _masked(a: torch.Tensor, b: torch.Tensor, item: Any, check: Any, spec: Spec,
 class _Pending:
     """A check's transformed inputs waiting for the fused forward pass."""
 
-    __slots__ = ("check", "rows", "x", "p_out", "in_key", "out_key", "out", "element", "valid")
+    __slots__ = ("check", "rows", "x", "p_out", "in_key", "out_key", "out", "element", "valid", "p_in", "call",
+                 "offset")
 
     def __init__(self, check: int, rows: torch.Tensor | None, x: torch.Tensor, p_out: Any,
                  in_key: str, out_key: str) -> None:
@@ -774,6 +790,8 @@ class _Pending:
         self.out: torch.Tensor = x
         self.element: int | None = None  # group checks: the element's index
         self.valid: torch.Tensor | None = None  # mask: valid — pixels the input transform keeps
+        self.p_in: Any = None
+        self.call, self.offset = 0, 0  # which fused forward pass carried these rows, and where
 
 
 def lie_derivative(model: Any, check: Any, x: torch.Tensor) -> torch.Tensor:
@@ -829,6 +847,72 @@ def _store(stats: BlockStats, column: int, start: int, e: torch.Tensor, rows: to
     stats.update(column, start, full, mask & valid)
 
 
+class _LayerPlan:
+    """Which checks get per-layer errors, in which statistics columns, and the hooks recording them."""
+
+    def __init__(self, spec: Spec, layers: list[tuple[str, Any]], checks: list[int], first: int) -> None:
+        from .layers import LayerTap
+
+        self.spec, self.names, self.checks = spec, [n for n, _ in layers], checks
+        self.first = first
+        self.tap = LayerTap(layers)
+        self.skipped: dict[tuple[int, str], str] = {}
+
+    @classmethod
+    def build(cls, model: Any, spec: Spec) -> _LayerPlan | None:
+        from .layers import acts_on_features, resolve_layers
+
+        layers = resolve_layers(model, spec)
+        if not layers:
+            return None
+        checks = [j for j, c in enumerate(spec.checks)
+                  if c.group is None and c.mode == "sample" and acts_on_features(c.input) and spec.num_funcs is None]
+        return cls(spec, layers, checks, _n_columns(spec))
+
+    @property
+    def n_columns(self) -> int:
+        return len(self.checks) * len(self.names)
+
+    def column(self, j: int, layer: int) -> int:
+        return self.first + self.checks.index(j) * len(self.names) + layer
+
+    def fold(self, work: list[Any], stats: BlockStats, start: int, valid: torch.Tensor, hw: tuple[int, ...]) -> None:
+        from .layers import layer_errors
+
+        for item in work:
+            if item.check not in self.checks or item.rows is not None or item.element is not None:
+                continue
+            check = self.spec.checks[item.check]
+            n = item.out.shape[0]
+            errors = layer_errors(self.tap, check, item.p_in, item.call, item.offset, n, hw)
+            for li, name in enumerate(self.names):
+                e = errors[name]
+                if isinstance(e, str):
+                    self.skipped[(item.check, name)] = e
+                else:
+                    stats.update(self.column(item.check, li), start, e, valid)
+
+    def results(self, j: int, summaries: list[Any]) -> list[dict[str, Any]] | None:
+        if j not in self.checks:
+            return None
+        out = []
+        for li, name in enumerate(self.names):
+            s = summaries[self.column(j, li)]
+            if s.n == 0:
+                out.append({"name": name, "skipped": self.skipped.get((j, name), "no samples")})
+            else:
+                out.append({"name": name, "n": s.n, "mean": s.mean, "std": s.std, "ci_low": s.ci_low,
+                            "ci_high": s.ci_high, "max": s.max})
+        return out
+
+    def notes(self) -> list[str]:
+        skipped = [c.name for j, c in enumerate(self.spec.checks) if j not in self.checks]
+        if not skipped:
+            return []
+        return ["per-layer errors skip checks whose transform does not act on feature maps (or with "
+                "num_funcs, group: or mode: lie): " + ", ".join(skipped)]
+
+
 def _element_columns(spec: Spec) -> dict[int, int]:
     """The statistics column of element 0 of each group check (after one column per check)."""
     cols, nxt = {}, len(spec.checks)
@@ -848,7 +932,11 @@ def _forward_fused(model: Any, work: list[_Pending], spec: Spec) -> None:
     groups: dict[tuple[tuple[int, ...], torch.dtype], list[_Pending]] = {}
     for item in work:
         groups.setdefault((tuple(item.x.shape[1:]), item.x.dtype), []).append(item)
-    for items in groups.values():
+    for call, items in enumerate(groups.values(), start=1):  # pass 0 is the base forward
+        offset = 0
+        for it in items:
+            it.call, it.offset = call, offset
+            offset += it.x.shape[0]
         if len(items) == 1:
             items[0].out = _forward(model, items[0].x, spec, items[0].in_key)
             items[0].x = items[0].out  # release the input

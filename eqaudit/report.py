@@ -47,6 +47,8 @@ class CheckResult:
     hint: str | None = None
     #: ``group:`` checks: one entry per group element (element, n, mean, std, ci_low, ci_high, ...).
     elements: list[dict[str, Any]] | None = None
+    #: Per-layer errors (``layers:`` in the spec): name, n, mean, std, ci_low, ci_high, max, or skipped.
+    layers: list[dict[str, Any]] | None = None
 
     @property
     def gated_value(self) -> float:
@@ -231,6 +233,28 @@ class Report:
             )
         return table
 
+    def layers_table(self) -> Any:
+        """A table of per-layer errors (None when the spec asks for none)."""
+        from rich.markup import escape
+        from rich.table import Table
+
+        with_layers = [c for c in self.checks if c.layers]
+        if not with_layers:
+            return None
+        table = Table(title="per-layer equivariance error (relative_l2 of feature maps)")
+        for col, just in (("check", "left"), ("layer", "left"), ("mean", "right"), (self.confidence_label, "right"),
+                          ("max", "right")):
+            table.add_column(col, justify=just)
+        for c in with_layers:
+            for i, row in enumerate(c.layers or []):
+                name = escape(c.name) if i == 0 else ""
+                if "skipped" in row:
+                    table.add_row(name, escape(row["name"]), "-", f"[dim]{escape(row['skipped'])}[/]", "-")
+                else:
+                    table.add_row(name, escape(row["name"]), _g(row["mean"]),
+                                  f"[{_g(row['ci_low'])}, {_g(row['ci_high'])}]", _g(row["max"]))
+        return table
+
     def elements_table(self) -> Any:
         """A second table: the error of every element of the ``group:`` checks (None without any)."""
         from rich.markup import escape
@@ -300,10 +324,12 @@ def _md(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def _json_safe(d: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, float) and not math.isfinite(v):
-            v = None
-        out[k] = v
-    return out
+def _json_safe(d: Any) -> Any:
+    """Non-finite floats (NaN, Inf) become null, at any depth: JSON has no spelling for them."""
+    if isinstance(d, dict):
+        return {k: _json_safe(v) for k, v in d.items()}
+    if isinstance(d, (list, tuple)):
+        return [_json_safe(v) for v in d]
+    if isinstance(d, float) and not math.isfinite(d):
+        return None
+    return d

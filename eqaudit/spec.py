@@ -19,7 +19,7 @@ from .distances import Distance, parse_distance
 from .errors import EqauditError, did_you_mean
 from .yaml_source import YamlSource, join, load_yaml
 
-SPEC_KEYS = ("model", "input", "distance", "samples", "num_funcs", "seed", "checks")
+SPEC_KEYS = ("model", "input", "distance", "samples", "num_funcs", "seed", "checks", "layers")
 MODEL_KEYS = ("factory", "kwargs", "checkpoint")
 INPUT_KEYS = ("shape", "bounds", "data", "dtype", "sampling")
 CHECK_KEYS = ("name", "input", "output", "both", "epsilon", "threshold", "weight", "distance", "group", "mode", "mask")
@@ -97,6 +97,8 @@ class Spec:
     samples: int = 1024
     num_funcs: int | None = None  # None: every check on every sample
     seed: int = 0
+    #: Per-layer attribution: module names, "all" (every leaf module), or None.
+    layers: tuple[str, ...] | str | None = None
     file: str | None = None
     base_dir: Path = field(default_factory=Path.cwd)
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
@@ -391,7 +393,20 @@ def parse_spec(
             raise src.error("num_funcs", f"{num_funcs} exceeds the number of checks ({len(checks)})", "use 'all'")
         if num_funcs == len(checks):
             num_funcs = None
-    return Spec(model, inp, tuple(checks), str(distance), samples, num_funcs, seed, src.file, base, src.lines)
+    layers = _parse_layers(src, d.get("layers"))
+    return Spec(model, inp, tuple(checks), str(distance), samples, num_funcs, seed, layers=layers, file=src.file,
+                base_dir=base, lines=src.lines)
+
+
+def _parse_layers(src: YamlSource, raw: Any) -> tuple[str, ...] | str | None:
+    if raw is None:
+        return None
+    if raw == "all":
+        return "all"
+    if not isinstance(raw, list) or not raw or not all(isinstance(n, str) and n for n in raw):
+        raise src.error("layers", f"expected 'all' or a list of module names, got {_kind(raw)}",
+                        "e.g. layers: [features.0, features.2]")
+    return tuple(raw)
 
 
 def load_spec(path: str | Path, *, extra_keys: Iterable[str] = ()) -> Spec:

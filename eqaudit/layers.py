@@ -1,0 +1,110 @@
+"""Per-layer attribution: how equivariant each intermediate feature map is.
+
+Forward hooks record the outputs of the named modules on every forward pass of a chunk (the base
+points, then the fused transformed points). For a check whose input transform also acts on
+feature maps (quarter turns, flips, transposes, and shifts on maps of the input's size), the
+layer's error is ``relative_l2(f_in(feature(x)), feature(f_in(x)))`` per sample, folded into its
+own statistics column, so the user sees the first layer where the symmetry breaks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from transforms_zoo import Compose
+
+from .distances import relative_l2
+from .errors import did_you_mean
+from .spec import Spec
+
+#: Transforms whose action on a feature map of any size is the same as on the input.
+ANY_SIZE = frozenset({"identity", "rot90", "hflip", "vflip", "transpose"})
+#: Transforms that act the same only on maps of the input's spatial size.
+SAME_SIZE = frozenset({"shift"})
+
+
+def _parts(t: Any) -> list[Any]:
+    return list(t.parts) if isinstance(t, Compose) else [t]
+
+
+def acts_on_features(t: Any) -> bool:
+    """Whether the transform can be applied to intermediate feature maps."""
+    return all(p.name in ANY_SIZE or p.name in SAME_SIZE for p in _parts(t))
+
+
+def _needs_same_size(t: Any) -> bool:
+    return any(p.name in SAME_SIZE for p in _parts(t))
+
+
+def resolve_layers(model: Any, spec: Spec) -> list[tuple[str, torch.nn.Module]]:
+    """The modules named by ``spec.layers`` (``all``: every leaf module), or an exit-2 error."""
+    if spec.layers is None:
+        return []
+    if not isinstance(model, torch.nn.Module):
+        raise spec.error("layers", "per-layer attribution needs a torch.nn.Module")
+    modules = dict(model.named_modules())
+    if spec.layers == "all":
+        return [(n, m) for n, m in modules.items() if n and not any(True for _ in m.children())]
+    out = []
+    for i, name in enumerate(spec.layers):
+        if name not in modules or not name:
+            raise spec.error(f"layers[{i}]", f"the model has no module '{name}'",
+                             did_you_mean(name, [n for n in modules if n]) or "see model.named_modules()")
+        out.append((name, modules[name]))
+    return out
+
+
+class LayerTap:
+    """Records the outputs of the chosen modules, one list entry per forward pass."""
+
+    def __init__(self, layers: list[tuple[str, torch.nn.Module]]) -> None:
+        self.names = [n for n, _ in layers]
+        self.outputs: dict[str, list[Any]] = {n: [] for n in self.names}
+        self._handles = [m.register_forward_hook(self._hook(n)) for n, m in layers]
+
+    def _hook(self, name: str) -> Any:
+        def record(_module: Any, _inputs: Any, output: Any) -> None:
+            self.outputs[name].append(output if isinstance(output, torch.Tensor) else None)
+
+        return record
+
+    def clear(self) -> None:
+        for v in self.outputs.values():
+            v.clear()
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def layer_errors(
+    tap: LayerTap, check: Any, p_in: Any, call: int, offset: int, n: int, input_hw: tuple[int, ...]
+) -> dict[str, torch.Tensor | str]:
+    """Per-sample errors of each recorded layer for one check, or the reason it was skipped.
+
+    ``call`` is the index of the forward pass that carried this check's transformed points and
+    ``offset``/``n`` its rows there; pass 0 is the base forward.
+    """
+    out: dict[str, torch.Tensor | str] = {}
+    for name in tap.names:
+        recorded = tap.outputs[name]
+        if len(recorded) <= call or recorded[0] is None or recorded[call] is None:
+            out[name] = "not a tensor output, or not reached"
+            continue
+        base, moved = recorded[0], recorded[call][offset : offset + n]
+        if base.dim() < 3:
+            out[name] = f"output of shape {list(base.shape[1:])} is not a feature map"
+            continue
+        if _needs_same_size(check.input) and tuple(base.shape[-2:]) != tuple(input_hw):
+            out[name] = f"map of size {list(base.shape[-2:])}: a pixel shift does not act on it"
+            continue
+        if base.shape[0] != n:
+            base = base[:n]
+        expected = check.input.apply(base, p_in)
+        if expected.shape != moved.shape:
+            out[name] = f"the transform gives shape {list(expected.shape[1:])}, the layer {list(moved.shape[1:])}"
+            continue
+        out[name] = relative_l2(expected.to(torch.float64), moved.to(torch.float64))
+    return out

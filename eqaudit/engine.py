@@ -8,6 +8,7 @@ for each check draw its parameters once per sample, compare ``f_out(y)`` with
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -345,6 +346,7 @@ def audit(
                 hint=hints.get(j),
                 elements=_element_results(spec, j, summaries, check.threshold, gate),
                 layers=plan.results(j, summaries) if plan is not None else None,
+                mask=check.mask,
             )
         )
     notes = list(plan.notes()) if plan is not None else []
@@ -502,11 +504,15 @@ def _first_block_mean(model: Any, spec: Spec, sampler: PointSampler, dev: torch.
     n0 = min(spec.samples, BLOCK)
     rng = SampleRNG.for_range(spec.seed, 0, n0, dev)
     x = sampler.draw(rng)
-    crng = rng.child(f"check:{check.name}")
+    crng = rng.child(f"check:{check.stream_name}")
     p_in = check.input.sample(crng)
     p_out = p_in if check.both else check.output.sample(crng.child("output"))
     a = output.apply(model(x), p_out)
     b = model(check.input.apply(x, p_in))
+    if check.mask == "valid":  # the same region as the audit, with this output transform
+        item = _Pending(j, None, x, p_out, "", f"checks[{j}].output")
+        item.valid = check.input.apply(torch.ones_like(x), p_in) >= 1.0 - 1e-6
+        a, b = _masked(a, b, item, dataclasses.replace(check, output=output), spec, dev)
     return float(check.distance(a.to(torch.float64), b.to(torch.float64)).to(torch.float64).mean())
 
 
@@ -673,7 +679,7 @@ def _chunk(
     work: list[_Pending] = []
     for j, check in enumerate(spec.checks):
         where = f"checks[{j}]"
-        crng = rng.child(f"check:{check.name}")
+        crng = rng.child(f"check:{check.stream_name}")
         if chosen is not None:
             rows: torch.Tensor | None = chosen[:, j].nonzero().squeeze(1)
             xs, crng = x[rows], crng.select(rows)
@@ -857,6 +863,8 @@ class _LayerPlan:
         self.first = first
         self.tap = LayerTap(layers)
         self.skipped: dict[tuple[int, str], str] = {}
+        self.strided: dict[tuple[int, str], tuple[int, int]] = {}  # shifts divided by a map's stride
+        self.maps: set[str] = set()  # layers seen with a 4-D (N, C, H, W) output
 
     @classmethod
     def build(cls, model: Any, spec: Spec) -> _LayerPlan | None:
@@ -877,8 +885,12 @@ class _LayerPlan:
         return self.first + self.checks.index(j) * len(self.names) + layer
 
     def fold(self, work: list[Any], stats: BlockStats, start: int, valid: torch.Tensor, hw: tuple[int, ...]) -> None:
-        from .layers import layer_errors
+        from .layers import is_feature_map, layer_errors, map_stride
 
+        for name in self.names:
+            recorded = self.tap.outputs[name]
+            if recorded and is_feature_map(recorded[0]):
+                self.maps.add(name)
         for item in work:
             if item.check not in self.checks or item.rows is not None or item.element is not None:
                 continue
@@ -889,20 +901,33 @@ class _LayerPlan:
                 e = errors[name]
                 if isinstance(e, str):
                     self.skipped[(item.check, name)] = e
-                else:
-                    stats.update(self.column(item.check, li), start, e, valid)
+                    continue
+                keep = valid
+                if isinstance(e, tuple):  # a shift on a strided map: only samples it divides
+                    e, kept = e
+                    keep = valid & kept
+                    stride = map_stride(hw, tuple(self.tap.outputs[name][0].shape[-2:])) or (1, 1)
+                    self.strided[(item.check, name)] = stride
+                    self.skipped.setdefault((item.check, name), f"no sample's shift is a multiple of the map's "
+                                            f"stride {stride[0]}x{stride[1]}")
+                stats.update(self.column(item.check, li), start, e, keep)
 
     def results(self, j: int, summaries: list[Any]) -> list[dict[str, Any]] | None:
         if j not in self.checks:
             return None
         out = []
         for li, name in enumerate(self.names):
+            if self.spec.layers == "all" and name not in self.maps:
+                continue  # "all": the leaf modules whose outputs are (N, C, H, W) feature maps
             s = summaries[self.column(j, li)]
             if s.n == 0:
                 out.append({"name": name, "skipped": self.skipped.get((j, name), "no samples")})
             else:
-                out.append({"name": name, "n": s.n, "mean": s.mean, "std": s.std, "ci_low": s.ci_low,
-                            "ci_high": s.ci_high, "max": s.max})
+                row = {"name": name, "n": s.n, "mean": s.mean, "std": s.std, "ci_low": s.ci_low,
+                       "ci_high": s.ci_high, "max": s.max}
+                if (j, name) in self.strided:  # n counts the samples whose shift the stride divides
+                    row["stride"] = list(self.strided[(j, name)])
+                out.append(row)
         return out
 
     def notes(self) -> list[str]:

@@ -2,7 +2,8 @@
 
 Forward hooks record the outputs of the named modules on every forward pass of a chunk (the base
 points, then the fused transformed points). For a check whose input transform also acts on
-feature maps (quarter turns, flips, transposes, and shifts on maps of the input's size), the
+feature maps (quarter turns, flips, transposes, and shifts on maps of the input's size, or on
+maps downsampled by an integer stride when the shift is a multiple of it), the
 layer's error is ``relative_l2(f_in(feature(x)), feature(f_in(x)))`` per sample, folded into its
 own statistics column, so the user sees the first layer where the symmetry breaks.
 """
@@ -81,11 +82,13 @@ class LayerTap:
 
 def layer_errors(
     tap: LayerTap, check: Any, p_in: Any, call: int, offset: int, n: int, input_hw: tuple[int, ...]
-) -> dict[str, torch.Tensor | str]:
+) -> dict[str, Any]:
     """Per-sample errors of each recorded layer for one check, or the reason it was skipped.
 
     ``call`` is the index of the forward pass that carried this check's transformed points and
-    ``offset``/``n`` its rows there; pass 0 is the base forward.
+    ``offset``/``n`` its rows there; pass 0 is the base forward. On a map downsampled by an
+    integer stride, a shift acts when it is a multiple of the stride: the entry is then
+    ``(errors, keep)`` with ``keep`` the samples where it is.
     """
     out: dict[str, torch.Tensor | str] = {}
     for name in tap.names:
@@ -97,14 +100,64 @@ def layer_errors(
         if base.dim() < 3:
             out[name] = f"output of shape {list(base.shape[1:])} is not a feature map"
             continue
-        if _needs_same_size(check.input) and tuple(base.shape[-2:]) != tuple(input_hw):
-            out[name] = f"map of size {list(base.shape[-2:])}: a pixel shift does not act on it"
-            continue
         if base.shape[0] != n:
             base = base[:n]
-        expected = check.input.apply(base, p_in)
+        params, keep = p_in, None
+        if _needs_same_size(check.input) and tuple(base.shape[-2:]) != tuple(input_hw):
+            scaled = _strided_params(check.input, p_in, n, tuple(input_hw), tuple(base.shape[-2:]), base.device)
+            if isinstance(scaled, str):
+                out[name] = scaled
+                continue
+            params, keep = scaled
+        expected = check.input.apply(base, params)
         if expected.shape != moved.shape:
             out[name] = f"the transform gives shape {list(expected.shape[1:])}, the layer {list(moved.shape[1:])}"
             continue
-        out[name] = relative_l2(expected.to(torch.float64), moved.to(torch.float64))
+        e = relative_l2(expected.to(torch.float64), moved.to(torch.float64))
+        out[name] = e if keep is None else (e, keep)
     return out
+
+
+def map_stride(input_hw: tuple[int, ...], map_hw: tuple[int, ...]) -> tuple[int, int] | None:
+    """The (rows, columns) stride of a feature map of size ``map_hw`` under an input of size
+    ``input_hw``, when both divide evenly (None otherwise)."""
+    (h, w), (mh, mw) = tuple(input_hw)[-2:], tuple(map_hw)[-2:]
+    if mh < 1 or mw < 1 or h % mh or w % mw:
+        return None
+    return h // mh, w // mw
+
+
+def _strided_params(t: Any, p: Any, n: int, input_hw: tuple[int, ...], map_hw: tuple[int, ...],
+                    device: torch.device) -> tuple[Any, torch.Tensor] | str:
+    """The transform's parameters on a map downsampled by an integer stride: each shift divided by
+    the stride, with the samples whose shift is a multiple of it (the others are left out), or the
+    reason the transform does not act on the map."""
+    from transforms_zoo.image import ShiftParams
+
+    stride = map_stride(input_hw, map_hw)
+    if stride is None:
+        return f"map of size {list(map_hw)} does not divide the input's {list(input_hw)}: a pixel shift does not act on it"
+    sy, sx = stride
+    parts = _parts(t)
+    if sy != sx and len(parts) > 1:
+        return f"map stride {sy}x{sx} is not square: a shift composed with other transforms does not act on it"
+    given = (p if p is not None else (None,) * len(parts)) if isinstance(t, Compose) else (p,)
+    keep = torch.ones(n, dtype=torch.bool, device=device)
+    scaled = []
+    for part, q in zip(parts, given):
+        if part.name not in SAME_SIZE:
+            scaled.append(q)
+            continue
+        if q is None:
+            dx = torch.full((n,), part.dx[0], dtype=torch.int64, device=device)
+            dy = torch.full((n,), part.dy[0], dtype=torch.int64, device=device)
+        else:
+            dx, dy = q.dx.to(device), q.dy.to(device)
+        keep &= (torch.remainder(dx, sx) == 0) & (torch.remainder(dy, sy) == 0)
+        scaled.append(ShiftParams(torch.div(dx, sx, rounding_mode="floor"), torch.div(dy, sy, rounding_mode="floor")))
+    return (tuple(scaled) if isinstance(t, Compose) else scaled[0]), keep
+
+
+def is_feature_map(output: Any) -> bool:
+    """A 4-D tensor (N, C, H, W): what ``layers: all`` reports."""
+    return isinstance(output, torch.Tensor) and output.dim() == 4

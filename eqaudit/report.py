@@ -49,6 +49,8 @@ class CheckResult:
     elements: list[dict[str, Any]] | None = None
     #: Per-layer errors (``layers:`` in the spec): name, n, mean, std, ci_low, ci_high, max, or skipped.
     layers: list[dict[str, Any]] | None = None
+    #: ``mask:`` of the check: ``none``, or ``valid`` (only pixels both transforms keep in frame).
+    mask: str = "none"
 
     @property
     def gated_value(self) -> float:
@@ -165,7 +167,7 @@ class Report:
         for c in self.checks:
             mark = "✅ PASS" if c.passed else "❌ FAIL"
             rows.append(
-                f"| {_md(c.name)} | `{_md(c.input)}` | `{_md(c.output)}` | {c.distance} | {_g(c.mean)} | "
+                f"| {_md(c.name)} | `{_md(c.input)}` | `{_md(c.output)}` | {_distance_label(c)} | {_g(c.mean)} | "
                 f"[{_g(c.ci_low)}, {_g(c.ci_high)}] | {_g(c.threshold)} | {mark} | {_g(c.penalty)} |"
             )
         rows += ["", self.footer(), ""]
@@ -223,7 +225,7 @@ class Report:
                 escape(c.name),
                 escape(c.input),
                 escape(c.output),
-                c.distance,
+                _distance_label(c),
                 _g(c.mean),
                 f"[{_g(c.ci_low)}, {_g(c.ci_high)}]",
                 _g(c.threshold),
@@ -251,7 +253,10 @@ class Report:
                 if "skipped" in row:
                     table.add_row(name, escape(row["name"]), "-", f"[dim]{escape(row['skipped'])}[/]", "-")
                 else:
-                    table.add_row(name, escape(row["name"]), _g(row["mean"]),
+                    layer = escape(row["name"])
+                    if "stride" in row:  # a shift divided by the map's stride, on the samples it divides
+                        layer += f" [dim](stride {row['stride'][0]}x{row['stride'][1]}, n={row['n']})[/]"
+                    table.add_row(name, layer, _g(row["mean"]),
                                   f"[{_g(row['ci_low'])}, {_g(row['ci_high'])}]", _g(row["max"]))
         return table
 
@@ -333,3 +338,8 @@ def _json_safe(d: Any) -> Any:
     if isinstance(d, float) and not math.isfinite(d):
         return None
     return d
+
+
+def _distance_label(c: CheckResult) -> str:
+    """The distance column: the distance, and the mask where the check has one."""
+    return c.distance if c.mask == "none" else f"{c.distance} (mask: {c.mask})"

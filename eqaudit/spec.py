@@ -76,6 +76,13 @@ class CheckSpec:
     mode: str = "sample"
     #: ``valid``: compare only the pixels that both transforms keep inside the frame.
     mask: str = "none"
+    #: The name whose random stream draws the check's parameters (None: ``name``). Sweeps keep the
+    #: swept check's stream, so every value sees the same draws of the other parameters.
+    stream: str | None = None
+
+    @property
+    def stream_name(self) -> str:
+        return self.stream if self.stream is not None else self.name
 
     @property
     def input_text(self) -> str:
@@ -403,10 +410,18 @@ def _parse_layers(src: YamlSource, raw: Any) -> tuple[str, ...] | str | None:
         return None
     if raw == "all":
         return "all"
-    if not isinstance(raw, list) or not raw or not all(isinstance(n, str) and n for n in raw):
+    if not isinstance(raw, list) or not raw:
         raise src.error("layers", f"expected 'all' or a list of module names, got {_kind(raw)}",
                         "e.g. layers: [features.0, features.2]")
-    return tuple(raw)
+    names = []
+    for i, n in enumerate(raw):
+        if isinstance(n, int) and not isinstance(n, bool) and n >= 0:
+            n = str(n)  # nn.Sequential children are named "0", "1", ...: YAML reads them as integers
+        if not isinstance(n, str) or not n:
+            raise src.error(f"layers[{i}]", f"expected a module name, got {_kind(n)}",
+                            "names as in model.named_modules(), e.g. features.0")
+        names.append(n)
+    return tuple(names)
 
 
 def load_spec(path: str | Path, *, extra_keys: Iterable[str] = ()) -> Spec:

@@ -22,8 +22,8 @@ def _net(break_at: int | None) -> nn.Sequential:
 
 def _spec(layers, checks=None, **extra):
     checks = checks or [{"name": "shift", "both": {"shift": {"dx": [-3, 3], "dy": [-3, 3]}}}]
-    return spec_from_dict({"input": {"shape": [1, 8, 8]}, "samples": 128, "layers": layers, "checks": checks,
-                           **extra})
+    return spec_from_dict({"input": {"shape": [1, 8, 8]}, "samples": 128, "layers": layers, "checks": checks}
+                          | extra)
 
 
 def _means(report, check=0):
@@ -59,9 +59,90 @@ def test_unknown_layer_names_are_exit_2_with_a_suggestion():
         audit(_net(None), _spec(["O"]))
     with pytest.raises(EqauditError, match="layers"):
         _spec("some")
+    with pytest.raises(EqauditError, match=r"layers\[1\]"):
+        _spec(["0", [1]])
 
 
 def test_hooks_are_removed_after_the_audit():
     net = _net(None)
     audit(net, _spec("all"))
     assert all(not m._forward_hooks for m in net.modules())
+
+
+def _strided_net() -> nn.Sequential:
+    """Circular convolutions around a stride-2 circular convolution (8x8 -> 4x4), then a linear
+    head: shifting the input by an even number of pixels shifts the 4x4 maps by half as many."""
+    torch.manual_seed(1)
+    return nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1, padding_mode="circular"), nn.Tanh(),              # 0, 1: 8x8
+        nn.Conv2d(2, 2, 3, stride=2, padding=1, padding_mode="circular"), nn.Tanh(),    # 2, 3: 4x4
+        nn.Conv2d(2, 2, 3, padding=1, padding_mode="circular"),                         # 4: 4x4
+        nn.Flatten(), nn.Linear(32, 3),                                                 # 5, 6: not maps
+    ).double()
+
+
+def test_shifts_act_on_strided_maps_when_the_stride_divides_them():
+    spec = _spec("all", checks=[{"name": "s", "input": {"shift": {"dx": [-2, 2], "dy": [-2, 2]}}}], samples=256)
+    report = audit(_strided_net(), spec)
+    rows = {row["name"]: row for row in report.checks[0].layers}
+    assert set(rows) == {"0", "1", "2", "3", "4"}  # "all": only (N, C, H, W) outputs; Flatten/Linear left out
+    for name in ("0", "1"):  # full size: every sample
+        assert rows[name]["n"] == 256 and rows[name]["mean"] < 1e-12 and "stride" not in rows[name]
+    # stride 2: only samples with even dx and dy count (3 of 5 values each), and they are exact
+    even = [r for r in rows.values() if "stride" in r]
+    assert {r["name"] for r in even} == {"2", "3", "4"}
+    for r in even:
+        assert r["stride"] == [2, 2] and 0 < r["n"] < 256 and r["mean"] < 1e-12
+    assert abs(rows["2"]["n"] / 256 - 9 / 25) < 0.15
+    assert report.checks[0].mean > 1e-3  # the linear head is not shift-invariant
+
+
+def test_odd_shifts_skip_strided_maps_with_the_reason():
+    spec = _spec(["1", "3"], checks=[{"name": "s", "both": {"shift": {"dx": 1}}}])
+    net = _strided_net()[:4]
+    rows = {row["name"]: row for row in audit(net, spec).checks[0].layers}
+    assert rows["1"]["mean"] < 1e-12
+    assert "stride 2x2" in rows["3"]["skipped"]
+    spec = _spec(["3"], checks=[{"name": "s", "both": {"shift": {"dx": 1}}}], input={"shape": [1, 9, 9]})
+    rows = {row["name"]: row for row in audit(net, spec).checks[0].layers}  # 9x9 -> 5x5: no integer stride
+    assert "does not divide" in rows["3"]["skipped"]
+
+
+def test_cli_layers_table_json_and_unknown_names(tmp_path):
+    import json
+    import textwrap
+
+    from typer.testing import CliRunner
+
+    from eqaudit.cli import app
+
+    (tmp_path / "net.py").write_text(textwrap.dedent("""
+        import torch
+        from torch import nn
+
+        def build():
+            torch.manual_seed(0)
+            return nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, padding_mode="circular"), nn.Tanh(),
+                                 nn.Conv2d(2, 1, 3, padding=1))
+    """))
+    spec = tmp_path / "spec.yaml"
+    body = """model: {{factory: net.py:build}}
+input: {{shape: [1, 8, 8]}}
+samples: 64
+layers: {layers}
+checks:
+  - {{name: shift, both: {{shift: {{dx: 2}}}}, threshold: 10}}
+"""
+    spec.write_text(body.format(layers="[\"0\", \"1\", \"2\"]"))
+    runner = CliRunner()
+    r = runner.invoke(app, ["measure", "--spec", str(spec), "--layers"])
+    assert r.exit_code == 0, r.output
+    assert "per-layer" in r.stdout
+    r = runner.invoke(app, ["measure", "--spec", str(spec), "--json", "-"])
+    rows = json.loads(r.stdout)["checks"][0]["layers"]
+    assert [row["name"] for row in rows] == ["0", "1", "2"]
+    assert rows[0]["mean"] < 1e-6 and rows[2]["mean"] > 1e-3 and {"n", "ci_low", "ci_high"} <= set(rows[0])
+    spec.write_text(body.format(layers="[0, tanh]"))  # integers name nn.Sequential children
+    r = runner.invoke(app, ["measure", "--spec", str(spec)])
+    assert r.exit_code == 2
+    assert "layers[1]" in r.stderr and "no module 'tanh'" in r.stderr and ":4" in r.stderr

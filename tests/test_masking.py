@@ -62,3 +62,41 @@ def test_mask_none_changes_nothing():
     masked_none = _spec([{"name": "a", "both": {"shift": {"dx": 1, "mode": "zeros"}}, "mask": "none"}])
     assert audit(torch.nn.Sigmoid(), spec).checks == audit(torch.nn.Sigmoid(), masked_none).checks
     assert not math.isnan(audit(torch.nn.Sigmoid(), spec).checks[0].mean)
+
+
+def test_zoom_out_mask_and_relative_l2():
+    # Zooming out by 1/2 about the centre fills the border with zeros. An affine pointwise model
+    # commutes with bilinear interpolation wherever every tap lies in frame (the weights sum to
+    # 1), and differs on the border (f(0) = 1 against 0): masked relative_l2 is 0 up to rounding.
+    class Affine(torch.nn.Module):
+        def forward(self, x):
+            return 2 * x + 1
+
+    zoom = {"scale": {"factor": 0.5}}
+    report = audit(Affine(), _spec([
+        {"name": "plain", "both": zoom, "distance": "relative_l2"},
+        {"name": "masked", "both": zoom, "distance": "relative_l2", "mask": "valid"},
+    ], shape=(2, 8, 8)))
+    plain, masked = report.checks
+    assert plain.mean > 0.05
+    assert masked.mean < 1e-6
+
+
+def test_output_transform_mask_and_report_fields():
+    # input and output written separately: the region kept by the output transform is masked too
+    shift = {"shift": {"dx": -3, "dy": 1, "mode": "zeros"}}
+    report = audit(torch.nn.Tanh(), _spec([{"name": "m", "input": shift, "output": shift, "mask": "valid"}]))
+    assert report.checks[0].mean == 0.0
+    data = report.to_dict()["checks"][0]
+    assert data["mask"] == "valid"
+    assert "(mask: valid)" in report.to_markdown()
+    plain = audit(torch.nn.Tanh(), _spec([{"name": "p", "input": shift, "output": shift}]))
+    assert plain.to_dict()["checks"][0]["mask"] == "none" and "mask" not in plain.to_markdown()
+
+
+def test_inverse_hint_respects_the_mask():
+    # A pointwise model with the output shifted the wrong way: the inverse fits exactly inside the
+    # valid region, so the hint appears even though the zero-filled border differs.
+    report = audit(torch.nn.Tanh(), _spec([{"name": "m", "input": {"shift": {"dx": 2, "mode": "zeros"}},
+                                            "output": {"shift": {"dx": -2, "mode": "zeros"}}, "mask": "valid"}]))
+    assert report.checks[0].hint is not None

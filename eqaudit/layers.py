@@ -136,7 +136,8 @@ def _strided_params(t: Any, p: Any, n: int, input_hw: tuple[int, ...], map_hw: t
 
     stride = map_stride(input_hw, map_hw)
     if stride is None:
-        return f"map of size {list(map_hw)} does not divide the input's {list(input_hw)}: a pixel shift does not act on it"
+        return (f"map of size {list(map_hw)} does not divide the input's {list(input_hw)}: "
+                "a pixel shift does not act on it")
     sy, sx = stride
     parts = _parts(t)
     if sy != sx and len(parts) > 1:

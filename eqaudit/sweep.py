@@ -117,6 +117,8 @@ def sweep_spec(spec: Spec, check_name: str, param: str, values: list[float | int
         raise EqauditError(f"transform '{t.name}' has no parameter '{param}'", key="--param",
                            hint=did_you_mean(param, declared))
     given = dict(getattr(t, "_given", {}))
+    # An output written out as the same transform as the input follows the swept value too.
+    same_output = check.both or (type(check.output) is type(t) and dict(getattr(check.output, "_given", {})) == given)
     checks, labels = [], []
     for v in values:
         try:
@@ -125,8 +127,11 @@ def sweep_spec(spec: Spec, check_name: str, param: str, values: list[float | int
             raise EqauditError(f"{param}={v}: {exc.message}", key="--values", hint=exc.hint) from None
         label = f"{param}={v}"
         labels.append(label)
-        checks.append(dataclasses.replace(check, name=label, input=new, output=new if check.both else check.output))
-    return spec.replace(checks=tuple(checks), num_funcs=None), labels
+        # stream: every value draws its other random parameters from the swept check's stream, so a
+        # point equals the audit of the check with that value, and all points share those draws
+        checks.append(dataclasses.replace(check, name=label, input=new, output=new if same_output else check.output,
+                                          stream=check.stream_name))
+    return spec.replace(checks=tuple(checks), num_funcs=None, layers=None), labels
 
 
 def run_sweep(model: Any, spec: Spec, check_name: str, param: str, values: list[float | int],

@@ -103,3 +103,58 @@ def test_plot_writes_a_png(project, tmp_path):
                             "--values", "-90:90:45", "--plot", str(png), "-q"])
     assert r.exit_code == 0, r.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class DiskSum(torch.nn.Module):
+    """The pixel sum over a centred disk well inside the frame: invariant to every rotation, up to
+    bilinear interpolation; exactly to quarter turns (the disk is symmetric under them)."""
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        yy, xx = torch.meshgrid(torch.arange(h) - (h - 1) / 2, torch.arange(w) - (w - 1) / 2, indexing="ij")
+        disk = (yy**2 + xx**2 <= (min(h, w) / 2 - 2) ** 2).to(x.dtype)
+        return (x * disk).sum(dim=(-1, -2))
+
+
+def test_disk_sum_is_nearly_invariant_at_every_angle_and_exact_at_quarter_turns():
+    spec = spec_from_dict({"input": {"shape": [1, 17, 17]}, "samples": 128,
+                           "checks": [{"name": "rot", "input": {"rotate": {"degrees": 0}},
+                                       "distance": "relative_l2"}]})
+    result = run_sweep(DiskSum(), spec, "rot", "degrees", parse_values("-180:180:15"))
+    by_value = {p.value: p.mean for p in result.points}
+    assert len(by_value) == 25
+    for v, m in by_value.items():
+        if v % 90 == 0:
+            assert m < 1e-6, (v, m)
+        else:  # interpolation only: small against the C4 pooling model's error at the same angles
+            assert m < 0.02, (v, m)
+    c4 = run_sweep(C4Pool(), spec, "rot", "degrees", [45, 135])
+    assert all(p.mean > 5 * max(by_value[45], by_value[135]) for p in c4.points)
+
+
+def test_a_sweep_point_equals_the_audit_of_the_check_at_that_value():
+    # the other random parameter (dy) is drawn from the swept check's stream: the same draws at
+    # every value, and the same as auditing the check with dx fixed
+    from eqaudit.engine import audit
+
+    class Reader(torch.nn.Module):
+        def forward(self, x):
+            return x[:, 0, :3, :3].flatten(1)
+
+    check = {"name": "s", "input": {"shift": {"dx": 0, "dy": [-2, 2]}}}
+    spec = spec_from_dict({"input": {"shape": [1, 8, 8]}, "samples": 256, "checks": [check]})
+    result = run_sweep(Reader(), spec, "s", "dx", [-1, 0, 2])
+    for p in result.points:
+        fixed = spec_from_dict({"input": {"shape": [1, 8, 8]}, "samples": 256,
+                                "checks": [{**check, "input": {"shift": {"dx": p.value, "dy": [-2, 2]}}}]})
+        assert p.mean == audit(Reader(), fixed).checks[0].mean
+
+
+def test_an_output_written_like_the_input_follows_the_value():
+    # input and output the same rotation, written out: equivariance of the identity model at every
+    # angle (both sides get the swept value), not invariance
+    spec = spec_from_dict({"input": {"shape": [1, 8, 8]}, "samples": 64,
+                           "checks": [{"name": "r", "input": {"rotate": {"degrees": 10}},
+                                       "output": {"rotate": {"degrees": 10}}}]})
+    result = run_sweep(torch.nn.Identity(), spec, "r", "degrees", [0, 30, 90])
+    assert all(p.mean < 1e-5 for p in result.points)

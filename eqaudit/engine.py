@@ -751,11 +751,7 @@ def _chunk(
                 _store(stats, j, start, group_sums.pop(j) / check.group.order, item.rows, valid, length, dev)
             continue
         if item.rows is not None:
-            full = torch.zeros(length, dtype=torch.float64, device=dev)
-            full[item.rows] = e
-            mask = torch.zeros(length, dtype=torch.bool, device=dev)
-            mask[item.rows] = True
-            stats.update(j, start, full, mask & valid)
+            _store(stats, j, start, e, item.rows, valid, length, dev)
         else:
             errors.append(e)
     if errors:  # every check that ran on all rows: one vectorised update

@@ -8,11 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    head = text.splitlines()[0] if text else ""
-    return f"{type(exc).__name__}: {head}" + (" …" if len(text.splitlines()) > 1 else "")
+from eqaudit.errors import first_line  # torch-free; one formatting for every error line
 
 
 class ReferenceError_(ValueError):
@@ -52,7 +48,7 @@ def resolve_reference(ref: str, base_dir: str | Path | None = None) -> Any:
                 spec.loader.exec_module(module)
             except Exception as exc:  # user code failed at import
                 del sys.modules[mod_name]
-                raise ReferenceError_(f"importing '{path}' failed: {_first_line(exc)}") from exc
+                raise ReferenceError_(f"importing '{path}' failed: {first_line(exc)}") from exc
     else:
         added = False
         if str(base) not in sys.path:
@@ -65,7 +61,7 @@ def resolve_reference(ref: str, base_dir: str | Path | None = None) -> Any:
                 f"module '{target}' not found ({exc.name} is missing)",
             ) from exc
         except Exception as exc:
-            raise ReferenceError_(f"importing '{target}' failed: {_first_line(exc)}") from exc
+            raise ReferenceError_(f"importing '{target}' failed: {first_line(exc)}") from exc
         finally:
             if added:
                 try:

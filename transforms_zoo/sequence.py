@@ -43,23 +43,23 @@ def take_along(x: torch.Tensor, d: int, idx: torch.Tensor) -> torch.Tensor:
 
 
 class Keys(NamedTuple):
-    """Per-sample 62-bit keys (int64, shape ``(n,)``) from which ``apply`` draws what depends on
-    the data's shape. They are a function of (seed, stream, sample index) like every draw."""
+    """Per-sample random 32-bit keys (int64, shape ``(n,)``) from which ``apply`` draws what
+    depends on the data's shape. They are a function of (seed, stream, sample index) like every
+    draw."""
 
     key: torch.Tensor
 
 
 def draw_keys(rng: SampleRNG) -> Keys:
     """One key per sample, for draws whose size is only known at apply time."""
-    hi_lo = rng.integers(0, 2**31, 2)
-    return Keys(hi_lo[:, 0] * 2**31 + hi_lo[:, 1])
+    return Keys(rng.words())
 
 
 def keyed_rng(params: Any, device: torch.device, tag: str) -> SampleRNG:
     """The :class:`SampleRNG` of the keys in ``params`` (on ``device``), stream ``tag``."""
     if not isinstance(params, Keys):
         raise TransformError(f"expected parameters drawn by sample(), got {type(params).__name__}")
-    return SampleRNG(0, params.key.to(device), stream_id(tag))
+    return SampleRNG.from_keys(params.key.to(device), stream_id(tag))
 
 
 def _check_rows(x: torch.Tensor, rows: int, name: str) -> None:

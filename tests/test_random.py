@@ -1,0 +1,93 @@
+"""The keyed counter-based generator: what a draw depends on, stream independence, uniformity."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from transforms_zoo import SampleRNG
+from transforms_zoo import random as zr
+
+
+def test_a_draw_depends_only_on_seed_stream_and_index():
+    whole = SampleRNG.for_range(7, 0, 256).child("a").uniform(5)
+    parts = torch.cat([SampleRNG.for_range(7, s, s + 64).child("a").uniform(5) for s in range(0, 256, 64)])
+    picked = SampleRNG(7, torch.tensor([200, 3, 17])).child("a").uniform(5)
+    assert torch.equal(whole, parts)
+    assert torch.equal(picked, whole[[200, 3, 17]])
+
+
+def test_the_fast_path_for_small_indices_equals_the_general_one():
+    idx = torch.arange(1000, 1300)
+    fast = SampleRNG(3, idx, below_2_32=True)
+    general = SampleRNG(3, idx)
+    assert torch.equal(fast._key, general._key)
+    # indices past 2**32 take the high word into account (no wrap-around onto small indices)
+    far = SampleRNG(3, idx + 2**32)
+    assert not torch.equal(far._key, general._key)
+
+
+def test_children_are_distinct_streams_and_child_costs_no_tensor_work():
+    rng = SampleRNG.for_range(0, 0, 4096)
+    a, b = rng.child("a"), rng.child("b")
+    assert a._key is rng._key  # a stream is a number folded into the position keys
+    ua, ub = a.uniform(), b.uniform()
+    assert not torch.equal(ua, ub)
+    corr = torch.corrcoef(torch.stack([ua, ub]))[0, 1]
+    assert abs(float(corr)) < 4 / math.sqrt(4096)
+    assert torch.equal(rng.child("a").child("c").uniform(), a.child("c").uniform())
+
+
+def test_draw_kinds_of_one_stream_are_not_shifted_copies():
+    # Element p of one kind of draw must not repeat element p' of another in the same stream
+    # (position keys of 8 p + kind never coincide).
+    rng = SampleRNG.for_range(1, 0, 512)
+    bits = [rng._bits((16,), salt) for salt in range(zr._SALTS)]
+    flat = torch.cat([b.reshape(-1) for b in bits])
+    assert flat.unique().numel() > flat.numel() - 8  # only chance 32-bit collisions
+    with pytest.raises(ValueError):
+        rng._bits((4,), zr._SALTS)
+
+
+def test_uniform_moments_and_range():
+    u = SampleRNG.for_range(5, 0, 1 << 15).uniform(4, dtype=torch.float64)
+    assert float(u.min()) >= 0.0 and float(u.max()) < 1.0
+    assert float(u.mean()) == pytest.approx(0.5, abs=4 * math.sqrt(1 / 12 / u.numel()))
+    assert float(u.var()) == pytest.approx(1 / 12, rel=0.02)
+    v = SampleRNG.for_range(5, 0, 4096).uniform(3, low=-2.0, high=6.0)
+    assert float(v.min()) >= -2.0 and float(v.max()) < 6.0
+
+
+def test_integers_cover_the_range_evenly():
+    k = SampleRNG.for_range(9, 0, 60000).integers(-3, 3)
+    counts = torch.bincount((k + 3).reshape(-1), minlength=6).double()
+    expected = k.numel() / 6
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert int(k.min()) == -3 and int(k.max()) == 2
+    assert chi2 < 20.5  # 5 degrees of freedom, p ~ 0.001
+
+
+def test_permutations_are_uniform_and_keyed_draws_replay():
+    rng = SampleRNG.for_range(2, 0, 24000)
+    perms = rng.permutation(3)
+    code = perms[:, 0] * 9 + perms[:, 1] * 3 + perms[:, 2]
+    counts = torch.bincount(code, minlength=27)[[5, 7, 11, 15, 19, 21]].double()
+    assert int(counts.sum()) == 24000  # every row is a permutation of 0, 1, 2
+    chi2 = float(((counts - 4000) ** 2 / 4000).sum())
+    assert chi2 < 20.5
+    words = rng.child("k").words()
+    assert words.shape == (24000,) and int(words.min()) >= 0 and int(words.max()) < 2**32
+    again = SampleRNG.from_keys(words[100:200], 11).permutation(8)
+    assert torch.equal(again, SampleRNG.from_keys(words, 11).permutation(8)[100:200])
+
+
+def test_position_key_cache_is_bounded(monkeypatch):
+    monkeypatch.setattr(zr, "_POSITION_KEY_ELEMENTS", 1000)
+    zr._POSITION_KEYS.clear()
+    rng = SampleRNG.for_range(0, 0, 2)
+    for s in range(40):
+        rng.child(s).uniform(100)
+    assert sum(t.numel() for t in zr._POSITION_KEYS.values()) <= 1000
+    zr._POSITION_KEYS.clear()

@@ -200,3 +200,22 @@ def test_cli_precision_eps_and_quantiles(project):
     assert r.exit_code == 2 and "--precision" in r.output
     r = CliRunner().invoke(app, ["measure", "--spec", str(spec), "--max-samples", "10"])
     assert r.exit_code == 2 and "--max-samples" in r.output
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 64, 101, 4096])
+def test_column_quantiles_equal_torch_quantile_bit_for_bit(n):
+    from eqaudit.estimator import QUANTILES, column_quantiles
+
+    g = torch.Generator().manual_seed(n)
+    values = torch.rand(n, 3, generator=g, dtype=torch.float64) ** 3
+    values[::3, 1] = math.nan  # a column with gaps (samples a check did not run on)
+    got = column_quantiles(values)
+    q = torch.tensor(QUANTILES, dtype=torch.float64)
+    for j in range(3):
+        col = values[:, j][~torch.isnan(values[:, j])]
+        if col.numel() == 0:
+            assert all(math.isnan(v) for v in got[j][:3]) and got[j][3] == 0
+            continue
+        want = torch.quantile(col, q).tolist()
+        assert list(got[j][:3]) == want  # exact, not approximately
+        assert got[j][3] == col.numel()

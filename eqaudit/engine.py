@@ -19,6 +19,7 @@ import torch
 
 from transforms_zoo import SampleRNG, TransformError
 
+from .chunking import auto_batch_size, layer_working_set, round_up
 from .errors import EqauditError, first_line
 from .distributed import World, current_world, reduce_stats
 from .estimator import BLOCK, BlockStats
@@ -26,12 +27,6 @@ from .report import GATES, CheckResult, Report
 from .spec import MAX_SAMPLES, InputSpec, Spec, load_spec
 
 Progress = Callable[[int, int], None]
-
-#: Working-set target for an automatic chunk: input elements per forward.
-_CPU_ELEMENTS = 1 << 18
-_GPU_ELEMENTS = 1 << 22
-_MAX_CHUNK = 1 << 12
-
 
 def resolve_device(device: str | torch.device | None, model: torch.nn.Module | None = None) -> torch.device:
     """``auto`` picks CUDA when present; None keeps the model's own device."""
@@ -157,19 +152,6 @@ def _load_data(spec: Spec) -> torch.Tensor:
     return data
 
 
-def auto_batch_size(sample_numel: int, device: torch.device, n_samples: int) -> int:
-    """A chunk size in samples: a bounded working set on CPU, a large one on GPU (backed off on
-    out-of-memory), a multiple of the statistics block, never far above the sample count."""
-    budget = _GPU_ELEMENTS if device.type == "cuda" else _CPU_ELEMENTS
-    size = max(BLOCK, min(_MAX_CHUNK, budget // max(1, sample_numel)))
-    size = min(size, _round_up(n_samples, BLOCK))
-    return max(BLOCK, (size // BLOCK) * BLOCK)
-
-
-def _round_up(n: int, k: int) -> int:
-    return ((n + k - 1) // k) * k
-
-
 def audit(
     model: torch.nn.Module | Callable[[torch.Tensor], torch.Tensor] | None,
     spec: Spec | str | Path,
@@ -272,11 +254,16 @@ def audit(
     try:
         sampler = PointSampler(spec, dev, dtype)
         sample_numel = max(1, math.prod(sampler.shape))
-        chunk = (
-            _round_up(int(batch_size), BLOCK)
-            if batch_size is not None
-            else auto_batch_size(sample_numel, dev, spec.samples)
-        )
+        if batch_size is not None:
+            chunk = round_up(int(batch_size), BLOCK)
+        else:
+            layer_bytes = None
+            if dev.type == "cpu" and is_module:
+                with torch.inference_mode():
+                    probe = sampler.draw(SampleRNG.for_range(spec.seed, 0, min(spec.samples, BLOCK), dev))
+                    layer_bytes = layer_working_set(model, probe)
+            chunk = auto_batch_size(sample_numel, dev, spec.samples, layer_bytes=layer_bytes,
+                                    copies=_copies_per_sample(spec))
         plan = _LayerPlan.build(model, spec)
         local = BlockStats(spec.samples, _n_columns(spec) + (plan.n_columns if plan else 0), dev)
         fixed = batch_size is not None
@@ -435,7 +422,7 @@ def _next_sample_count(summaries: list[Any], target: float, n: int, cap: int) ->
         return None
     want = n * min(64.0, worst * worst * 1.1) if math.isfinite(worst) else 8 * n
     want = min(max(want, n + BLOCK), 8 * n)
-    return int(min(cap, _round_up(math.ceil(want), BLOCK)))
+    return int(min(cap, round_up(math.ceil(want), BLOCK)))
 
 
 def _reduced(local: BlockStats, world: World) -> BlockStats:
@@ -587,7 +574,7 @@ def _run(
     step = chunk
     done = begin
     for start in mine:
-        end = min(start + chunk, _round_up(n, BLOCK))
+        end = min(start + chunk, round_up(n, BLOCK))
         pos = start
         while pos < end:
             length = min(step, end - pos)
@@ -942,6 +929,14 @@ def _element_columns(spec: Spec) -> dict[int, int]:
             cols[j] = nxt
             nxt += check.group.order
     return cols
+
+
+def _copies_per_sample(spec: Spec) -> int:
+    """Transformed copies of each sample in the fused forward pass."""
+    per_check = [c.group.order if c.group is not None else 1 for c in spec.checks]
+    if spec.num_funcs is not None:
+        return max(1, sum(sorted(per_check, reverse=True)[: spec.num_funcs]))
+    return max(1, sum(per_check))
 
 
 def _n_columns(spec: Spec) -> int:

@@ -1,0 +1,52 @@
+"""Automatic chunk size: bounded by the input budget everywhere and, on CPU, by the model's
+largest layer working set so that the fused forward pass stays in cache."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from eqaudit import chunking
+from eqaudit.engine import audit
+from eqaudit.spec import spec_from_dict
+
+
+def _spec(shape, n=4096, checks=4):
+    return spec_from_dict({
+        "input": {"shape": shape}, "samples": n,
+        "checks": [{"name": f"c{i}", "input": {"flip": {"dim": -1}}} for i in range(checks)],
+    })
+
+
+def test_layer_working_set_is_the_largest_input_plus_output_per_sample():
+    model = nn.Sequential(nn.Linear(8, 100), nn.ReLU(), nn.Linear(100, 3))
+    got = chunking.layer_working_set(model, torch.rand(64, 8))
+    assert got == (100 + 100) * 4  # the ReLU: 100 in, 100 out, float32
+
+
+def test_layer_working_set_of_a_non_module_or_a_failing_model_is_none():
+    assert chunking.layer_working_set(lambda x: x, torch.rand(4, 3)) is None
+    assert chunking.layer_working_set(nn.Linear(5, 2), torch.rand(4, 3)) is None
+
+
+def test_cpu_chunk_keeps_one_fused_layer_within_the_working_set():
+    cpu = torch.device("cpu")
+    size = chunking.auto_batch_size(64, cpu, 1 << 20, layer_bytes=2048, copies=4)
+    assert size * 4 * 2048 <= chunking.CPU_WORKING_SET and size % 64 == 0
+    assert size == chunking.CPU_WORKING_SET // (4 * 2048)
+    # without a probe, or on a GPU, the input budget alone decides
+    assert chunking.auto_batch_size(64, cpu, 1 << 20) == chunking.CPU_ELEMENTS // 64
+    assert chunking.auto_batch_size(64, torch.device("cuda"), 1 << 20, layer_bytes=2048, copies=4) == chunking.MAX_CHUNK
+    # never below one block, never far above the sample count
+    assert chunking.auto_batch_size(64, cpu, 1 << 20, layer_bytes=1 << 30) == 64
+    assert chunking.auto_batch_size(64, cpu, 100) == 128
+
+
+def test_audit_sizes_chunks_from_the_model_and_the_numbers_do_not_change():
+    torch.manual_seed(0)
+    wide = nn.Sequential(nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 10))
+    spec = _spec([64], n=1024)
+    auto = audit(wide, spec)
+    assert auto.batch_size == chunking.CPU_WORKING_SET // (4 * (512 + 512) * 4) // 64 * 64
+    fixed = audit(wide, spec, batch_size=1024)
+    assert [c.mean for c in auto.checks] == [c.mean for c in fixed.checks]

@@ -86,6 +86,11 @@ class Distance:
     def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return self.fn(a, b)
 
+    @property
+    def batchable(self) -> bool:
+        """True for the built-in row-wise distances: rows of several checks may share one call."""
+        return not isinstance(self.fn, _UserDistance)
+
 
 class _UserDistance:
     """A user callable returning a scalar or one value per row; scalars are evaluated row by row."""

@@ -20,6 +20,7 @@ import torch
 from transforms_zoo import SampleRNG, TransformError
 
 from .chunking import auto_batch_size, layer_working_set, round_up
+from .distances import Distance
 from .errors import EqauditError, first_line
 from .distributed import World, current_world, reduce_stats
 from .estimator import BLOCK, BlockStats
@@ -702,11 +703,9 @@ def _chunk(
         plan.fold(work, stats, start, valid, tuple(x.shape[-2:]))
 
     # 3. Compare with the output transform of the shared base outputs.
-    errors: list[torch.Tensor] = []
-    columns = _element_columns(spec)
-    group_sums: dict[int, torch.Tensor] = {}
+    pairs: list[tuple[_Pending, torch.Tensor, torch.Tensor]] = []
     for item in work:
-        j, check = item.check, spec.checks[item.check]
+        check = spec.checks[item.check]
         ys = y if item.rows is None else y[item.rows]
         if item.element is not None:
             element = check.group.elements[item.element]
@@ -723,14 +722,13 @@ def _chunk(
                 f"has shape {list(b.shape[1:])}",
                 "the output transform must act on the model's outputs",
             )
-        try:
-            e = check.distance(a.to(torch.float64), b.to(torch.float64))
-        except EqauditError as exc:
-            raise exc.located(file=spec.file, key=f"checks[{j}].distance") from None
-        except Exception as exc:
-            raise spec.error(f"checks[{j}].distance",
-                             f"distance '{check.distance.name}' failed: {first_line(exc)}") from None
-        e = e.reshape(-1).to(torch.float64)
+        pairs.append((item, a, b))
+
+    errors: list[torch.Tensor] = []
+    columns = _element_columns(spec)
+    group_sums: dict[int, torch.Tensor] = {}
+    for item, e in zip(work, _distances(spec, pairs)):
+        j, check = item.check, spec.checks[item.check]
         if item.element is not None:
             group_sums[j] = group_sums[j] + e if j in group_sums else e
             _store(stats, columns[j] + item.element, start, e, item.rows, valid, length, dev)
@@ -746,6 +744,53 @@ def _chunk(
         cols = slice(done[0], done[-1] + 1) if done == list(range(done[0], done[-1] + 1)) else done
         e_all = torch.stack(errors, dim=1)
         stats.update(cols, start, e_all, valid[:, None].expand_as(e_all))
+
+
+def _f64(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == torch.float64 else t.to(torch.float64)
+
+
+def _distance(spec: Spec, j: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Check ``j``'s per-row distances (float64, shape ``(n,)``), failures located at its key."""
+    check = spec.checks[j]
+    try:
+        e = check.distance(_f64(a), _f64(b))
+    except EqauditError as exc:
+        raise exc.located(file=spec.file, key=f"checks[{j}].distance") from None
+    except Exception as exc:
+        raise spec.error(f"checks[{j}].distance",
+                         f"distance '{check.distance.name}' failed: {first_line(exc)}") from None
+    return _f64(e.reshape(-1))
+
+
+def _distances(spec: Spec, pairs: list[tuple[Any, torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+    """Per-row distances of every (item, a, b): pairs with the same built-in distance and output
+    shape are computed in one call on their concatenation (the distances are row-wise, so the
+    values are those of separate calls; a user's callable always sees its own check's rows)."""
+    out: list[torch.Tensor | None] = [None] * len(pairs)
+    batches: dict[tuple[Any, ...], list[int]] = {}
+    for i, (item, a, b) in enumerate(pairs):
+        dist = spec.checks[item.check].distance
+        if isinstance(dist, Distance) and dist.batchable:
+            batches.setdefault((dist.name, tuple(a.shape[1:]), a.dtype, b.dtype), []).append(i)
+        else:
+            out[i] = _distance(spec, item.check, a, b)
+    for members in batches.values():
+        if len(members) == 1:
+            i = members[0]
+            out[i] = _distance(spec, pairs[i][0].check, pairs[i][1], pairs[i][2])
+            continue
+        a = torch.cat([pairs[i][1] for i in members])
+        b = torch.cat([pairs[i][2] for i in members])
+        try:
+            e = _distance(spec, pairs[members[0]][0].check, a, b)
+        except EqauditError:
+            for i in members:  # name the check whose outputs the distance rejects
+                _distance(spec, pairs[i][0].check, pairs[i][1], pairs[i][2])
+            raise
+        for i, part in zip(members, torch.split(e, [pairs[i][1].shape[0] for i in members])):
+            out[i] = part
+    return out  # type: ignore[return-value]
 
 
 def _masked(a: torch.Tensor, b: torch.Tensor, item: Any, check: Any, spec: Spec,

@@ -132,11 +132,10 @@ class BlockStats:
         self.keep_values = keep_values
         n_blocks = max(1, math.ceil(n_samples / BLOCK))
         f64 = dict(dtype=torch.float64, device=device)
-        self.count = torch.zeros(n_blocks, n_checks, **f64)
-        self.total = torch.zeros(n_blocks, n_checks, **f64)
-        self.m2 = torch.zeros(n_blocks, n_checks, **f64)
-        self.max = torch.full((n_blocks, n_checks), -math.inf, **f64)
-        self.nonfinite = torch.zeros(n_blocks, n_checks, **f64)
+        # The five tables are views of one tensor, so a chunk's update writes them in one copy.
+        self._packed = torch.zeros(5, n_blocks, n_checks, **f64)
+        self.count, self.total, self.m2, self.max, self.nonfinite = self._packed.unbind(0)
+        self.max.fill_(-math.inf)
         #: Per-sample values of the first ``keep_values`` indices (NaN: not drawn / not selected).
         self.values = torch.full((min(n_samples, keep_values), n_checks), math.nan, **f64)
 
@@ -188,8 +187,7 @@ class BlockStats:
         b0 = start // BLOCK
         n_rows = min(e.shape[0], self.count.shape[0] - b0)  # padding past the last block is empty
         rows = slice(b0, b0 + n_rows)
-        for table, value in zip(self.tables(), (count, total, m2, vmax, bad)):
-            table[rows, check] = value[:n_rows]
+        self._packed[:, rows, check] = torch.stack((count, total, m2, vmax, bad))[:, :n_rows]
         stop = min(start + length, self.values.shape[0])
         if stop > start:
             kept = torch.where(use, e, math.nan).reshape(errors.shape)[: stop - start]

@@ -24,7 +24,7 @@ import torch
 
 BLOCK = 64
 #: Per-sample errors kept for the quantiles (per check): the first this many sample indices.
-QUANTILE_CAP = 1 << 16
+QUANTILE_CAP = 1 << 14
 QUANTILES = (0.5, 0.95, 0.99)
 
 

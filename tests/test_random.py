@@ -91,3 +91,12 @@ def test_position_key_cache_is_bounded(monkeypatch):
         rng.child(s).uniform(100)
     assert sum(t.numel() for t in zr._POSITION_KEYS.values()) <= 1000
     zr._POSITION_KEYS.clear()
+
+
+def test_the_int32_hash_is_lowbias32_on_unsigned_words():
+    values = [0, 1, 2**31 - 1, 2**31, 2**32 - 1, 0x9E3779B9] + torch.randint(
+        0, 2**32, (200,), generator=torch.Generator().manual_seed(0)).tolist()
+    x = torch.tensor(values, dtype=torch.int64)
+    got = zr._to_unsigned(zr._mix32_(zr._to_word(x))).tolist()
+    assert got == [zr._mix_int(v) for v in values]
+    assert zr._to_unsigned(zr._to_word(x)).tolist() == values  # exact round trip

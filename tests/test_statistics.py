@@ -27,7 +27,9 @@ def test_quantiles_of_the_triangular_distribution(pixel_reader):
     spec = _spec([{"name": "flip", "input": "hflip", "distance": "l1", "threshold": 1.0}], samples=40000)
     c = audit(pixel_reader, spec).checks[0]
     for q, got in [(0.5, c.p50), (0.95, c.p95), (0.99, c.p99)]:
-        assert got == pytest.approx(1 - math.sqrt(1 - q), abs=0.01)
+        # sample quantile: std sqrt(q (1 - q) / n) / density, density 2 sqrt(1 - q) there
+        sigma = math.sqrt(q / c.quantile_n) / 2
+        assert got == pytest.approx(1 - math.sqrt(1 - q), abs=4 * sigma)
     from eqaudit.estimator import QUANTILE_CAP
 
     assert c.quantile_n == min(40000, QUANTILE_CAP)  # beyond the cap: the first QUANTILE_CAP samples

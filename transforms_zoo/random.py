@@ -3,7 +3,8 @@
 Every draw for sample ``i`` is a pure function of ``(seed, stream, i)`` and the element position:
 it does not depend on how samples are split into chunks, on the order of calls, or on the device
 (CPU and CUDA give the same numbers). The generator is a vectorised integer hash (Wellons'
-``lowbias32``) evaluated with int64 tensor ops, so draws happen on the data's device.
+``lowbias32``) evaluated with int32 tensor ops on 32-bit words (two's-complement wrap-around for
+the products, masked shifts for logical ones), so draws happen on the data's device.
 """
 
 from __future__ import annotations
@@ -18,22 +19,34 @@ _M32 = 0xFFFFFFFF
 _GOLDEN = 0x9E3779B9
 
 
-def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """Bijective 32-bit integer hash of an int64 tensor holding values in [0, 2**32).
+def _s32(v: int) -> int:
+    """The int32 value with the bit pattern of the 32-bit word ``v``."""
+    v &= _M32
+    return v - (1 << 32) if v >= 1 << 31 else v
 
-    Works in place on one fresh tensor (the first mask), so a hash costs one allocation."""
-    x = x & _M32
-    return _mix32_(x)
+
+_C1 = _s32(0x7FEB352D)
+_C2 = _s32(0x846CA68B)
 
 
 def _mix32_(x: torch.Tensor) -> torch.Tensor:
-    """:func:`_mix32` in place on ``x`` (int64, values in [0, 2**32))."""
-    x.bitwise_xor_(x >> 16)
-    x.mul_(0x7FEB352D).bitwise_and_(_M32)
-    x.bitwise_xor_(x >> 15)
-    x.mul_(0x846CA68B).bitwise_and_(_M32)
-    x.bitwise_xor_(x >> 16)
+    """Bijective 32-bit hash (lowbias32) in place on an int32 tensor of 32-bit words."""
+    x.bitwise_xor_((x >> 16).bitwise_and_(0xFFFF))
+    x.mul_(_C1)
+    x.bitwise_xor_((x >> 15).bitwise_and_(0x1FFFF))
+    x.mul_(_C2)
+    x.bitwise_xor_((x >> 16).bitwise_and_(0xFFFF))
     return x
+
+
+def _to_word(x: torch.Tensor) -> torch.Tensor:
+    """int64 values in [0, 2**32) as int32 words (exact: no out-of-range conversion)."""
+    return (x - ((x >> 31) << 32)).to(torch.int32)
+
+
+def _to_unsigned(w: torch.Tensor) -> torch.Tensor:
+    """int32 words as int64 values in [0, 2**32)."""
+    return w.to(torch.int64).bitwise_and_(_M32)
 
 
 def _mix_int(x: int) -> int:
@@ -55,12 +68,12 @@ def stream_id(tag: str | int) -> int:
 
 
 _POSITION_KEYS: dict[tuple[int, int, int, str], torch.Tensor] = {}
-_POSITION_KEY_ELEMENTS = 1 << 23  # cache bound: 64 MiB of int64 keys per device type
+_POSITION_KEY_ELEMENTS = 1 << 23  # cache bound: 32 MiB of int32 words
 _SALTS = 8  # distinct draw kinds per stream (uniform words, integers, permutations, keys, ...)
 
 
 def _position_keys(count: int, salt: int, stream: int, device: torch.device) -> torch.Tensor:
-    """Hashed (stream, draw kind, element position) keys, cached: the same for every chunk, so
+    """Hashed (stream, draw kind, element position) words, cached: the same for every chunk, so
     a stream costs no tensor work until it draws, and a draw costs one hash round."""
     k = (count, salt, stream, str(device))
     keys = _POSITION_KEYS.get(k)
@@ -69,13 +82,13 @@ def _position_keys(count: int, salt: int, stream: int, device: torch.device) -> 
             _POSITION_KEYS.clear()
         pos = torch.arange(count, dtype=torch.int64, device=device)
         with torch.inference_mode(False), torch.no_grad():
-            keys = _mix32_(_mix32(pos * _SALTS + (salt + _GOLDEN)) ^ _mix_int(stream ^ _STREAM_SALT))
+            words = _mix32_(_to_word((pos * _SALTS + (salt + _GOLDEN)) & _M32))
+            keys = _mix32_(words.bitwise_xor_(_s32(_mix_int(stream ^ _STREAM_SALT))))
         _POSITION_KEYS[k] = keys
     return keys
 
 
 _STREAM_SALT = 0x85EBCA6B
-_HI_ZERO = _mix_int(_GOLDEN)  # the hashed high word of every index below 2**32
 
 
 def _seed_word(seed: int) -> int:
@@ -100,14 +113,14 @@ class SampleRNG:
         self.seed = int(seed)
         self.index = index
         self.stream = int(stream) & _M32
-        s = _seed_word(self.seed)
-        # Per-sample key: a function of (seed, i) only. Indices above 2**32 fold in their high
-        # word through a second round (``below_2_32``: the caller knows there are none).
-        if below_2_32:
-            self._key = _mix32_(_mix32_((index ^ s).bitwise_and_(_M32)).add_(_HI_ZERO).bitwise_and_(_M32))
-        else:
-            hi = _mix32_((index >> 32).bitwise_and_(_M32).add_(_GOLDEN))
-            self._key = _mix32_(_mix32((index & _M32) ^ s).add_(hi).bitwise_and_(_M32))
+        s = _s32(_seed_word(self.seed))
+        # Per-sample key: a function of (seed, i) only: lowbias32 of the low word of i, plus a
+        # hashed high word for indices at or above 2**32 (``below_2_32``: the caller knows there
+        # are none, which saves the ops).
+        self._key = _mix32_(_to_word(index & _M32).bitwise_xor_(s))
+        if not below_2_32:
+            hi = (index >> 32) & _M32
+            self._key.add_(_mix32_(_to_word((hi + _GOLDEN) & _M32)).sub_(_s32(_mix_int(_GOLDEN))))
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -125,7 +138,7 @@ class SampleRNG:
             raise TypeError("keys must be a 1-D int64 tensor")
         new = object.__new__(SampleRNG)
         new.seed, new.index, new.stream = 0, keys, int(stream) & _M32
-        new._key = keys & _M32
+        new._key = _to_word(keys & _M32)
         return new
 
     @classmethod
@@ -162,19 +175,30 @@ class SampleRNG:
         return self.n
 
     # -- draws --------------------------------------------------------------------------------
-    def _bits(self, shape: Sequence[int], salt: int = 0) -> torch.Tensor:
-        """32 random bits (as int64 in [0, 2**32)) for each sample and each element of ``shape``:
-        a fresh tensor the caller may modify in place."""
+    def _words(self, shape: Sequence[int], salt: int = 0) -> torch.Tensor:
+        """32 random bits as int32 words, for each sample and each element of ``shape``: a fresh
+        tensor the caller may modify in place."""
         if not 0 <= salt < _SALTS:
             raise ValueError(f"salt must lie in [0, {_SALTS})")
         count = math.prod(shape)
         pos_key = _position_keys(count, salt, self.stream, self.device)
         # One round suffices: both the sample key and the position key are already hashed.
-        h = _mix32_((self._key[:, None] + pos_key[None, :]).bitwise_and_(_M32))
+        h = _mix32_(self._key[:, None] + pos_key[None, :])
         return h.reshape(self.n, *shape)
 
+    def _bits(self, shape: Sequence[int], salt: int = 0) -> torch.Tensor:
+        """32 random bits (as int64 in [0, 2**32)) for each sample and each element of ``shape``."""
+        return _to_unsigned(self._words(shape, salt))
+
+    def _top(self, shape: Sequence[int], salt: int, n_bits: int) -> torch.Tensor:
+        """The top ``n_bits`` (< 32) of the words, as non-negative int32."""
+        w = self._words(shape, salt)
+        w >>= 32 - n_bits
+        return w.bitwise_and_((1 << n_bits) - 1)
+
     def words(self) -> torch.Tensor:
-        """One random 32-bit word per sample (int64, shape ``(n,)``): keys for :meth:`from_keys`."""
+        """One random 32-bit word per sample (int64 in [0, 2**32), shape ``(n,)``): keys for
+        :meth:`from_keys`."""
         return self._bits((), 4)
 
     def uniform(
@@ -186,13 +210,11 @@ class SampleRNG:
     ) -> torch.Tensor:
         """Uniform numbers in ``[low, high)``, shape ``(n, *shape)``."""
         if dtype == torch.float64:
-            a = self._bits(shape, 0) >> 5  # 27 bits
-            b = self._bits(shape, 1) >> 6  # 26 bits
+            a = self._top(shape, 0, 27)
+            b = self._top(shape, 1, 26)
             u = a.to(torch.float64).mul_(67108864.0).add_(b).mul_(1.0 / 9007199254740992.0)
         else:
-            bits = self._bits(shape)
-            bits >>= 8  # 24 bits: exact in float32
-            u = bits.to(torch.float32).mul_(1.0 / 16777216.0)
+            u = self._top(shape, 0, 24).to(torch.float32).mul_(1.0 / 16777216.0)  # 24 bits: exact
             if dtype != torch.float32:
                 u = u.to(dtype)
         if isinstance(low, (int, float)) and isinstance(high, (int, float)):
@@ -224,8 +246,9 @@ class SampleRNG:
 
     def permutation(self, k: int) -> torch.Tensor:
         """A uniformly random permutation of ``range(k)`` per sample, shape ``(n, k)``."""
-        # Sorting random keys; a stable sort breaks the (rare) ties by position.
-        return torch.sort(self._bits((k,), 3), dim=1, stable=True).indices
+        # Sorting random keys (any fixed order of the words will do); a stable sort breaks the
+        # (rare) ties by position.
+        return torch.sort(self._words((k,), 3), dim=1, stable=True).indices
 
     def choice(self, k: int, of: int) -> torch.Tensor:
         """``k`` distinct indices from ``range(of)`` per sample, shape ``(n, k)``."""

@@ -12,8 +12,9 @@ interleaved, the median of R runs of:
                 the same four errors over the same N points, one transform per call (it
                 recomputes model(x) for every transform), under torch.no_grad().
 
-Ratios come from one run so machine noise cancels: ratio_vs_ideal = a / b,
-speedup_vs_original = c / a. Peak memory of eqaudit is measured at N and 16 N in child
+Ratios come from one run so machine noise cancels: ratio_vs_ideal is the median over rounds of
+a / b timed in the same round, speedup_vs_original the median of c / a; the times printed are
+medians. Peak memory of eqaudit is measured at N and 16 N in child
 processes (CUDA: max_memory_allocated; CPU: the resident-set high-water mark above the
 process's level after set-up, with glibc told to mmap blocks over 64 KiB so that RSS follows the
 live tensors rather than allocator slack).
@@ -144,7 +145,9 @@ def run_original(model: nn.Module, spec, device: torch.device) -> Callable[[], N
     return go
 
 
-def median_times(fns: dict[str, Callable[[], None] | None], repeats: int) -> dict[str, float | None]:
+def timed_rounds(fns: dict[str, Callable[[], None] | None], repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of each function, ``repeats`` rounds, the functions interleaved in each
+    round (so a slow spell of a shared machine hits every column of the round alike)."""
     for fn in fns.values():  # warm-up (allocator, kernels, caches)
         if fn is not None:
             fn()
@@ -156,7 +159,14 @@ def median_times(fns: dict[str, Callable[[], None] | None], repeats: int) -> dic
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    return {k: (statistics.median(v) if v else None) for k, v in times.items()}
+    return times
+
+
+def round_ratio(times: dict[str, list[float]], num: str, den: str) -> float | None:
+    """The median over rounds of ``num / den`` timed in the same round."""
+    if not times[num] or not times[den]:
+        return None
+    return statistics.median(a / b for a, b in zip(times[num], times[den]))
 
 
 def _rss_kib(field: str) -> int:
@@ -218,7 +228,7 @@ def main() -> None:
         if case not in CASES:
             ap.error(f"unknown model {case!r}; choose from {', '.join(CASES)}")
         model, spec = build(case, args.samples, device)
-        t = median_times(
+        rounds = timed_rounds(
             {
                 "eqaudit": run_eqaudit(model, spec, device),
                 "ideal": run_ideal(model, spec, device),
@@ -226,11 +236,12 @@ def main() -> None:
             },
             args.repeats,
         )
+        t = {k: (statistics.median(v) if v else None) for k, v in rounds.items()}
         result[f"time_eqaudit_{case}_s"] = t["eqaudit"]
         result[f"time_ideal_{case}_s"] = t["ideal"]
         result[f"time_original_{case}_s"] = t["original"]
-        result[f"ratio_vs_ideal_{case}"] = t["eqaudit"] / t["ideal"]
-        result[f"speedup_vs_original_{case}"] = (t["original"] / t["eqaudit"]) if t["original"] else None
+        result[f"ratio_vs_ideal_{case}"] = round_ratio(rounds, "eqaudit", "ideal")
+        result[f"speedup_vs_original_{case}"] = round_ratio(rounds, "original", "eqaudit")
         if not args.no_memory:
             small = peak_memory_child(case, args.samples, args.device)
             large = peak_memory_child(case, args.samples * 16, args.device)

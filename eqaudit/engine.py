@@ -124,7 +124,7 @@ class PointSampler:
                 idx = stream.integers(0, n_rows)
             return self.data[idx]
         u = stream.uniform(*self.shape, dtype=self.dtype)
-        return self.lo + self.span * u
+        return u.mul_(self.span).add_(self.lo)  # lo + span * u, in place
 
 
 def _load_data(spec: Spec) -> torch.Tensor:

@@ -30,12 +30,14 @@ _C2 = _s32(0x846CA68B)
 
 
 def _mix32_(x: torch.Tensor) -> torch.Tensor:
-    """Bijective 32-bit hash (lowbias32) in place on an int32 tensor of 32-bit words."""
-    x.bitwise_xor_((x >> 16).bitwise_and_(0xFFFF))
+    """Bijective 32-bit hash (lowbias32) in place on an int32 tensor of 32-bit words (one
+    scratch tensor for the shifted copies)."""
+    t = torch.bitwise_right_shift(x, 16)
+    x.bitwise_xor_(t.bitwise_and_(0xFFFF))
     x.mul_(_C1)
-    x.bitwise_xor_((x >> 15).bitwise_and_(0x1FFFF))
+    x.bitwise_xor_(torch.bitwise_right_shift(x, 15, out=t).bitwise_and_(0x1FFFF))
     x.mul_(_C2)
-    x.bitwise_xor_((x >> 16).bitwise_and_(0xFFFF))
+    x.bitwise_xor_(torch.bitwise_right_shift(x, 16, out=t).bitwise_and_(0xFFFF))
     return x
 
 

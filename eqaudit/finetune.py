@@ -773,12 +773,10 @@ class Trainer:
         return self._perm[pos * self.batch_size : (pos + 1) * self.batch_size]
 
     def _rng(self, step: int, n: int, tag: str) -> Any:
-        import torch
-
         from transforms_zoo import SampleRNG
 
-        index = torch.arange(n, dtype=torch.int64, device=self.device)
-        return SampleRNG(self.spec.seed, index, stream=self._stream).child(f"step:{step}").child(tag)
+        rng = SampleRNG.for_range(self.spec.seed, 0, n, self.device, stream=self._stream)
+        return rng.child(f"step:{step}").child(tag)
 
     def chosen_checks(self, step: int) -> list[int]:
         """The checks penalized at ``step``: all, or ``num_funcs`` drawn without replacement."""

@@ -96,17 +96,25 @@ def column_quantiles(values: torch.Tensor) -> list[tuple[float, float, float, in
 
 
 def _order_quantiles(rows: torch.Tensor, n: int) -> list[tuple[float, float, float, int]]:
-    """Quantiles of each row of ``rows`` (``(k, n)``, all values present)."""
+    """Quantiles of each row of ``rows`` (``(k, n)``, all values present): the order statistics
+    around each rank ``q (n - 1)`` (tail ones from one ``topk``, the rest by ``kthvalue``), then
+    ``lerp`` with the rank's fraction, as ``torch.quantile`` does."""
     k = rows.shape[0]
     if n == 0:
         return [(math.nan, math.nan, math.nan, 0)] * k
-    ranks = torch.tensor(QUANTILES, dtype=torch.float64) * (n - 1)
-    below = ranks.floor().to(torch.int64).tolist()
-    above = ranks.ceil().to(torch.int64).tolist()
-    stats = {r: torch.kthvalue(rows, r + 1, dim=1).values for r in sorted(set(below + above))}
+    ranks = [q * (n - 1) for q in QUANTILES]
+    below = [int(r) for r in ranks]
+    above = [math.ceil(r) for r in ranks]
+    wanted = sorted(set(below + above))
+    tail = [r for r in wanted if r >= 0.9 * (n - 1)]
+    stats = {r: torch.kthvalue(rows, r + 1, dim=1).values for r in wanted if r not in tail}
+    if tail:
+        top = torch.topk(rows, n - tail[0], dim=1).values  # descending: rank r is top[n - 1 - r]
+        stats.update({r: top[:, n - 1 - r] for r in tail})
     lo = torch.stack([stats[r] for r in below], dim=1)
     hi = torch.stack([stats[r] for r in above], dim=1)
-    q = torch.lerp(lo, hi, (ranks - ranks.floor()).to(rows.device)).tolist()
+    weights = torch.tensor([r - b for r, b in zip(ranks, below)], dtype=rows.dtype, device=rows.device)
+    q = torch.lerp(lo, hi, weights).tolist()
     return [(row[0], row[1], row[2], n) for row in q]
 
 

@@ -20,7 +20,7 @@ def test_a_draw_depends_only_on_seed_stream_and_index():
 
 
 def test_the_fast_path_for_small_indices_equals_the_general_one():
-    idx = torch.arange(1000, 1300)
+    idx = torch.cat([torch.arange(1000, 1300), torch.arange(2**31 - 5, 2**31 + 5), torch.arange(2**32 - 5, 2**32)])
     fast = SampleRNG(3, idx, below_2_32=True)
     general = SampleRNG(3, idx)
     assert torch.equal(fast._key, general._key)

@@ -734,6 +734,7 @@ def _chunk(
         pairs.append((item, a, b))
 
     errors: list[torch.Tensor] = []
+    done: list[int] = []  # the columns of ``errors``: checks that ran on all rows, not group elements
     columns = _element_columns(spec)
     group_sums: dict[int, torch.Tensor] = {}
     for item, e in zip(work, _distances(spec, pairs)):
@@ -748,8 +749,8 @@ def _chunk(
             _store(stats, j, start, e, item.rows, valid, length, dev)
         else:
             errors.append(e)
+            done.append(j)
     if errors:  # every check that ran on all rows: one vectorised update
-        done = [item.check for item in work if item.rows is None]
         cols = slice(done[0], done[-1] + 1) if done == list(range(done[0], done[-1] + 1)) else done
         e_all = torch.stack(errors, dim=1)
         stats.update(cols, start, e_all, valid[:, None].expand_as(e_all))
@@ -766,7 +767,11 @@ def _distance(spec: Spec, j: int, a: torch.Tensor, b: torch.Tensor) -> torch.Ten
         e = check.distance(_f64(a), _f64(b))
     except EqauditError as exc:
         raise exc.located(file=spec.file, key=f"checks[{j}].distance") from None
+    except (torch.cuda.OutOfMemoryError, MemoryError):
+        raise
     except Exception as exc:
+        if _is_oom(exc):
+            raise  # the chunk loop backs off to a smaller chunk
         raise spec.error(f"checks[{j}].distance",
                          f"distance '{check.distance.name}' failed: {first_line(exc)}") from None
     return _f64(e.reshape(-1))

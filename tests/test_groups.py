@@ -139,3 +139,15 @@ def test_transforms_check_fails_a_wrong_inverse(monkeypatch):
     assert r.exit_code == 1 and "broken_shift" in r.output
     r = CliRunner().invoke(app, ["transforms", "rot90", "--check"])
     assert r.exit_code == 0
+
+
+def test_a_group_check_beside_plain_checks_keeps_its_own_column():
+    # Regression: the plain checks' errors were also written into the group check's column.
+    def spec(checks):
+        return spec_from_dict({"input": {"shape": [1, 8, 8]}, "samples": 256, "checks": checks})
+
+    plain = [{"name": "hflip", "input": "hflip"}, {"name": "vflip", "input": "vflip"}]
+    c4, hflip, vflip = audit(torch.nn.Identity(), spec([{"name": "c4", "group": "C4", "output": "same"}] + plain)).checks
+    assert c4.mean == 0.0 and c4.max == 0.0  # the identity is exactly C4-equivariant
+    alone = audit(torch.nn.Identity(), spec(plain)).checks
+    assert [hflip.mean, vflip.mean] == [c.mean for c in alone] and hflip.mean > 1.0

@@ -65,8 +65,10 @@ def layer_working_set(model: Any, x: torch.Tensor) -> int | None:
         worst = max(worst, size)
 
     leaves = [m for m in model.modules() if next(m.children(), None) is None]
-    handles = [m.register_forward_hook(hook) for m in leaves]
+    handles = []
     try:
+        for m in leaves:  # inside the try: scripted modules refuse hooks
+            handles.append(m.register_forward_hook(hook))
         model(x)
     except Exception:
         return None

@@ -3,6 +3,8 @@ largest layer working set so that the fused forward pass stays in cache."""
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -50,3 +52,37 @@ def test_audit_sizes_chunks_from_the_model_and_the_numbers_do_not_change():
     assert auto.batch_size == chunking.CPU_WORKING_SET // (4 * (512 + 512) * 4) // 64 * 64
     fixed = audit(wide, spec, batch_size=1024)
     assert [c.mean for c in auto.checks] == [c.mean for c in fixed.checks]
+
+
+def _scripted(module: nn.Module) -> torch.jit.ScriptModule:
+    with warnings.catch_warnings():  # torch.jit is deprecated in recent torch; loaded models remain
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.script(module)
+
+
+def test_probe_of_a_scripted_model_falls_back_and_leaves_no_hooks():
+    inner = nn.Sequential(nn.Linear(64, 32), nn.ReLU())
+    model = nn.Sequential(inner, _scripted(nn.Linear(32, 32)))  # hooks refused on the last leaf
+    assert chunking.layer_working_set(model, torch.rand(64, 64)) is None
+    assert not any(m._forward_hooks for m in inner.modules())
+    report = audit(_scripted(nn.Linear(64, 3)), _spec([64], n=256))
+    assert report.batch_size == 256
+
+
+def test_out_of_memory_in_a_distance_backs_off_instead_of_failing(monkeypatch):
+    from eqaudit import distances
+
+    real = distances._NAMED["l2"]
+
+    def picky(a, b):
+        if a.shape[0] > 128:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return real(a, b)
+
+    monkeypatch.setitem(distances._NAMED, "l2", picky)
+    model = nn.Linear(64, 3)
+    spec = _spec([64], n=512, checks=2)
+    backed_off = audit(model, spec)
+    assert backed_off.batch_size == 64  # 2 checks x 64 rows fit, the first 256-sample chunk did not
+    monkeypatch.setitem(distances._NAMED, "l2", real)
+    assert [c.mean for c in backed_off.checks] == [c.mean for c in audit(model, spec, batch_size=64).checks]

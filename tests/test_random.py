@@ -83,14 +83,22 @@ def test_permutations_are_uniform_and_keyed_draws_replay():
     assert torch.equal(again, SampleRNG.from_keys(words, 11).permutation(8)[100:200])
 
 
-def test_position_key_cache_is_bounded(monkeypatch):
+def test_position_key_cache_is_bounded_in_elements_and_entries(monkeypatch):
     monkeypatch.setattr(zr, "_POSITION_KEY_ELEMENTS", 1000)
-    zr._POSITION_KEYS.clear()
+    zr.clear_position_keys()
     rng = SampleRNG.for_range(0, 0, 2)
     for s in range(40):
         rng.child(s).uniform(100)
     assert sum(t.numel() for t in zr._POSITION_KEYS.values()) <= 1000
-    zr._POSITION_KEYS.clear()
+    assert zr._POSITION_KEY_TOTAL == sum(t.numel() for t in zr._POSITION_KEYS.values())
+    # a stream per fine-tune step: entries stay bounded however many steps run
+    monkeypatch.setattr(zr, "_POSITION_KEY_ELEMENTS", 1 << 23)
+    for step in range(3 * zr._POSITION_KEY_ENTRIES):
+        rng.child(f"step:{step}").uniform()
+    assert len(zr._POSITION_KEYS) <= zr._POSITION_KEY_ENTRIES
+    first = rng.child("a").uniform(7)
+    zr.clear_position_keys()
+    assert torch.equal(rng.child("a").uniform(7), first)  # the cache never changes a draw
 
 
 def test_the_int32_hash_is_lowbias32_on_unsigned_words():

@@ -71,22 +71,33 @@ def stream_id(tag: str | int) -> int:
 
 _POSITION_KEYS: dict[tuple[int, int, int, str], torch.Tensor] = {}
 _POSITION_KEY_ELEMENTS = 1 << 23  # cache bound: 32 MiB of int32 words
+_POSITION_KEY_ENTRIES = 256  # and at most this many (stream, kind, size) entries
+_POSITION_KEY_TOTAL = 0
 _SALTS = 8  # distinct draw kinds per stream (uniform words, integers, permutations, keys, ...)
+
+
+def clear_position_keys() -> None:
+    """Empty the position-key cache."""
+    global _POSITION_KEY_TOTAL
+    _POSITION_KEYS.clear()
+    _POSITION_KEY_TOTAL = 0
 
 
 def _position_keys(count: int, salt: int, stream: int, device: torch.device) -> torch.Tensor:
     """Hashed (stream, draw kind, element position) words, cached: the same for every chunk, so
     a stream costs no tensor work until it draws, and a draw costs one hash round."""
+    global _POSITION_KEY_TOTAL
     k = (count, salt, stream, str(device))
     keys = _POSITION_KEYS.get(k)
     if keys is None:
-        if sum(t.numel() for t in _POSITION_KEYS.values()) + count > _POSITION_KEY_ELEMENTS:
-            _POSITION_KEYS.clear()
+        if _POSITION_KEY_TOTAL + count > _POSITION_KEY_ELEMENTS or len(_POSITION_KEYS) >= _POSITION_KEY_ENTRIES:
+            clear_position_keys()  # streams that draw once per step (fine-tuning) would pile up
         pos = torch.arange(count, dtype=torch.int64, device=device)
         with torch.inference_mode(False), torch.no_grad():
             words = _mix32_(_to_word((pos * _SALTS + (salt + _GOLDEN)) & _M32))
             keys = _mix32_(words.bitwise_xor_(_s32(_mix_int(stream ^ _STREAM_SALT))))
         _POSITION_KEYS[k] = keys
+        _POSITION_KEY_TOTAL += count
     return keys
 
 

@@ -73,6 +73,7 @@ _POSITION_KEYS: dict[tuple[int, int, int, str], torch.Tensor] = {}
 _POSITION_KEY_ELEMENTS = 1 << 23  # cache bound: 32 MiB of int32 words
 _POSITION_KEY_ENTRIES = 256  # and at most this many (stream, kind, size) entries
 _POSITION_KEY_TOTAL = 0
+_STREAM_SALT = 0x85EBCA6B
 _SALTS = 8  # distinct draw kinds per stream (uniform words, integers, permutations, keys, ...)
 
 
@@ -99,9 +100,6 @@ def _position_keys(count: int, salt: int, stream: int, device: torch.device) -> 
         _POSITION_KEYS[k] = keys
         _POSITION_KEY_TOTAL += count
     return keys
-
-
-_STREAM_SALT = 0x85EBCA6B
 
 
 def _seed_word(seed: int) -> int:

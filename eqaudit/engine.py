@@ -258,13 +258,13 @@ def audit(
         if batch_size is not None:
             chunk = round_up(int(batch_size), BLOCK)
         else:
-            layer_bytes = None
-            if dev.type == "cpu" and is_module:
+            chunk = auto_batch_size(sample_numel, dev, spec.samples)
+            if dev.type == "cpu" and is_module and chunk > BLOCK:  # may the model's layers want less?
                 with torch.inference_mode():
-                    probe = sampler.draw(SampleRNG.for_range(spec.seed, 0, min(spec.samples, BLOCK), dev))
+                    probe = sampler.draw(SampleRNG.for_range(spec.seed, 0, BLOCK, dev))
                     layer_bytes = layer_working_set(model, probe)
-            chunk = auto_batch_size(sample_numel, dev, spec.samples, layer_bytes=layer_bytes,
-                                    copies=_copies_per_sample(spec))
+                chunk = auto_batch_size(sample_numel, dev, spec.samples, layer_bytes=layer_bytes,
+                                        copies=_copies_per_sample(spec))
         plan = _LayerPlan.build(model, spec)
         local = BlockStats(spec.samples, _n_columns(spec) + (plan.n_columns if plan else 0), dev)
         fixed = batch_size is not None

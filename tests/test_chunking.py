@@ -86,3 +86,15 @@ def test_out_of_memory_in_a_distance_backs_off_instead_of_failing(monkeypatch):
     assert backed_off.batch_size == 64  # 2 checks x 64 rows fit, the first 256-sample chunk did not
     monkeypatch.setitem(distances._NAMED, "l2", real)
     assert [c.mean for c in backed_off.checks] == [c.mean for c in audit(model, spec, batch_size=64).checks]
+
+
+def test_no_probe_when_one_block_is_the_chunk_anyway():
+    calls = []
+
+    class Counting(nn.Module):
+        def forward(self, x):
+            calls.append(x.shape[0])
+            return x.sum(dim=1, keepdim=True)
+
+    audit(Counting(), _spec([64], n=50, checks=1), noise_floor=False)
+    assert calls == [64, 64]  # the base and the fused forward of the only chunk: no probe

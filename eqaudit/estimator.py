@@ -83,16 +83,13 @@ def column_quantiles(values: torch.Tensor) -> list[tuple[float, float, float, in
     """:func:`quantiles` of each column of ``values`` (``(n, k)``; NaN marks a missing value).
 
     Equal to ``torch.quantile`` bit for bit (the same ranks, order statistics and ``lerp``), but
-    by selection (``kthvalue``) instead of a full sort: six order statistics per column."""
+    by selection (see :func:`_order_quantiles`) instead of a full sort."""
     cols = values.to(torch.float64).t()
     present = ~torch.isnan(cols)
     counts = present.sum(dim=1).tolist()
-    out: list[tuple[float, float, float, int]] = []
     if counts and all(c == cols.shape[1] for c in counts):  # no gaps: every column at once
         return _order_quantiles(cols.contiguous(), cols.shape[1])
-    for j, n in enumerate(counts):
-        out += _order_quantiles(cols[j][present[j]][None, :], n)
-    return out
+    return [_order_quantiles(cols[j][present[j]][None, :], n)[0] for j, n in enumerate(counts)]
 
 
 def _order_quantiles(rows: torch.Tensor, n: int) -> list[tuple[float, float, float, int]]:
@@ -207,7 +204,7 @@ class BlockStats:
 
     def summaries(self, confidence: float = 0.95) -> list[Summary]:
         """Every check's summary, reading the tables from the device once."""
-        tables = [t.cpu() for t in self.tables()]
+        tables = list(self._packed.cpu().unbind(0))  # one transfer for the five tables
         q = column_quantiles(self.values.cpu())
         return [self._summary(tables, j, confidence, q[j]) for j in range(self.n_checks)]
 

@@ -108,3 +108,39 @@ def test_the_int32_hash_is_lowbias32_on_unsigned_words():
     got = zr._to_unsigned(zr._mix32_(zr._to_word(x))).tolist()
     assert got == [zr._mix_int(v) for v in values]
     assert zr._to_unsigned(zr._to_word(x)).tolist() == values  # exact round trip
+
+
+@pytest.mark.parametrize("numpy_path", [True, False])
+def test_the_hash_is_the_same_on_the_numpy_and_torch_paths(monkeypatch, numpy_path):
+    if not numpy_path:
+        monkeypatch.setattr(zr, "_np", None)
+    elif zr._np is None:
+        pytest.skip("numpy cannot view tensors here")
+    values = [0, 1, 2**31 - 1, 2**31, 2**32 - 1] + list(range(1000, 1100))
+    x = zr._to_word(torch.tensor(values, dtype=torch.int64))
+    view = x[::2]  # in place through a strided view too
+    zr._mix32_(view)
+    want = [zr._mix_int(v) if i % 2 == 0 else v for i, v in enumerate(values)]
+    assert zr._to_unsigned(x).tolist() == want
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 64, 100])
+def test_row_argsort_is_torchs_stable_sort_ties_included(k):
+    g = torch.Generator().manual_seed(k)
+    w = torch.randint(-2**31, 2**31, (300, k), generator=g, dtype=torch.int64).to(torch.int32)
+    w[:, : k // 2] = w[:, k // 2 : 2 * (k // 2)]  # every row has ties
+    w[0] = 2**31 - 1
+    w[1] = -(2**31)
+    want = torch.sort(w, dim=1, stable=True).indices
+    got = zr._stable_argsort_rows(w)
+    assert got.dtype == want.dtype and torch.equal(got, want)
+    assert torch.equal(zr._stable_argsort_rows(w[:0]), want[:0])
+
+
+def test_inverse_permutation_undoes_the_permutation():
+    from transforms_zoo.sequence import Permute
+
+    t = Permute(dim=-1)
+    x = torch.rand(50, 3, 9)
+    p = t.sample(SampleRNG.for_range(0, 0, 50))
+    assert torch.equal(t.inverse().apply(t.apply(x, p), p), x)

@@ -12,8 +12,25 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Sequence
+from typing import Any
 
 import torch
+
+
+def _numpy() -> Any:
+    """numpy when it can view CPU tensors (zero-copy): on CPU the hash and the row sort run there,
+    where a small integer op costs about a microsecond instead of torch's several. The results are
+    the same bits as the torch path, which serves CUDA and builds without numpy."""
+    try:
+        import numpy
+
+        torch.zeros(1, dtype=torch.int32).numpy()
+    except Exception:  # no numpy, or a torch built without it
+        return None
+    return numpy
+
+
+_np = _numpy()
 
 _M32 = 0xFFFFFFFF
 _GOLDEN = 0x9E3779B9
@@ -32,6 +49,9 @@ _C2 = _s32(0x846CA68B)
 def _mix32_(x: torch.Tensor) -> torch.Tensor:
     """Bijective 32-bit hash (lowbias32) in place on an int32 tensor of 32-bit words (one
     scratch tensor for the shifted copies)."""
+    if _np is not None and x.device.type == "cpu":
+        _mix32_numpy_(x.numpy().view(_np.uint32))
+        return x
     t = torch.bitwise_right_shift(x, 16)
     x.bitwise_xor_(t.bitwise_and_(0xFFFF))
     x.mul_(_C1)
@@ -39,6 +59,35 @@ def _mix32_(x: torch.Tensor) -> torch.Tensor:
     x.mul_(_C2)
     x.bitwise_xor_(torch.bitwise_right_shift(x, 16, out=t).bitwise_and_(0xFFFF))
     return x
+
+
+def _mix32_numpy_(x: Any) -> None:
+    """:func:`_mix32_` on a numpy uint32 array (wrap-around products, logical shifts)."""
+    t = x >> 16
+    x ^= t
+    x *= _np.uint32(0x7FEB352D)
+    _np.right_shift(x, 15, out=t)
+    x ^= t
+    x *= _np.uint32(0x846CA68B)
+    _np.right_shift(x, 16, out=t)
+    x ^= t
+
+
+def _stable_argsort_rows(w: torch.Tensor) -> torch.Tensor:
+    """``torch.sort(w, dim=1, stable=True).indices`` of an int32 ``(n, k)`` tensor. On CPU each
+    value is packed with its position below it into one int64 (so the keys are distinct and their
+    order is the stable order) and numpy sorts the values alone, about 5x faster than torch's row
+    sort; the positions are the low bits of the sorted keys."""
+    n, k = w.shape
+    if _np is None or w.device.type != "cpu" or k < 2:
+        return torch.sort(w, dim=1, stable=True).indices
+    bits = (k - 1).bit_length()
+    keys = w.numpy().astype(_np.int64)
+    keys <<= bits
+    keys |= _np.arange(k, dtype=_np.int64)
+    keys.sort(axis=1)
+    keys &= (1 << bits) - 1
+    return torch.from_numpy(keys)
 
 
 def _to_word(x: torch.Tensor) -> torch.Tensor:
@@ -259,7 +308,7 @@ class SampleRNG:
         """A uniformly random permutation of ``range(k)`` per sample, shape ``(n, k)``."""
         # Sorting random keys (any fixed order of the words will do); a stable sort breaks the
         # (rare) ties by position.
-        return torch.sort(self._words((k,), 3), dim=1, stable=True).indices
+        return _stable_argsort_rows(self._words((k,), 3))
 
     def choice(self, k: int, of: int) -> torch.Tensor:
         """``k`` distinct indices from ``range(of)`` per sample, shape ``(n, k)``."""

@@ -131,7 +131,9 @@ class Permute(Transform):
             d = sample_dim(x, self.dim, self.name)
             rng = keyed_rng(params, x.device, "permute")
             _check_rows(x, rng.n, self.name)
-            return take_along(x, d, torch.argsort(rng.permutation(x.shape[d]), dim=1))
+            perm = rng.permutation(x.shape[d])
+            inv = torch.empty_like(perm).scatter_(1, perm, torch.arange(perm.shape[1], device=perm.device).expand_as(perm))
+            return take_along(x, d, inv)  # the inverse permutation of each row
 
         return Inverted(self, undo)
 

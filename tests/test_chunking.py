@@ -36,6 +36,10 @@ def test_cpu_chunk_keeps_one_fused_layer_within_the_working_set():
     size = chunking.auto_batch_size(64, cpu, 1 << 20, layer_bytes=2048, copies=4)
     assert size * 4 * 2048 <= chunking.CPU_WORKING_SET and size % 64 == 0
     assert size == chunking.CPU_WORKING_SET // (4 * 2048)
+    # a bound between powers of two goes to the nearer one: 8 MiB / (5 * 2 KiB) = 819 -> 1024,
+    # 8 MiB / (6 * 2 KiB) = 683 -> 512 (power-of-two chunks split 4096 samples evenly)
+    assert chunking.auto_batch_size(64, cpu, 4096, layer_bytes=2048, copies=5) == 1024
+    assert chunking.auto_batch_size(64, cpu, 4096, layer_bytes=2048, copies=6) == 512
     # without a probe, or on a GPU, the input budget alone decides
     assert chunking.auto_batch_size(64, cpu, 1 << 20) == chunking.CPU_ELEMENTS // 64
     assert chunking.auto_batch_size(64, torch.device("cuda"), 1 << 20, layer_bytes=2048, copies=4) == chunking.MAX_CHUNK

@@ -1,10 +1,16 @@
-"""How many samples the engine processes per chunk when ``--batch-size`` is not given.
+"""How many samples the engine processes per chunk, and how many rows go into one model call,
+when ``--batch-size`` is not given.
 
-On a GPU: as many as a large input budget allows (backed off on out-of-memory by the engine). On
-a CPU the forward passes run fastest when a layer's input and output stay in the processor's
-cache: a single batch of 16384 small images is slower than 64 batches of 256. So on CPU the chunk
-is also bounded by the model's largest per-sample layer working set (input plus output of one
-leaf module), measured once by a probe forward of one block of points with forward hooks.
+A chunk is the unit of drawing, transforming and folding into the statistics: the larger, the
+fewer small tensor operations per sample. On a GPU it is as large as an input budget allows
+(backed off on out-of-memory by the engine), and each forward pass takes a whole chunk.
+
+On a CPU the forward passes run fastest when a layer's input and output stay in the processor's
+cache: a single batch of 16384 small images is slower than 64 batches of 256. So there the
+chunk's inputs are forwarded in calls of at most :func:`forward_rows` rows, bounded by the
+model's largest per-row layer working set (input plus output of one leaf module), measured once
+by a probe forward of one block of points with forward hooks. Per-layer errors (``layers:``)
+record each check's rows in one call, so with them the chunk itself is bounded instead.
 """
 
 from __future__ import annotations
@@ -21,9 +27,10 @@ CPU_ELEMENTS = 1 << 18
 GPU_ELEMENTS = 1 << 22
 #: Largest chunk in samples (keeps memory flat in the sample count).
 MAX_CHUNK = 1 << 12
-#: Bytes one layer (input plus output, over the whole fused batch) may touch on CPU: about
-#: half of a server processor's last-level cache.
-CPU_WORKING_SET = 8 << 20
+#: Bytes one layer (input plus output, over one model call) may touch on CPU: a fraction of a
+#: server processor's last-level cache. On the 2-core benchmark machine (32 MiB L3), 4 MiB ran
+#: the benchmark MLP's audit at 0.83 of the ideal's time against 0.88-0.89 for 2, 8 and 16 MiB.
+CPU_WORKING_SET = 4 << 20
 
 
 def round_up(n: int, k: int) -> int:
@@ -44,19 +51,30 @@ def auto_batch_size(
     copies: int = 1,
 ) -> int:
     """A chunk size in samples: a multiple of the statistics block, never far above the sample
-    count. ``layer_bytes`` is the largest per-sample layer working set (see
-    :func:`layer_working_set`) and ``copies`` the number of transformed copies of each sample
-    forwarded together (one per check or group element); on CPU they bound the chunk so that one
-    layer of the fused forward fits :data:`CPU_WORKING_SET`, to the nearest power of two: such
-    chunks split power-of-two sample counts evenly, so every chunk allocates the same sizes and
-    the allocator reuses its blocks instead of faulting in fresh pages (an uneven last chunk
-    roughly quadrupled the page faults of the benchmark MLP's audit)."""
-    budget = GPU_ELEMENTS if device.type == "cuda" else CPU_ELEMENTS
-    size = max(BLOCK, min(MAX_CHUNK, budget // max(1, sample_numel)))
+    count. On CPU it is the power of two nearest to the input budget: such chunks split
+    power-of-two sample counts evenly, so every chunk allocates the same sizes and the allocator
+    reuses its blocks instead of faulting in fresh pages (an uneven last chunk roughly quadrupled
+    the page faults of the benchmark MLP's audit). ``layer_bytes`` (see
+    :func:`layer_working_set`) and ``copies`` (transformed copies of each sample forwarded
+    together) bound it further so that one layer of a fused forward of the whole chunk fits
+    :data:`CPU_WORKING_SET`: for audits whose checks must each go through one model call."""
+    if device.type == "cuda":
+        size = max(BLOCK, min(MAX_CHUNK, GPU_ELEMENTS // max(1, sample_numel)))
+    else:
+        size = max(BLOCK, min(MAX_CHUNK, nearest_power_of_two(CPU_ELEMENTS / max(1, sample_numel))))
     if device.type == "cpu" and layer_bytes:
         size = min(size, nearest_power_of_two(CPU_WORKING_SET / (layer_bytes * max(1, copies))))
     size = min(size, round_up(n_samples, BLOCK))
     return max(BLOCK, (size // BLOCK) * BLOCK)
+
+
+def forward_rows(layer_bytes: int | None, device: torch.device) -> int | None:
+    """Rows per model call on CPU: the power of two nearest to :data:`CPU_WORKING_SET` over the
+    largest per-row layer working set (see :func:`layer_working_set`), at least one statistics
+    block; None (a whole chunk per call) on other devices or without a probe."""
+    if device.type != "cpu" or not layer_bytes:
+        return None
+    return max(BLOCK, nearest_power_of_two(CPU_WORKING_SET / layer_bytes))
 
 
 def layer_working_set(model: Any, x: torch.Tensor) -> int | None:

@@ -19,7 +19,7 @@ import torch
 
 from transforms_zoo import SampleRNG, TransformError
 
-from .chunking import auto_batch_size, layer_working_set, round_up
+from .chunking import auto_batch_size, forward_rows, layer_working_set, round_up
 from .distances import Distance
 from .errors import EqauditError, first_line
 from .distributed import World, current_world, reduce_stats
@@ -255,6 +255,8 @@ def audit(
     try:
         sampler = PointSampler(spec, dev, dtype)
         sample_numel = max(1, math.prod(sampler.shape))
+        max_rows: int | None = None  # rows per model call; None: a whole chunk (or fused group) per call
+        layer_bytes: int | None = None
         if batch_size is not None:
             chunk = round_up(int(batch_size), BLOCK)
         else:
@@ -263,13 +265,18 @@ def audit(
                 with torch.inference_mode():
                     probe = sampler.draw(SampleRNG.for_range(spec.seed, 0, BLOCK, dev))
                     layer_bytes = layer_working_set(model, probe)
+        plan = _LayerPlan.build(model, spec)
+        if layer_bytes:
+            if plan is None:
+                max_rows = forward_rows(layer_bytes, dev)
+            else:  # the layer taps record each check's rows in one call: bound the chunk instead
                 chunk = auto_batch_size(sample_numel, dev, spec.samples, layer_bytes=layer_bytes,
                                         copies=_copies_per_sample(spec))
-        plan = _LayerPlan.build(model, spec)
         local = BlockStats(spec.samples, _n_columns(spec) + (plan.n_columns if plan else 0), dev)
         fixed = batch_size is not None
         with torch.inference_mode():
-            chunk = _run(forward_model, spec, sampler, local, dev, chunk, fixed, progress, world, plan=plan)
+            chunk = _run(forward_model, spec, sampler, local, dev, chunk, fixed, progress, world, plan=plan,
+                         max_rows=max_rows)
             stats = _reduced(local, world)
             if target is not None:
                 cap = max_samples if max_samples is not None else 16 * spec.samples
@@ -283,7 +290,7 @@ def audit(
                     local.clear_from(begin)
                     spec = spec.replace(samples=n_next)
                     _run(forward_model, spec, sampler, local, dev, chunk, fixed, progress, world, begin=begin,
-                         plan=plan)
+                         plan=plan, max_rows=max_rows)
                     stats = _reduced(local, world)
             if plan is not None:
                 plan.tap.remove()
@@ -574,6 +581,7 @@ def _run(
     world: World = World(),
     begin: int = 0,
     plan: Any = None,
+    max_rows: int | None = None,
 ) -> int:
     """Process this process's share of the chunk grid. On out-of-memory a chunk is processed in
     halves (the grid, hence the split across processes, stays the same), and later chunks use
@@ -589,7 +597,7 @@ def _run(
         while pos < end:
             length = min(step, end - pos)
             try:
-                _chunk(model, spec, sampler, stats, dev, pos, length, plan)
+                _chunk(model, spec, sampler, stats, dev, pos, length, plan, max_rows)
             except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
                 if not _is_oom(exc) or step <= BLOCK:
                     raise
@@ -655,16 +663,17 @@ def _sample(t: Any, rng: SampleRNG, spec: Spec, key: str) -> Any:
 
 def _chunk(
     model: Any, spec: Spec, sampler: PointSampler, stats: BlockStats, dev: torch.device, start: int, length: int,
-    plan: Any = None,
+    plan: Any = None, max_rows: int | None = None,
 ) -> None:
     """One chunk: draw points, forward them once, forward every check's transformed points in
-    one fused batch (per input shape), then fold each check's distances into the statistics."""
+    one fused batch (per input shape; in calls of at most ``max_rows`` rows when given), then fold
+    each check's distances into the statistics."""
     rng = SampleRNG.for_range(spec.seed, start, start + length, dev)
     valid = rng.index < spec.samples
     x = sampler.draw(rng)
     if plan is not None:
         plan.tap.clear()
-    y = _forward(model, x, spec, "input.shape")
+    y = _forward_rows(model, x, spec, "input.shape", max_rows)
     k_checks = len(spec.checks)
     chosen: torch.Tensor | None = None
     if spec.num_funcs is not None:
@@ -707,7 +716,7 @@ def _chunk(
         work.append(item)
 
     # 2. One forward per distinct transformed shape (usually one for all checks).
-    _forward_fused(model, work, spec)
+    _forward_fused(model, work, spec, max_rows)
     if plan is not None:
         plan.fold(work, stats, start, valid, tuple(x.shape[-2:]))
 
@@ -1002,20 +1011,34 @@ def _n_columns(spec: Spec) -> int:
     return len(spec.checks) + sum(c.group.order for c in spec.checks if c.group is not None)
 
 
-def _forward_fused(model: Any, work: list[_Pending], spec: Spec) -> None:
-    """Run the model once on the concatenation of all pending inputs of the same shape."""
+def _forward_rows(model: Any, x: torch.Tensor, spec: Spec, key: str, max_rows: int | None) -> torch.Tensor:
+    """``model(x)`` in calls of at most ``max_rows`` rows (one call when ``max_rows`` is None)."""
+    if max_rows is None or x.shape[0] <= max_rows:
+        return _forward(model, x, spec, key)
+    return torch.cat([_forward(model, x[i : i + max_rows], spec, key) for i in range(0, x.shape[0], max_rows)])
+
+
+def _forward_fused(model: Any, work: list[_Pending], spec: Spec, max_rows: int | None = None) -> None:
+    """Run the model once on the concatenation of all pending inputs of the same shape; when
+    they exceed ``max_rows`` rows, on each pending input alone, in calls of at most ``max_rows`` rows
+    (no concatenation: each check's rows are already a large batch)."""
     groups: dict[tuple[tuple[int, ...], torch.dtype], list[_Pending]] = {}
     for item in work:
         groups.setdefault((tuple(item.x.shape[1:]), item.x.dtype), []).append(item)
-    for call, items in enumerate(groups.values(), start=1):  # pass 0 is the base forward
+    call = 1  # pass 0 is the base forward
+    for items in groups.values():
+        if len(items) == 1 or (max_rows is not None and sum(it.x.shape[0] for it in items) > max_rows):
+            for it in items:
+                it.call, it.offset = call, 0
+                call += 1
+                it.out = _forward_rows(model, it.x, spec, it.in_key, max_rows)
+                it.x = it.out  # release the input
+            continue
         offset = 0
         for it in items:
             it.call, it.offset = call, offset
             offset += it.x.shape[0]
-        if len(items) == 1:
-            items[0].out = _forward(model, items[0].x, spec, items[0].in_key)
-            items[0].x = items[0].out  # release the input
-            continue
+        call += 1
         try:
             out = _forward(model, torch.cat([it.x for it in items]), spec, items[0].in_key)
         except EqauditError:

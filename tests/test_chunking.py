@@ -1,5 +1,6 @@
-"""Automatic chunk size: bounded by the input budget everywhere and, on CPU, by the model's
-largest layer working set so that the fused forward pass stays in cache."""
+"""Automatic chunk size and rows per model call: the chunk is bounded by the input budget
+everywhere; on CPU the model calls are bounded by the model's largest layer working set so that
+each forward pass stays in cache (and, with per-layer errors, the chunk itself)."""
 
 from __future__ import annotations
 
@@ -36,10 +37,12 @@ def test_cpu_chunk_keeps_one_fused_layer_within_the_working_set():
     size = chunking.auto_batch_size(64, cpu, 1 << 20, layer_bytes=2048, copies=4)
     assert size * 4 * 2048 <= chunking.CPU_WORKING_SET and size % 64 == 0
     assert size == chunking.CPU_WORKING_SET // (4 * 2048)
-    # a bound between powers of two goes to the nearer one: 8 MiB / (5 * 2 KiB) = 819 -> 1024,
-    # 8 MiB / (6 * 2 KiB) = 683 -> 512 (power-of-two chunks split 4096 samples evenly)
-    assert chunking.auto_batch_size(64, cpu, 4096, layer_bytes=2048, copies=5) == 1024
-    assert chunking.auto_batch_size(64, cpu, 4096, layer_bytes=2048, copies=6) == 512
+    # a bound between powers of two goes to the nearer one (power-of-two chunks split 4096
+    # samples evenly): 1.41x the working set -> 2**10, 1.55x -> 2**11
+    ws = chunking.CPU_WORKING_SET
+    assert chunking.auto_batch_size(64, cpu, 4096, layer_bytes=round(ws / 1024 / 1.41)) == 1024
+    assert chunking.auto_batch_size(64, cpu, 4096, layer_bytes=round(ws / 1024 / 1.45)) == 2048
+    assert chunking.nearest_power_of_two(0.3) == 1 and chunking.nearest_power_of_two(3) == 4
     # without a probe, or on a GPU, the input budget alone decides
     assert chunking.auto_batch_size(64, cpu, 1 << 20) == chunking.CPU_ELEMENTS // 64
     assert chunking.auto_batch_size(64, torch.device("cuda"), 1 << 20, layer_bytes=2048, copies=4) == chunking.MAX_CHUNK
@@ -48,14 +51,43 @@ def test_cpu_chunk_keeps_one_fused_layer_within_the_working_set():
     assert chunking.auto_batch_size(64, cpu, 100) == 128
 
 
-def test_audit_sizes_chunks_from_the_model_and_the_numbers_do_not_change():
+def test_audit_sizes_model_calls_from_the_model_and_the_numbers_do_not_change():
     torch.manual_seed(0)
     wide = nn.Sequential(nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 10))
-    spec = _spec([64], n=1024)
-    auto = audit(wide, spec)
-    assert auto.batch_size == chunking.CPU_WORKING_SET // (4 * (512 + 512) * 4) // 64 * 64
+    calls: list[int] = []
+    wide.register_forward_pre_hook(lambda _m, args: calls.append(args[0].shape[0]))
+    spec = _spec([64], n=4096)
+    auto = audit(wide, spec, noise_floor=False)
+    assert auto.batch_size == chunking.CPU_ELEMENTS // 64  # the chunk: the input budget
+    rows = chunking.CPU_WORKING_SET // ((512 + 512) * 4)  # the widest layer's input + output per row
+    assert rows == 1024
+    # the probe, then per chunk: the base points and each check's transformed points, each in
+    # calls of `rows` rows (no concatenation of the checks' inputs)
+    assert calls == [64] + [rows] * (5 * 4096 // rows)
     fixed = audit(wide, spec, batch_size=1024)
     assert [c.mean for c in auto.checks] == [c.mean for c in fixed.checks]
+    assert [c.p95 for c in auto.checks] == [c.p95 for c in fixed.checks]
+
+
+def test_small_fused_groups_stay_one_call_and_per_layer_errors_bound_the_chunk():
+    from eqaudit.spec import spec_from_dict
+
+    torch.manual_seed(0)
+    wide = nn.Sequential(nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 10))
+    calls: list[int] = []
+    wide.register_forward_pre_hook(lambda _m, args: calls.append(args[0].shape[0]))
+    audit(wide, _spec([64], n=256), noise_floor=False)
+    assert calls == [64, 256, 4 * 256]  # probe, base, the four checks fused (within 1024 rows)
+    layered = spec_from_dict({
+        "input": {"shape": [64]}, "samples": 4096, "layers": ["0"],
+        "checks": [{"name": f"c{i}", "input": {"flip": {"dim": -1}}} for i in range(4)],
+    })
+    report = audit(wide, layered, noise_floor=False)
+    # the taps need each check's rows in one call: 4 MiB / (5 copies x 4 KiB) = 205 -> 256
+    assert report.batch_size == 256
+    plain = audit(wide, layered.replace(layers=None), noise_floor=False)
+    assert plain.batch_size == 4096
+    assert [c.mean for c in report.checks] == [c.mean for c in plain.checks]
 
 
 def _scripted(module: nn.Module) -> torch.jit.ScriptModule:

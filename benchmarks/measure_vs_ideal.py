@@ -14,12 +14,14 @@ interleaved, the median of R runs of:
 
 Ratios come from one run so machine noise cancels: ratio_vs_ideal is the median over rounds of
 a / b timed in the same round, speedup_vs_original the median of c / a; the times printed are
-medians. Peak memory of eqaudit is measured at N and 16 N in child
+medians. Each model is timed in a fresh process (``--same-process``: all in this one, in turn),
+so the allocator state one model's runs leave behind does not favour the next model's. Peak memory of eqaudit is measured at N and 16 N in child
 processes (CUDA: max_memory_allocated; CPU: the resident-set high-water mark above the
 process's level after set-up, with glibc told to mmap blocks over 64 KiB so that RSS follows the
 live tensors rather than allocator slack).
 
     python benchmarks/measure_vs_ideal.py [--device cpu|cuda] [--samples 4096] [--repeats 7] [--json]
+                                          [--models cnn,mlp] [--same-process] [--no-memory]
 
 Targets: ratio_vs_ideal <= 1.10, speedup_vs_original >= 1.5, peak memory at 16 N within 10%
 of the peak at N.
@@ -169,6 +171,34 @@ def round_ratio(times: dict[str, list[float]], num: str, den: str) -> float | No
     return statistics.median(a / b for a, b in zip(times[num], times[den]))
 
 
+def rounds_child(case: str, n: int, repeats: int, device: str) -> dict[str, list[float]]:
+    """:func:`timed_rounds` of one model's three contenders, in a fresh process: the allocator
+    state one model leaves behind (the CNN ideal's 1.6 GB batches grow the heap, after which the
+    MLP ideal's 16 MB activations are no longer page-faulted in) does not shape the next one's."""
+    code = (
+        "import sys, json; sys.path.insert(0, %r); "
+        "from benchmarks.measure_vs_ideal import _rounds_in_this_process; "
+        "print(json.dumps(_rounds_in_this_process(%r, %d, %d, %r)))" % (str(ROOT), case, n, repeats, device)
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"timing {case} failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _rounds_in_this_process(case: str, n: int, repeats: int, device_name: str) -> dict[str, list[float]]:
+    device = torch.device(device_name)
+    model, spec = build(case, n, device)
+    return timed_rounds(
+        {
+            "eqaudit": run_eqaudit(model, spec, device),
+            "ideal": run_ideal(model, spec, device),
+            "original": run_original(model, spec, device),
+        },
+        repeats,
+    )
+
+
 def _rss_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -214,6 +244,8 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     ap.add_argument("--models", default=",".join(CASES), help="comma-separated subset of: " + ", ".join(CASES))
+    ap.add_argument("--same-process", action="store_true",
+                    help="time every model in this process, one after the other (default: each in a fresh one)")
     args = ap.parse_args()
     device = torch.device(args.device)
     result: dict[str, Any] = {
@@ -227,15 +259,10 @@ def main() -> None:
     for case in cases:
         if case not in CASES:
             ap.error(f"unknown model {case!r}; choose from {', '.join(CASES)}")
-        model, spec = build(case, args.samples, device)
-        rounds = timed_rounds(
-            {
-                "eqaudit": run_eqaudit(model, spec, device),
-                "ideal": run_ideal(model, spec, device),
-                "original": run_original(model, spec, device),
-            },
-            args.repeats,
-        )
+        if args.same_process:
+            rounds = _rounds_in_this_process(case, args.samples, args.repeats, args.device)
+        else:
+            rounds = rounds_child(case, args.samples, args.repeats, args.device)
         t = {k: (statistics.median(v) if v else None) for k, v in rounds.items()}
         result[f"time_eqaudit_{case}_s"] = t["eqaudit"]
         result[f"time_ideal_{case}_s"] = t["ideal"]

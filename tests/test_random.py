@@ -124,8 +124,11 @@ def test_the_hash_is_the_same_on_the_numpy_and_torch_paths(monkeypatch, numpy_pa
     assert zr._to_unsigned(x).tolist() == want
 
 
+@pytest.mark.parametrize("numpy_path", [True, False])
 @pytest.mark.parametrize("k", [1, 2, 3, 64, 100])
-def test_row_argsort_is_torchs_stable_sort_ties_included(k):
+def test_row_argsort_is_torchs_stable_sort_ties_included(monkeypatch, k, numpy_path):
+    if not numpy_path:
+        monkeypatch.setattr(zr, "_np", None)
     g = torch.Generator().manual_seed(k)
     w = torch.randint(-2**31, 2**31, (300, k), generator=g, dtype=torch.int64).to(torch.int32)
     w[:, : k // 2] = w[:, k // 2 : 2 * (k // 2)]  # every row has ties

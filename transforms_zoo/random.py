@@ -32,6 +32,18 @@ def _numpy() -> Any:
 
 _np = _numpy()
 
+
+def _numpy_view(x: torch.Tensor) -> Any:
+    """A numpy array sharing ``x``'s memory, or None (not on CPU, no numpy, or a tensor numpy
+    cannot view, such as one traced by ``torch.compile`` or wrapped by ``torch.func``)."""
+    if _np is None or x.device.type != "cpu":
+        return None
+    try:
+        return x.numpy()
+    except (RuntimeError, TypeError):
+        return None
+
+
 _M32 = 0xFFFFFFFF
 _GOLDEN = 0x9E3779B9
 
@@ -49,8 +61,9 @@ _C2 = _s32(0x846CA68B)
 def _mix32_(x: torch.Tensor) -> torch.Tensor:
     """Bijective 32-bit hash (lowbias32) in place on an int32 tensor of 32-bit words (one
     scratch tensor for the shifted copies)."""
-    if _np is not None and x.device.type == "cpu":
-        _mix32_numpy_(x.numpy().view(_np.uint32))
+    view = _numpy_view(x)
+    if view is not None:
+        _mix32_numpy_(view.view(_np.uint32))
         return x
     t = torch.bitwise_right_shift(x, 16)
     x.bitwise_xor_(t.bitwise_and_(0xFFFF))
@@ -78,11 +91,12 @@ def _stable_argsort_rows(w: torch.Tensor) -> torch.Tensor:
     value is packed with its position below it into one int64 (so the keys are distinct and their
     order is the stable order) and numpy sorts the values alone, about 5x faster than torch's row
     sort; the positions are the low bits of the sorted keys."""
-    n, k = w.shape
-    if _np is None or w.device.type != "cpu" or k < 2:
+    k = w.shape[1]
+    view = _numpy_view(w) if k >= 2 else None
+    if view is None:
         return torch.sort(w, dim=1, stable=True).indices
     bits = (k - 1).bit_length()
-    keys = w.numpy().astype(_np.int64)
+    keys = view.astype(_np.int64)
     keys <<= bits
     keys |= _np.arange(k, dtype=_np.int64)
     keys.sort(axis=1)

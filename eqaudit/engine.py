@@ -1011,6 +1011,24 @@ def _n_columns(spec: Spec) -> int:
     return len(spec.checks) + sum(c.group.order for c in spec.checks if c.group is not None)
 
 
+def _packed(items: list[_Pending], max_rows: int | None) -> list[list[_Pending]]:
+    """``items`` in runs of consecutive items whose rows fit one call of ``max_rows`` rows (all
+    in one run when ``max_rows`` is None; an item larger than ``max_rows`` in a run of its own)."""
+    if max_rows is None:
+        return [items]
+    runs: list[list[_Pending]] = []
+    rows = 0
+    for it in items:
+        n = it.x.shape[0]
+        if runs and rows + n <= max_rows:
+            runs[-1].append(it)
+            rows += n
+        else:
+            runs.append([it])
+            rows = n
+    return runs
+
+
 def _forward_rows(model: Any, x: torch.Tensor, spec: Spec, key: str, max_rows: int | None) -> torch.Tensor:
     """``model(x)`` in calls of at most ``max_rows`` rows (one call when ``max_rows`` is None)."""
     if max_rows is None or x.shape[0] <= max_rows:
@@ -1019,32 +1037,32 @@ def _forward_rows(model: Any, x: torch.Tensor, spec: Spec, key: str, max_rows: i
 
 
 def _forward_fused(model: Any, work: list[_Pending], spec: Spec, max_rows: int | None = None) -> None:
-    """Run the model once on the concatenation of all pending inputs of the same shape; when
-    they exceed ``max_rows`` rows, on each pending input alone, in calls of at most ``max_rows`` rows
-    (no concatenation: each check's rows are already a large batch)."""
+    """Run the model once on the concatenation of all pending inputs of the same shape or, with
+    ``max_rows``, on runs of consecutive inputs that fit one call of ``max_rows`` rows (an input
+    larger than that alone, in calls of ``max_rows`` rows: it is a large batch already)."""
     groups: dict[tuple[tuple[int, ...], torch.dtype], list[_Pending]] = {}
     for item in work:
         groups.setdefault((tuple(item.x.shape[1:]), item.x.dtype), []).append(item)
     call = 1  # pass 0 is the base forward
-    for items in groups.values():
-        if len(items) == 1 or (max_rows is not None and sum(it.x.shape[0] for it in items) > max_rows):
-            for it in items:
-                it.call, it.offset = call, 0
-                call += 1
-                it.out = _forward_rows(model, it.x, spec, it.in_key, max_rows)
-                it.x = it.out  # release the input
+    for batch in (b for items in groups.values() for b in _packed(items, max_rows)):
+        if len(batch) == 1:
+            it = batch[0]
+            it.call, it.offset = call, 0
+            call += 1
+            it.out = _forward_rows(model, it.x, spec, it.in_key, max_rows)
+            it.x = it.out  # release the input
             continue
         offset = 0
-        for it in items:
+        for it in batch:
             it.call, it.offset = call, offset
             offset += it.x.shape[0]
         call += 1
         try:
-            out = _forward(model, torch.cat([it.x for it in items]), spec, items[0].in_key)
+            out = _forward(model, torch.cat([it.x for it in batch]), spec, batch[0].in_key)
         except EqauditError:
-            for it in items:  # find the check whose inputs the model rejects
+            for it in batch:  # find the check whose inputs the model rejects
                 it.out = _forward(model, it.x, spec, it.in_key)
             raise
-        for it, part in zip(items, torch.split(out, [it.x.shape[0] for it in items])):
+        for it, part in zip(batch, torch.split(out, [it.x.shape[0] for it in batch])):
             it.out = part
             it.x = part

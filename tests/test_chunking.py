@@ -90,6 +90,21 @@ def test_small_fused_groups_stay_one_call_and_per_layer_errors_bound_the_chunk()
     assert [c.mean for c in report.checks] == [c.mean for c in plain.checks]
 
 
+def test_many_small_checks_share_model_calls_up_to_the_row_bound():
+    torch.manual_seed(0)
+    wide = nn.Sequential(nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 10))
+    calls: list[int] = []
+    hook = wide.register_forward_pre_hook(lambda _m, args: calls.append(args[0].shape[0]))
+    spec = _spec([64], n=256, checks=12)
+    packed = audit(wide, spec, noise_floor=False)
+    rows = chunking.CPU_WORKING_SET // ((512 + 512) * 4)
+    per_call = rows // 256  # checks whose 256 rows fit one call together
+    assert calls == [64, 256] + [per_call * 256] * (12 // per_call)
+    hook.remove()
+    fixed = audit(wide, spec, batch_size=256, noise_floor=False)  # all 12 checks in one call
+    assert [c.mean for c in packed.checks] == [c.mean for c in fixed.checks]
+
+
 def _scripted(module: nn.Module) -> torch.jit.ScriptModule:
     with warnings.catch_warnings():  # torch.jit is deprecated in recent torch; loaded models remain
         warnings.simplefilter("ignore", DeprecationWarning)

@@ -15,8 +15,9 @@ interleaved, the median of R runs of:
 Ratios come from one run so machine noise cancels: ratio_vs_ideal is the median over rounds of
 a / b timed in the same round, speedup_vs_original the median of c / a; the times printed are
 medians. Each model is timed in a fresh process (``--same-process``: all in this one, in turn),
-so the allocator state one model's runs leave behind does not favour the next model's. Peak memory of eqaudit is measured at N and 16 N in child
-processes (CUDA: max_memory_allocated; CPU: the resident-set high-water mark above the
+so the allocator state one model's runs leave behind does not favour the next model's. Peak
+memory of eqaudit is measured at N and 16 N in child processes (CUDA: max_memory_allocated;
+CPU: the resident-set high-water mark above the
 process's level after set-up, with glibc told to mmap blocks over 64 KiB so that RSS follows the
 live tensors rather than allocator slack).
 

@@ -132,8 +132,9 @@ class Permute(Transform):
             rng = keyed_rng(params, x.device, "permute")
             _check_rows(x, rng.n, self.name)
             perm = rng.permutation(x.shape[d])
-            inv = torch.empty_like(perm).scatter_(1, perm, torch.arange(perm.shape[1], device=perm.device).expand_as(perm))
-            return take_along(x, d, inv)  # the inverse permutation of each row
+            positions = torch.arange(perm.shape[1], device=perm.device).expand_as(perm)
+            inv = torch.empty_like(perm).scatter_(1, perm, positions)  # each row's inverse permutation
+            return take_along(x, d, inv)
 
         return Inverted(self, undo)
 

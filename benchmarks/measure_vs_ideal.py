@@ -17,9 +17,8 @@ a / b timed in the same round, speedup_vs_original the median of c / a; the time
 medians. Each model is timed in a fresh process (``--same-process``: all in this one, in turn),
 so the allocator state one model's runs leave behind does not favour the next model's. Peak
 memory of eqaudit is measured at N and 16 N in child processes (CUDA: max_memory_allocated;
-CPU: the resident-set high-water mark above the
-process's level after set-up, with glibc told to mmap blocks over 64 KiB so that RSS follows the
-live tensors rather than allocator slack).
+CPU: the resident-set high-water mark above the process's level after set-up, with glibc told
+to mmap blocks over 64 KiB so that RSS follows the live tensors rather than allocator slack).
 
     python benchmarks/measure_vs_ideal.py [--device cpu|cuda] [--samples 4096] [--repeats 7] [--json]
                                           [--models cnn,mlp] [--same-process] [--no-memory]

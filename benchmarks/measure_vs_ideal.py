@@ -2,8 +2,8 @@
 original `equivariance-regularizer` package.
 
 For a small CNN (1x28x28, two 3x3 conv layers of 32 channels, pooling, linear head) and an MLP
-(64 -> 256 -> 256 -> 10), with K = 4 checks and N sample points, it times in one process,
-interleaved, the median of R runs of:
+(64 -> 256 -> 256 -> 10), with K = 4 checks and N sample points, it times in one process per
+model, interleaved, the median of R runs of:
 
   (a) eqaudit   `audit(model, spec)`: draw points, forward once, 4 checks, statistics;
   (b) ideal     one batched forward of the N base points plus one of the N*K transformed points

@@ -16,7 +16,7 @@ record each check's rows in one call, so with them the chunk itself is bounded i
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -27,6 +27,9 @@ CPU_ELEMENTS = 1 << 18
 GPU_ELEMENTS = 1 << 22
 #: Largest chunk in samples (keeps memory flat in the sample count).
 MAX_CHUNK = 1 << 12
+#: Bytes a CPU chunk may hold: its points, every transformed copy, their outputs and the
+#: float64 copies the distances compare (see :func:`held_bytes`).
+CPU_CHUNK_BYTES = 64 << 20
 #: Bytes one layer (input plus output, over one model call) may touch on CPU: a fraction of a
 #: server processor's last-level cache. On the 2-core benchmark machine (32 MiB L3), 4 MiB ran
 #: the benchmark MLP's audit at 0.83 of the ideal's time against 0.88-0.89 for 2, 8 and 16 MiB.
@@ -55,9 +58,10 @@ def auto_batch_size(
     power-of-two sample counts evenly, so every chunk allocates the same sizes and the allocator
     reuses its blocks instead of faulting in fresh pages (an uneven last chunk roughly quadrupled
     the page faults of the benchmark MLP's audit). ``layer_bytes`` (see
-    :func:`layer_working_set`) and ``copies`` (transformed copies of each sample forwarded
-    together) bound it further so that one layer of a fused forward of the whole chunk fits
-    :data:`CPU_WORKING_SET`: for audits whose checks must each go through one model call."""
+    :func:`probe`) and ``copies`` (transformed copies of each sample forwarded
+    together) bound it further, to the power of two nearest to keeping one layer of a fused
+    forward of the whole chunk within :data:`CPU_WORKING_SET`: for audits whose checks must each
+    go through one model call."""
     if device.type == "cuda":
         size = max(BLOCK, min(MAX_CHUNK, GPU_ELEMENTS // max(1, sample_numel)))
     else:
@@ -68,19 +72,51 @@ def auto_batch_size(
     return max(BLOCK, (size // BLOCK) * BLOCK)
 
 
+def held_bytes(input_bytes: int, output_bytes: int, copies: int) -> int:
+    """Bytes a chunk holds per sample: the point and each of its ``copies`` transformed copies,
+    with their outputs, the output-transformed base output and the float64 pair the distances
+    compare (four output sizes of float32 per copy besides its own)."""
+    return (1 + copies) * input_bytes + (1 + 5 * copies) * output_bytes
+
+
+def largest_power_of_two(x: float) -> int:
+    """The largest power of two not above ``x`` (1 below 2)."""
+    return 1 << max(0, math.floor(math.log2(max(x, 1.0))))
+
+
+def bounded_chunk(chunk: int, device: torch.device, held: int | None, world_size: int, n_samples: int) -> int:
+    """``chunk`` lowered, on CPU, so that a chunk holds at most :data:`CPU_CHUNK_BYTES` (``held``
+    bytes per sample, see :func:`held_bytes`; None: unknown) and, on any device, so that each of
+    ``world_size`` processes gets a chunk to work on. Every process computes the same value.
+    Lowered sizes are powers of two, at least one statistics block."""
+    size = chunk
+    if device.type == "cpu" and held:
+        size = min(size, largest_power_of_two(CPU_CHUNK_BYTES / held))
+    if world_size > 1:
+        size = min(size, largest_power_of_two(max(BLOCK, -(-n_samples // world_size))))
+    return max(BLOCK, (size // BLOCK) * BLOCK)
+
+
 def forward_rows(layer_bytes: int | None, device: torch.device) -> int | None:
     """Rows per model call on CPU: the power of two nearest to :data:`CPU_WORKING_SET` over the
-    largest per-row layer working set (see :func:`layer_working_set`), at least one statistics
+    largest per-row layer working set (see :func:`probe`), at least one statistics
     block; None (a whole chunk per call) on other devices or without a probe."""
     if device.type != "cpu" or not layer_bytes:
         return None
     return max(BLOCK, nearest_power_of_two(CPU_WORKING_SET / layer_bytes))
 
 
-def layer_working_set(model: Any, x: torch.Tensor) -> int | None:
-    """The largest ``input + output`` bytes of one leaf module, per sample, for a forward of
-    ``x`` (a batch); None when ``model`` is not a module or the probe fails (the engine then
-    reports the failure on its own forward)."""
+class Probe(NamedTuple):
+    """What one probe forward measured, per sample (bytes)."""
+
+    layer: int  #: the largest input + output of one leaf module
+    output: int  #: the model's output
+
+
+def probe(model: Any, x: torch.Tensor) -> Probe | None:
+    """Forward ``x`` (a batch) with hooks on the leaf modules and measure, per sample, the largest
+    ``input + output`` bytes of one leaf module and the model's output bytes; None when ``model``
+    is not a module or the probe fails (the engine then reports the failure on its own forward)."""
     if not isinstance(model, torch.nn.Module) or x.shape[0] == 0:
         return None
     worst = 0
@@ -95,7 +131,7 @@ def layer_working_set(model: Any, x: torch.Tensor) -> int | None:
     try:
         for m in leaves:  # inside the try: scripted modules refuse hooks
             handles.append(m.register_forward_hook(hook))
-        model(x)
+        y = model(x)
     except Exception:
         return None
     finally:
@@ -103,7 +139,15 @@ def layer_working_set(model: Any, x: torch.Tensor) -> int | None:
             h.remove()
     if worst == 0:  # no leaf modules (a bare function wrapped as a module): the input alone
         worst = _tensor_bytes(x)
-    return max(1, math.ceil(worst / x.shape[0]))
+    n = x.shape[0]
+    return Probe(max(1, math.ceil(worst / n)), max(1, math.ceil(_tensor_bytes(y) / n)))
+
+
+def layer_working_set(model: Any, x: torch.Tensor) -> int | None:
+    """The largest ``input + output`` bytes of one leaf module, per sample, for a forward of
+    ``x`` (a batch); None when ``model`` is not a module or the probe fails."""
+    p = probe(model, x)
+    return p.layer if p is not None else None
 
 
 def _tensor_bytes(obj: Any) -> int:

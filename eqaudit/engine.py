@@ -8,6 +8,7 @@ for each check draw its parameters once per sample, compare ``f_out(y)`` with
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -19,7 +20,7 @@ import torch
 
 from transforms_zoo import SampleRNG, TransformError
 
-from .chunking import auto_batch_size, forward_rows, layer_working_set, round_up
+from .chunking import Probe, auto_batch_size, bounded_chunk, forward_rows, held_bytes, probe, round_up
 from .distances import Distance
 from .errors import EqauditError, first_line
 from .distributed import World, current_world, reduce_stats
@@ -256,22 +257,26 @@ def audit(
         sampler = PointSampler(spec, dev, dtype)
         sample_numel = max(1, math.prod(sampler.shape))
         max_rows: int | None = None  # rows per model call; None: a whole chunk (or fused group) per call
-        layer_bytes: int | None = None
+        measured: Probe | None = None
         if batch_size is not None:
             chunk = round_up(int(batch_size), BLOCK)
         else:
             chunk = auto_batch_size(sample_numel, dev, spec.samples)
             if dev.type == "cpu" and is_module and chunk > BLOCK:  # may the model's layers want less?
                 with torch.inference_mode():
-                    probe = sampler.draw(SampleRNG.for_range(spec.seed, 0, BLOCK, dev))
-                    layer_bytes = layer_working_set(model, probe)
+                    points = sampler.draw(SampleRNG.for_range(spec.seed, 0, BLOCK, dev))
+                    measured = probe(model, points)
         plan = _LayerPlan.build(model, spec)
-        if layer_bytes:
+        if measured is not None:
+            copies = _copies_per_sample(spec)
             if plan is None:
-                max_rows = forward_rows(layer_bytes, dev)
+                max_rows = forward_rows(measured.layer, dev)
             else:  # the layer taps record each check's rows in one call: bound the chunk instead
-                chunk = auto_batch_size(sample_numel, dev, spec.samples, layer_bytes=layer_bytes,
-                                        copies=_copies_per_sample(spec))
+                chunk = auto_batch_size(sample_numel, dev, spec.samples, layer_bytes=measured.layer, copies=copies)
+            in_bytes = sample_numel * torch.empty((), dtype=sampler.dtype).element_size()
+            chunk = bounded_chunk(chunk, dev, held_bytes(in_bytes, measured.output, copies), world.size, spec.samples)
+        elif batch_size is None:
+            chunk = bounded_chunk(chunk, dev, None, world.size, spec.samples)
         local = BlockStats(spec.samples, _n_columns(spec) + (plan.n_columns if plan else 0), dev)
         fixed = batch_size is not None
         with torch.inference_mode():
@@ -668,6 +673,7 @@ def _chunk(
     """One chunk: draw points, forward them once, forward every check's transformed points in
     one fused batch (per input shape; in calls of at most ``max_rows`` rows when given), then fold
     each check's distances into the statistics."""
+    assert plan is None or max_rows is None, "the layer taps count model calls: one per fused group"
     rng = SampleRNG.for_range(spec.seed, start, start + length, dev)
     valid = rng.index < spec.samples
     x = sampler.draw(rng)
@@ -697,8 +703,10 @@ def _chunk(
             stats.update(j, start, torch.zeros(length, dtype=torch.float64, device=dev),
                          torch.zeros(length, dtype=torch.bool, device=dev))
             continue
-        if check.mode == "lie":  # forward-mode AD along the path: its own forward
-            _store(stats, j, start, _lie_errors(model, spec, j, xs), rows, valid, length, dev)
+        if check.mode == "lie":  # forward-mode AD along the path: its own forward, not a tapped pass
+            with plan.tap.paused() if plan is not None else contextlib.nullcontext():
+                e = torch.cat([_lie_errors(model, spec, j, part) for part in _row_pieces(xs, max_rows)])
+            _store(stats, j, start, e, rows, valid, length, dev)
             continue
         if check.group is not None:  # every element on every sample
             g_key = f"{where}.group"
@@ -1013,27 +1021,44 @@ def _n_columns(spec: Spec) -> int:
 
 def _packed(items: list[_Pending], max_rows: int | None) -> list[list[_Pending]]:
     """``items`` in runs of consecutive items whose rows fit one call of ``max_rows`` rows (all
-    in one run when ``max_rows`` is None; an item larger than ``max_rows`` in a run of its own)."""
+    in one run when ``max_rows`` is None; an item larger than ``max_rows`` in a run of its own).
+    A run below one statistics block of rows joins its neighbour, so that no call is smaller than
+    the batch sizes the report's bit-reproducibility is promised for."""
     if max_rows is None:
         return [items]
     runs: list[list[_Pending]] = []
     rows = 0
     for it in items:
         n = it.x.shape[0]
-        if runs and rows + n <= max_rows:
+        if runs and (rows + n <= max_rows or rows < BLOCK):
             runs[-1].append(it)
             rows += n
         else:
             runs.append([it])
             rows = n
+    if len(runs) > 1 and rows < BLOCK:
+        runs[-2].extend(runs.pop())
     return runs
 
 
+def _row_pieces(x: torch.Tensor, max_rows: int | None) -> list[torch.Tensor]:
+    """``x`` in pieces of at most ``max_rows`` rows (whole when ``max_rows`` is None); a last piece
+    below one statistics block joins the one before it."""
+    n = x.shape[0]
+    if max_rows is None or n <= max_rows:
+        return [x]
+    starts = list(range(0, n, max_rows))
+    if n - starts[-1] < BLOCK:
+        starts.pop()
+    return [x[a:b] for a, b in zip(starts, starts[1:] + [n])]
+
+
 def _forward_rows(model: Any, x: torch.Tensor, spec: Spec, key: str, max_rows: int | None) -> torch.Tensor:
-    """``model(x)`` in calls of at most ``max_rows`` rows (one call when ``max_rows`` is None)."""
-    if max_rows is None or x.shape[0] <= max_rows:
+    """``model(x)`` in calls of at most ``max_rows`` rows (see :func:`_row_pieces`)."""
+    pieces = _row_pieces(x, max_rows)
+    if len(pieces) == 1:
         return _forward(model, x, spec, key)
-    return torch.cat([_forward(model, x[i : i + max_rows], spec, key) for i in range(0, x.shape[0], max_rows)])
+    return torch.cat([_forward(model, piece, spec, key) for piece in pieces])
 
 
 def _forward_fused(model: Any, work: list[_Pending], spec: Spec, max_rows: int | None = None) -> None:
@@ -1058,7 +1083,7 @@ def _forward_fused(model: Any, work: list[_Pending], spec: Spec, max_rows: int |
             offset += it.x.shape[0]
         call += 1
         try:
-            out = _forward(model, torch.cat([it.x for it in batch]), spec, batch[0].in_key)
+            out = _forward_rows(model, torch.cat([it.x for it in batch]), spec, batch[0].in_key, max_rows)
         except EqauditError:
             for it in batch:  # find the check whose inputs the model rejects
                 it.out = _forward(model, it.x, spec, it.in_key)

@@ -10,6 +10,8 @@ own statistics column, so the user sees the first layer where the symmetry break
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -63,13 +65,24 @@ class LayerTap:
     def __init__(self, layers: list[tuple[str, torch.nn.Module]]) -> None:
         self.names = [n for n, _ in layers]
         self.outputs: dict[str, list[Any]] = {n: [] for n in self.names}
+        self.recording = True
         self._handles = [m.register_forward_hook(self._hook(n)) for n, m in layers]
 
     def _hook(self, name: str) -> Any:
         def record(_module: Any, _inputs: Any, output: Any) -> None:
-            self.outputs[name].append(output if isinstance(output, torch.Tensor) else None)
+            if self.recording:
+                self.outputs[name].append(output if isinstance(output, torch.Tensor) else None)
 
         return record
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Forward passes inside do not count as passes (a Lie check's own forward)."""
+        self.recording = False
+        try:
+            yield
+        finally:
+            self.recording = True
 
     def clear(self) -> None:
         for v in self.outputs.values():

@@ -149,3 +149,49 @@ def test_no_probe_when_one_block_is_the_chunk_anyway():
 
     audit(Counting(), _spec([64], n=50, checks=1), noise_floor=False)
     assert calls == [64, 64]  # the base and the fused forward of the only chunk: no probe
+
+
+def test_a_chunk_holds_a_bounded_amount_of_outputs_on_cpu():
+    torch.manual_seed(0)
+    decoder = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 12288))  # 48 KiB out per sample
+    spec = spec_from_dict({
+        "input": {"shape": [16]}, "samples": 1024,
+        "checks": [{"name": f"c{i}", "input": {"gain": {"factor": [0.9, 1.1]}}} for i in range(4)],
+    })
+    report = audit(decoder, spec, noise_floor=False)
+    held = chunking.held_bytes(16 * 4, 12288 * 4, 4)
+    assert report.batch_size * held <= chunking.CPU_CHUNK_BYTES
+    assert report.batch_size == chunking.largest_power_of_two(chunking.CPU_CHUNK_BYTES / held)
+    fixed = audit(decoder, spec, batch_size=1024, noise_floor=False)
+    assert [c.mean for c in report.checks] == [c.mean for c in fixed.checks]
+
+
+def test_every_process_gets_a_chunk():
+    cpu = torch.device("cpu")
+    assert chunking.bounded_chunk(4096, cpu, None, 1, 4096) == 4096
+    assert chunking.bounded_chunk(4096, cpu, None, 2, 4096) == 2048
+    assert chunking.bounded_chunk(4096, torch.device("cuda"), 10**9, 3, 4096) == 1024  # 1366 -> 1024
+    assert chunking.bounded_chunk(4096, cpu, None, 8, 100) == 64  # never below one block
+    assert chunking.bounded_chunk(4096, cpu, chunking.CPU_CHUNK_BYTES // 100, 1, 4096) == 64
+
+
+def test_no_model_call_is_split_below_one_block():
+    from eqaudit import engine
+
+    calls: list[int] = []
+
+    def model(x):
+        calls.append(x.shape[0])
+        return x.sum(dim=1, keepdim=True)
+
+    spec = _spec([4], n=64)
+    out = engine._forward_rows(model, torch.rand(1030, 4), spec, "k", 512)
+    assert calls == [512, 518] and out.shape == (1030, 1)
+
+    class Item:
+        def __init__(self, n):
+            self.x = torch.zeros(n, 1)
+
+    sizes = [[it.x.shape[0] for it in run] for run in engine._packed([Item(n) for n in (30, 20, 500, 1000, 10)], 512)]
+    assert sizes == [[30, 20, 500], [1000, 10]]  # small runs join a neighbour: every call >= 64 rows
+    assert [[it.x.shape[0] for it in r] for r in engine._packed([Item(600), Item(30)], 512)] == [[600, 30]]

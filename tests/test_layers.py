@@ -36,6 +36,14 @@ def test_circular_network_is_shift_equivariant_at_every_layer():
     assert all(m < 1e-12 for m in means.values()), means
 
 
+def test_a_lie_check_before_a_sampled_one_leaves_its_per_layer_errors_alone():
+    shift = {"name": "shift", "both": {"shift": {"dx": [-3, 3], "dy": [-3, 3]}}}
+    lie = {"name": "lie", "input": {"shift": {"dx": 1}}, "mode": "lie", "distance": "l1"}
+    alone = _means(audit(_net(None), _spec(["0"], [shift])))
+    after = _means(audit(_net(None), _spec(["0"], [lie, shift])), check=1)
+    assert after["0"] < 1e-12 and after == pytest.approx(alone, abs=1e-12)
+
+
 def test_zero_padding_breaks_from_its_layer_on():
     means = _means(audit(_net(2), _spec(["0", "1", "2", "3", "4", "6"])))
     # conv 2 (module "4") is the zero-padded one: earlier maps are exact, it and later ones are not

@@ -147,3 +147,25 @@ def test_inverse_permutation_undoes_the_permutation():
     x = torch.rand(50, 3, 9)
     p = t.sample(SampleRNG.for_range(0, 0, 50))
     assert torch.equal(t.inverse().apply(t.apply(x, p), p), x)
+
+
+def test_draws_inside_torch_compile_take_the_torch_path():
+    def draw(x):
+        return x[:, :8] + SampleRNG.for_range(0, 0, x.shape[0]).permutation(8)
+
+    x = torch.zeros(16, 8)
+    compiled = torch.compile(draw, backend="eager")
+    assert torch.equal(compiled(x), draw(x))
+
+
+def test_the_numpy_path_declines_what_torch_would_treat_differently():
+    assert zr._numpy_view(torch.zeros((), dtype=torch.int32)) is None  # 0-d
+    assert zr._numpy_view(torch.zeros(4, 4, dtype=torch.int32).t()) is None  # not contiguous
+    assert zr._numpy_view(torch.zeros(1, dtype=torch.int32).expand(5)) is None  # overlapping
+    assert zr._numpy_view(torch.zeros(zr._NUMPY_MAX_ELEMENTS + 1, dtype=torch.int32)) is None
+    with torch.inference_mode():
+        frozen = torch.zeros(3, dtype=torch.int32)
+    with pytest.raises(RuntimeError):  # in place on an inference tensor outside inference mode
+        zr._mix32_(frozen)
+    w = zr._to_word(torch.arange(6, dtype=torch.int64))
+    assert zr._to_unsigned(zr._mix32_(w[::2])).tolist() == [zr._mix_int(v) for v in (0, 2, 4)]

@@ -33,10 +33,25 @@ def _numpy() -> Any:
 _np = _numpy()
 
 
+#: Above this many elements torch's multi-threaded kernels beat numpy's single thread.
+_NUMPY_MAX_ELEMENTS = 1 << 20
+
+
 def _numpy_view(x: torch.Tensor) -> Any:
-    """A numpy array sharing ``x``'s memory, or None (not on CPU, no numpy, or a tensor numpy
-    cannot view, such as one traced by ``torch.compile`` or wrapped by ``torch.func``)."""
-    if _np is None or x.device.type != "cpu":
+    """A numpy array sharing ``x``'s memory when the numpy path applies: a CPU tensor, not 0-d,
+    contiguous (so in-place writes cannot overlap), at most :data:`_NUMPY_MAX_ELEMENTS`
+    elements, outside ``torch.compile`` tracing (which would trace numpy calls as torch ones),
+    and writable where torch would allow it (an inference tensor only in inference mode).
+    None otherwise, and the torch path runs."""
+    if (
+        _np is None
+        or x.device.type != "cpu"
+        or x.dim() == 0
+        or x.numel() > _NUMPY_MAX_ELEMENTS
+        or not x.is_contiguous()
+        or (x.is_inference() and not torch.is_inference_mode_enabled())
+        or torch.compiler.is_compiling()
+    ):
         return None
     try:
         return x.numpy()

@@ -175,11 +175,10 @@ class Roll(Transform):
         k = x.shape[d]
         if k == 0:
             return x
-        # out[i] = x[(i - s) mod k] = [x, x][i + k - (s mod k)]: a gather from two copies side
-        # by side needs no remainder over every entry (about half the time of one)
-        idx = torch.arange(k, device=x.device)[None, :] + (k - torch.remainder(s, k))[:, None]
-        view = [x.shape[0]] + [1] * (d - 1) + [k] + [1] * (x.dim() - d - 1)
-        return torch.gather(torch.cat([x, x], d), d, idx.reshape(view).expand(x.shape))
+        # out[i] = x[(i - s) mod k]: the remainder on the shifts alone, then i - s lies in
+        # (-k, k) and one comparison wraps it (the index is (n, k), broadcast over other dims)
+        idx = torch.arange(k, device=x.device)[None, :] - torch.remainder(s, k)[:, None]
+        return take_along(x, d, torch.where(idx < 0, idx + k, idx))
 
     def inverse(self) -> Transform:
         from .group import Inverted

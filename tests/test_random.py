@@ -169,3 +169,25 @@ def test_the_numpy_path_declines_what_torch_would_treat_differently():
         zr._mix32_(frozen)
     w = zr._to_word(torch.arange(6, dtype=torch.int64))
     assert zr._to_unsigned(zr._mix32_(w[::2])).tolist() == [zr._mix_int(v) for v in (0, 2, 4)]
+
+
+def test_an_audit_is_the_same_on_the_numpy_and_torch_paths(monkeypatch):
+    from eqaudit.engine import audit
+    from eqaudit.spec import spec_from_dict
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 16))
+    spec = spec_from_dict({
+        "input": {"shape": [16]}, "samples": 512,
+        "checks": [
+            {"name": "perm", "both": {"permute": {"dim": -1}}},
+            {"name": "roll", "both": {"roll": {"shift": [-3, 3], "dim": -1}}},
+            {"name": "gain", "input": {"gain": {"factor": [0.9, 1.1]}}},
+            {"name": "noise", "input": {"gaussian_noise": {"std": 0.1}}},
+        ],
+    })
+    fast = audit(model, spec)
+    monkeypatch.setattr(zr, "_np", None)  # the path CUDA takes
+    zr.clear_position_keys()
+    slow = audit(model, spec)
+    assert [(c.mean, c.p95, c.max) for c in fast.checks] == [(c.mean, c.p95, c.max) for c in slow.checks]

@@ -110,7 +110,12 @@ class Probe(NamedTuple):
     """What one probe forward measured, per sample (bytes)."""
 
     layer: int  #: the largest input + output of one leaf module
+    input: int  #: the model's input
     output: int  #: the model's output
+
+    def held(self, copies: int) -> int:
+        """Bytes a chunk holds per sample (see :func:`held_bytes`)."""
+        return held_bytes(self.input, self.output, copies)
 
 
 def probe(model: Any, x: torch.Tensor) -> Probe | None:
@@ -140,7 +145,7 @@ def probe(model: Any, x: torch.Tensor) -> Probe | None:
     if worst == 0:  # no leaf modules (a bare function wrapped as a module): the input alone
         worst = _tensor_bytes(x)
     n = x.shape[0]
-    return Probe(max(1, math.ceil(worst / n)), max(1, math.ceil(_tensor_bytes(y) / n)))
+    return Probe(*(max(1, math.ceil(b / n)) for b in (worst, _tensor_bytes(x), _tensor_bytes(y))))
 
 
 def layer_working_set(model: Any, x: torch.Tensor) -> int | None:

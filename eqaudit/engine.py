@@ -20,7 +20,7 @@ import torch
 
 from transforms_zoo import SampleRNG, TransformError
 
-from .chunking import Probe, auto_batch_size, bounded_chunk, forward_rows, held_bytes, probe, round_up
+from .chunking import Probe, auto_batch_size, bounded_chunk, forward_rows, probe, round_up
 from .distances import Distance
 from .errors import EqauditError, first_line
 from .distributed import World, current_world, reduce_stats
@@ -267,16 +267,15 @@ def audit(
                     points = sampler.draw(SampleRNG.for_range(spec.seed, 0, BLOCK, dev))
                     measured = probe(model, points)
         plan = _LayerPlan.build(model, spec)
+        copies = _copies_per_sample(spec)
         if measured is not None:
-            copies = _copies_per_sample(spec)
             if plan is None:
                 max_rows = forward_rows(measured.layer, dev)
             else:  # the layer taps record each check's rows in one call: bound the chunk instead
                 chunk = auto_batch_size(sample_numel, dev, spec.samples, layer_bytes=measured.layer, copies=copies)
-            in_bytes = sample_numel * torch.empty((), dtype=sampler.dtype).element_size()
-            chunk = bounded_chunk(chunk, dev, held_bytes(in_bytes, measured.output, copies), world.size, spec.samples)
-        elif batch_size is None:
-            chunk = bounded_chunk(chunk, dev, None, world.size, spec.samples)
+        if batch_size is None:
+            held = measured.held(copies) if measured is not None else None
+            chunk = bounded_chunk(chunk, dev, held, world.size, spec.samples)
         local = BlockStats(spec.samples, _n_columns(spec) + (plan.n_columns if plan else 0), dev)
         fixed = batch_size is not None
         with torch.inference_mode():
@@ -1070,24 +1069,18 @@ def _forward_fused(model: Any, work: list[_Pending], spec: Spec, max_rows: int |
         groups.setdefault((tuple(item.x.shape[1:]), item.x.dtype), []).append(item)
     call = 1  # pass 0 is the base forward
     for batch in (b for items in groups.values() for b in _packed(items, max_rows)):
-        if len(batch) == 1:
-            it = batch[0]
-            it.call, it.offset = call, 0
-            call += 1
-            it.out = _forward_rows(model, it.x, spec, it.in_key, max_rows)
-            it.x = it.out  # release the input
-            continue
         offset = 0
         for it in batch:
             it.call, it.offset = call, offset
             offset += it.x.shape[0]
         call += 1
+        x = batch[0].x if len(batch) == 1 else torch.cat([it.x for it in batch])
         try:
-            out = _forward_rows(model, torch.cat([it.x for it in batch]), spec, batch[0].in_key, max_rows)
+            out = _forward_rows(model, x, spec, batch[0].in_key, max_rows)
         except EqauditError:
-            for it in batch:  # find the check whose inputs the model rejects
+            for it in batch if len(batch) > 1 else []:  # find the check whose inputs the model rejects
                 it.out = _forward(model, it.x, spec, it.in_key)
             raise
         for it, part in zip(batch, torch.split(out, [it.x.shape[0] for it in batch])):
             it.out = part
-            it.x = part
+            it.x = part  # release the input

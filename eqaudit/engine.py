@@ -680,19 +680,17 @@ def _chunk(
         plan.tap.clear()
     y = _forward_rows(model, x, spec, "input.shape", max_rows)
     k_checks = len(spec.checks)
-    chosen: torch.Tensor | None = None
+    rows_of: list[torch.Tensor] | None = None
     if spec.num_funcs is not None:
-        picks = rng.child("num_funcs").choice(spec.num_funcs, k_checks)
-        chosen = torch.zeros(length, k_checks, dtype=torch.bool, device=dev)
-        chosen.scatter_(1, picks, True)
+        rows_of = _rows_by_check(rng.child("num_funcs").choice(spec.num_funcs, k_checks), k_checks)
 
     # 1. Transform the inputs of every check (parameters drawn once per sample).
     work: list[_Pending] = []
     for j, check in enumerate(spec.checks):
         where = f"checks[{j}]"
         crng = rng.child(f"check:{check.stream_name}")
-        if chosen is not None:
-            rows: torch.Tensor | None = chosen[:, j].nonzero().squeeze(1)
+        if rows_of is not None:
+            rows: torch.Tensor | None = rows_of[j]
             xs, crng = x[rows], crng.select(rows)
         else:
             rows, xs = None, x
@@ -770,6 +768,15 @@ def _chunk(
         cols = slice(done[0], done[-1] + 1) if done == list(range(done[0], done[-1] + 1)) else done
         e_all = torch.stack(errors, dim=1)
         stats.update(cols, start, e_all, valid[:, None].expand_as(e_all))
+
+
+def _rows_by_check(picks: torch.Tensor, k: int) -> list[torch.Tensor]:
+    """Each of ``k`` checks' rows, ascending, given the checks each row picked (``(n, m)``, distinct
+    per row). One read back to the host per chunk (the counts), not one per check."""
+    flat = picks.reshape(-1)
+    order = torch.sort(flat, stable=True).indices  # grouped by check; row-major, so rows ascend within
+    counts = torch.bincount(flat, minlength=k).tolist()
+    return list(torch.split(order // picks.shape[1], counts))
 
 
 def _f64(t: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,15 @@
-"""GPU paths: skipped cleanly without CUDA; on a GPU they must agree with the CPU."""
+"""GPU paths: skipped cleanly without CUDA; on a GPU they must agree with the CPU. The property
+that keeps a GPU busy, no read back to the host inside a chunk, is checked on CPU."""
+
+from collections import Counter
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
-from eqaudit.engine import audit
+import eqaudit.engine as engine
+import transforms_zoo.random as zoo_random
+from eqaudit.engine import _rows_by_check, audit
 from eqaudit.spec import spec_from_dict
 from transforms_zoo import SampleRNG
 
@@ -66,3 +72,79 @@ def test_bf16_on_cuda_runs_and_is_close():
     full = audit(model, spec).checks[0].mean
     half = audit(model, spec, precision="bf16").checks[0].mean
     assert half == pytest.approx(full, rel=0.05)
+
+
+class _HostReads(TorchFunctionMode):
+    """Counts the calls that wait for a device's result on the host: scalar and list reads, truth
+    values, copies to the host, and ops whose output shape depends on the data."""
+
+    READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__float__,
+             torch.Tensor.__int__, torch.Tensor.__index__, torch.Tensor.cpu, torch.Tensor.numpy,
+             torch.nonzero, torch.Tensor.nonzero, torch.argwhere, torch.masked_select,
+             torch.Tensor.masked_select, torch.unique, torch.Tensor.unique, torch.equal, torch.allclose}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: Counter[str] = Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.READS:
+            self.reads[func.__name__] += 1
+        elif func in (torch.Tensor.__getitem__, torch.Tensor.__setitem__):
+            index = args[1] if isinstance(args[1], tuple) else (args[1],)
+            if any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in index):
+                self.reads["boolean index"] += 1
+        elif func is torch.where and len(args) == 1:
+            self.reads["where(cond)"] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _count_host_reads(monkeypatch, model, spec) -> tuple[Counter[str], int]:
+    """Run ``spec`` with the host reads inside every chunk counted, the draws on their torch (CUDA)
+    path; returns the counts and the number of chunks."""
+    monkeypatch.setattr(zoo_random, "_np", None)
+    watch, chunks, inner = _HostReads(), [], engine._chunk
+
+    def counted(*args, **kwargs):
+        chunks.append(1)
+        with watch:
+            return inner(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_chunk", counted)
+    audit(model, spec, device="cpu", batch_size=256)
+    return watch.reads, len(chunks)
+
+
+def test_a_chunk_reads_nothing_back_to_the_host(monkeypatch):
+    torch.manual_seed(0)
+    conv = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Tanh(), torch.nn.Conv2d(4, 1, 3, padding=1))
+    spec = spec_from_dict({"input": {"shape": [1, 8, 8]}, "samples": 1000, "checks": [
+        {"input": "rot90", "distance": "l1"},
+        {"name": "shift", "both": {"shift": {"dx": [-2, 2], "dy": [-2, 2]}}, "mask": "valid"},
+        {"name": "rotate", "both": {"rotate": {"degrees": [-30, 30]}}, "distance": "relative_l2"},
+        {"name": "scale", "both": {"scale": {"factor": [0.8, 1.2]}}, "distance": "linf"},
+        {"name": "lie", "both": {"rotate": {"degrees": [-30, 30]}}, "mode": "lie"},
+        {"name": "d4", "group": "D4", "output": "same"},
+    ]})
+    reads, chunks = _count_host_reads(monkeypatch, conv, spec)
+    assert chunks == 4
+    assert reads == Counter()
+
+
+def test_num_funcs_reads_one_count_per_chunk(monkeypatch):
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    checks = [{"name": n, "input": t} for n, t in [("a", "hflip"), ("b", "vflip"), ("c", "rot90"), ("d", "transpose")]]
+    spec = spec_from_dict({"input": {"shape": [1, 4, 4]}, "samples": 1000, "num_funcs": 2, "checks": checks})
+    reads, chunks = _count_host_reads(monkeypatch, mlp, spec)
+    assert reads == Counter({"tolist": chunks})  # the per-check row counts, once for all checks
+
+
+@pytest.mark.parametrize(("m", "k", "n"), [(1, 3, 100), (2, 5, 1000), (4, 4, 64), (3, 7, 257)])
+def test_rows_by_check_are_the_rows_that_picked_each_check(m, k, n):
+    picks = SampleRNG.for_range(3, 0, n, "cpu").choice(m, k)
+    chosen = torch.zeros(n, k, dtype=torch.bool).scatter_(1, picks, True)
+    rows = _rows_by_check(picks, k)
+    assert len(rows) == k
+    for j in range(k):
+        assert torch.equal(rows[j], chosen[:, j].nonzero().squeeze(1))

@@ -845,6 +845,7 @@ class Trainer:
         out = _call(self.model, x, self.cfg, data_key)
         task = _loss_value(self.loss_fn, out, y_true, self.cfg)
         loss = task
+        pen: Any = None
         pen_value: float | None = None
         errors: dict[str, float] = {}
         if self.penalty_step(s):
@@ -864,15 +865,21 @@ class Trainer:
             py = ys[0] if len(ys) == 1 else torch.cat(ys)
             pen, errs = self.penalty(px, py, s)
             loss = task + pen.to(task.dtype)
-            pen_value = float(pen.detach())
-            errors = {k: float(v) for k, v in errs.items()}
-        if not torch.isfinite(loss.detach()):
-            raise self.cfg.error(
-                "optimizer.lr", f"the loss became {float(loss)} at step {s + 1} "
-                f"(task loss {float(task)}, penalty {pen_value})", "lower the learning rate or the check weights")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        task_value = float(task.detach())
+        # One read back to the host per step, after the backward pass is queued: the loss, the
+        # task loss, the penalty and each check's error. A non-finite loss stops the run here,
+        # before the optimizer touches the weights.
+        logged = [loss, task] if pen is None else [loss, task, pen, *errs.values()]
+        got = torch.stack([v.detach().to(torch.float64).reshape(()) for v in logged]).tolist()
+        task_value = got[1]
+        if pen is not None:
+            pen_value = got[2]
+            errors = dict(zip(errs, got[3:]))
+        if not math.isfinite(got[0]):
+            raise self.cfg.error(
+                "optimizer.lr", f"the loss became {got[0]} at step {s + 1} "
+                f"(task loss {task_value}, penalty {pen_value})", "lower the learning rate or the check weights")
         if self.world.size > 1:
             task_value, pen_value = self._average_gradients(task_value, pen_value)
         self.optimizer.step()

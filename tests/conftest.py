@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import textwrap
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 
 class PixelReader(torch.nn.Module):
@@ -21,6 +23,37 @@ class PixelSum(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.sum(dim=(-1, -2))
+
+
+class HostReads(TorchFunctionMode):
+    """Counts the calls that wait for a device's result on the host: scalar and list reads, truth
+    values, copies to the host, and ops whose output shape depends on the data."""
+
+    READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__float__,
+             torch.Tensor.__int__, torch.Tensor.__index__, torch.Tensor.cpu, torch.Tensor.numpy,
+             torch.nonzero, torch.Tensor.nonzero, torch.argwhere, torch.masked_select,
+             torch.Tensor.masked_select, torch.unique, torch.Tensor.unique, torch.equal, torch.allclose}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: Counter[str] = Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.READS:
+            self.reads[func.__name__] += 1
+        elif func in (torch.Tensor.__getitem__, torch.Tensor.__setitem__):
+            index = args[1] if isinstance(args[1], tuple) else (args[1],)
+            if any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in index):
+                self.reads["boolean index"] += 1
+        elif func is torch.where and len(args) == 1:
+            self.reads["where(cond)"] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture
+def host_reads() -> HostReads:
+    """A mode that counts host reads while active (``with host_reads: ...``; ``host_reads.reads``)."""
+    return HostReads()
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
+import transforms_zoo.random as zoo_random
 from eqaudit.cli import app
 from eqaudit.errors import EqauditError
 from eqaudit.finetune import (
@@ -264,6 +265,37 @@ def test_penalty_draws_are_a_function_of_seed_and_step(proj):
     assert torch.equal(a[0], b[0]) and a[1].keys() == b[1].keys()
     picks = {tuple(tr.chosen_checks(s)) for s in range(30)}
     assert all(len(p) == 1 for p in picks) and len(picks) == 3
+
+
+def test_a_step_reads_back_once_and_logs_what_it_computed(proj, host_reads, monkeypatch):
+    monkeypatch.setattr(zoo_random, "_np", None)  # the draws as on CUDA
+    tr, model = _trainer(proj, {"regularizer": {"points": "data"}, "optimizer": {"name": "sgd", "lr": 0.1}})
+    x, y = tr.train.batch(tr.batch_indices(0))
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        out = model(x)
+        task = tr.loss_fn(out, y)
+        pen, errs = tr.penalty(x, out, 0)
+    with host_reads:
+        got = tr.step()
+    assert host_reads.reads == {"tolist": 1}  # loss, task loss, penalty and errors in one read
+    assert got.task_loss == pytest.approx(float(task), rel=1e-6)
+    assert got.penalty == pytest.approx(float(pen), rel=1e-6)
+    assert got.errors == pytest.approx({k: float(v) for k, v in errs.items()}, rel=1e-6)
+    assert not all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_non_finite_loss_stops_before_the_weights_change(proj):
+    tr, model = _trainer(proj, {"regularizer": {"points": "data"}})
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.fc.bias.fill_(float("nan"))
+    saved["fc.bias"] = model.fc.bias.detach().clone()
+    with pytest.raises(EqauditError, match=r"optimizer\.lr.*the loss became nan at step 1"):
+        tr.step()
+    after = model.state_dict()
+    assert torch.equal(after["fc.weight"], saved["fc.weight"])
+    assert after["fc.bias"].isnan().all()
 
 
 # -- CLI run, report, gate, --force -------------------------------------------------------------

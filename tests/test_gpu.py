@@ -5,7 +5,6 @@ from collections import Counter
 
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
 
 import eqaudit.engine as engine
 import transforms_zoo.random as zoo_random
@@ -74,36 +73,11 @@ def test_bf16_on_cuda_runs_and_is_close():
     assert half == pytest.approx(full, rel=0.05)
 
 
-class _HostReads(TorchFunctionMode):
-    """Counts the calls that wait for a device's result on the host: scalar and list reads, truth
-    values, copies to the host, and ops whose output shape depends on the data."""
-
-    READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__float__,
-             torch.Tensor.__int__, torch.Tensor.__index__, torch.Tensor.cpu, torch.Tensor.numpy,
-             torch.nonzero, torch.Tensor.nonzero, torch.argwhere, torch.masked_select,
-             torch.Tensor.masked_select, torch.unique, torch.Tensor.unique, torch.equal, torch.allclose}
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.reads: Counter[str] = Counter()
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func in self.READS:
-            self.reads[func.__name__] += 1
-        elif func in (torch.Tensor.__getitem__, torch.Tensor.__setitem__):
-            index = args[1] if isinstance(args[1], tuple) else (args[1],)
-            if any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in index):
-                self.reads["boolean index"] += 1
-        elif func is torch.where and len(args) == 1:
-            self.reads["where(cond)"] += 1
-        return func(*args, **(kwargs or {}))
-
-
-def _count_host_reads(monkeypatch, model, spec) -> tuple[Counter[str], int]:
-    """Run ``spec`` with the host reads inside every chunk counted, the draws on their torch (CUDA)
-    path; returns the counts and the number of chunks."""
+def _count_host_reads(monkeypatch, watch, model, spec) -> tuple[Counter[str], int]:
+    """Run ``spec`` with the host reads inside every chunk counted by ``watch``, the draws on their
+    torch (CUDA) path; returns the counts and the number of chunks."""
     monkeypatch.setattr(zoo_random, "_np", None)
-    watch, chunks, inner = _HostReads(), [], engine._chunk
+    chunks, inner = [], engine._chunk
 
     def counted(*args, **kwargs):
         chunks.append(1)
@@ -115,7 +89,7 @@ def _count_host_reads(monkeypatch, model, spec) -> tuple[Counter[str], int]:
     return watch.reads, len(chunks)
 
 
-def test_a_chunk_reads_nothing_back_to_the_host(monkeypatch):
+def test_a_chunk_reads_nothing_back_to_the_host(monkeypatch, host_reads):
     torch.manual_seed(0)
     conv = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Tanh(), torch.nn.Conv2d(4, 1, 3, padding=1))
     spec = spec_from_dict({"input": {"shape": [1, 8, 8]}, "samples": 1000, "checks": [
@@ -126,17 +100,17 @@ def test_a_chunk_reads_nothing_back_to_the_host(monkeypatch):
         {"name": "lie", "both": {"rotate": {"degrees": [-30, 30]}}, "mode": "lie"},
         {"name": "d4", "group": "D4", "output": "same"},
     ]})
-    reads, chunks = _count_host_reads(monkeypatch, conv, spec)
+    reads, chunks = _count_host_reads(monkeypatch, host_reads, conv, spec)
     assert chunks == 4
     assert reads == Counter()
 
 
-def test_num_funcs_reads_one_count_per_chunk(monkeypatch):
+def test_num_funcs_reads_one_count_per_chunk(monkeypatch, host_reads):
     torch.manual_seed(0)
     mlp = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
     checks = [{"name": n, "input": t} for n, t in [("a", "hflip"), ("b", "vflip"), ("c", "rot90"), ("d", "transpose")]]
     spec = spec_from_dict({"input": {"shape": [1, 4, 4]}, "samples": 1000, "num_funcs": 2, "checks": checks})
-    reads, chunks = _count_host_reads(monkeypatch, mlp, spec)
+    reads, chunks = _count_host_reads(monkeypatch, host_reads, mlp, spec)
     assert reads == Counter({"tolist": chunks})  # the per-check row counts, once for all checks
 
 

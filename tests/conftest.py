@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny models whose equivariance errors are known in closed form."""
+"""Shared fixtures: tiny models whose equivariance errors are known in closed form, and a counter
+of reads back to the host (what would stall a GPU)."""
 
 from __future__ import annotations
 

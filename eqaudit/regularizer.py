@@ -14,6 +14,11 @@ Differences from ``equivariance_regularizer.EquivarianceRegularizer`` 0.1.1, all
 * a 3-tuple ``(f, epsilon, lambda_eq)`` applies ``f`` to the inputs and to the outputs separately
   with the same random draw; the original concatenated inputs and outputs, which required equal
   shapes and overwrote the inputs, so every later check in the same call saw garbage;
+* a 3-tuple's distance takes its arguments in the 4-tuple's order, ``dist(f(model(x)),
+  model(f(x)))``; the original swapped them for 3-tuples only, which changes the value of an
+  asymmetric callable distance (the built-in ones are symmetric);
+* ``epsilon`` and ``lambda_eq`` must be ``>= 0`` and an l_p distance needs ``p >= 1`` (a norm);
+  the original took any number;
 * checks are chosen *without* replacement with torch's global generator (``torch.randperm``, so
   ``torch.manual_seed`` governs it); the original drew *with* replacement from Python's ``random``;
 * calling with a tensor does not change ``self.n`` (the original overwrote it);
@@ -102,6 +107,11 @@ class EquivarianceError(nn.Module):
         ValueError: a malformed check (the message names ``transforms[i]``), an unknown or invalid
             ``dist`` (with a did-you-mean), bad ``shape``, ``n``, ``num_funcs`` or ``bounds``.
 
+    ``transforms``, ``dist``, ``bounds`` and ``shape`` are read on every call, as in the original:
+    reassigning one (``reg.transforms = [(f, f, eps, new_weight)]`` to anneal a weight) or
+    changing the list or a tuple in place takes effect on the next call; a reassignment is
+    validated at once (``ValueError``, the old value kept).
+
     Note: the model is called on ``x`` and on each ``f_in(x)`` separately, in whatever mode it is
     in; in training mode dropout draws differ between the calls (as in the original), so put such
     layers in eval mode if they should not count as non-equivariance.
@@ -121,18 +131,67 @@ class EquivarianceError(nn.Module):
         if not callable(model):
             raise ValueError(f"model must be callable (an nn.Module), got {type(model).__name__}")
         self.model = model
-        self.shape: tuple[int, ...] = _parse_shape(shape)
+        self._bounds_src: Any = None
+        self.shape = shape  # type: ignore[assignment]  # the setter parses it
         self.n: int = _parse_count(n, "n", minimum=1)
         self.num_funcs = num_funcs
         _parse_num_funcs(num_funcs)
-        if isinstance(transforms, (str, bytes, Mapping)) or not isinstance(transforms, Sequence):
-            raise ValueError("transforms must be a list of (f_out, f_in, epsilon, lambda_eq) or (f, epsilon, lambda_eq) tuples")
-        self.transforms = list(transforms)
-        self._checks: list[_Check] = [_parse_check(i, t) for i, t in enumerate(self.transforms)]
+        self.transforms = transforms
         self.dist = dist
-        self._dist_fn = _parse_dist(dist)
         self.bounds = bounds
-        self._bounds, self._unit_box = _parse_bounds(bounds, self.shape, self.n)
+
+    # -- the original's attributes, read on every call as the original does ---------------------
+    # Reassigning one (``reg.dist = 1``, ``reg.transforms = [...]`` to anneal a weight) takes
+    # effect on the next call and is validated at once; ``n`` and ``num_funcs`` are plain.
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._shape
+
+    @shape.setter
+    def shape(self, value: Sequence[int] | int) -> None:
+        shape = _parse_shape(value)
+        if self._bounds_src is not None:
+            _parse_bounds(self._bounds_src, shape, self.n)
+        self._shape = shape
+
+    @property
+    def transforms(self) -> Any:
+        """The check tuples, as given: replacing them, or changing the list or a tuple in place,
+        takes effect on the next call."""
+        return self._transforms
+
+    @transforms.setter
+    def transforms(self, value: Sequence[Sequence[Any]]) -> None:
+        self._parsed = _parse_checks(value)
+        self._transforms = value
+
+    @property
+    def dist(self) -> DistLike:
+        return self._dist
+
+    @dist.setter
+    def dist(self, value: DistLike) -> None:
+        self._dist_fn = _parse_dist(value)
+        self._dist = value
+
+    @property
+    def bounds(self) -> BoundsLike:
+        return self._bounds_src
+
+    @bounds.setter
+    def bounds(self, value: BoundsLike) -> None:
+        self._bounds, self._unit_box = _parse_bounds(value, self.shape, self.n)
+        self._bounds_src = value
+
+    @property
+    def _checks(self) -> list[_Check]:
+        """The parsed checks of the current ``transforms`` (parsed again only when an element,
+        or an element of a tuple, is no longer the same object)."""
+        snapshot, checks = self._parsed
+        if not _same_items(snapshot, self._transforms):
+            self._parsed = _parse_checks(self._transforms)
+            checks = self._parsed[1]
+        return checks
 
     # -- the penalty ------------------------------------------------------------------------------
     def forward(self, inputs: torch.Tensor | None = None) -> torch.Tensor:
@@ -328,6 +387,24 @@ def _parse_transform(i: int, f: Any, role: str) -> Callable[[torch.Tensor], torc
         f"transforms[{i}]: {role} must be a callable, a transforms_zoo Transform or a zoo name, "
         f"got {type(f).__name__}"
     )
+
+
+def _parse_checks(transforms: Any) -> tuple[list[tuple[Any, ...]], list[_Check]]:
+    """``(snapshot, checks)``: the tuples' items as they are now, and the parsed checks."""
+    if isinstance(transforms, (str, bytes, Mapping)) or not isinstance(transforms, Sequence):
+        raise ValueError("transforms must be a list of (f_out, f_in, epsilon, lambda_eq) or (f, epsilon, lambda_eq) tuples")
+    checks = [_parse_check(i, t) for i, t in enumerate(transforms)]
+    return [tuple(t) for t in transforms], checks
+
+
+def _same_items(snapshot: list[tuple[Any, ...]], transforms: Any) -> bool:
+    """Whether ``transforms`` still holds the very objects of ``snapshot``."""
+    if not isinstance(transforms, Sequence) or len(transforms) != len(snapshot):
+        return False
+    for old, t in zip(snapshot, transforms):
+        if not isinstance(t, Sequence) or len(t) != len(old) or any(a is not b for a, b in zip(old, t)):
+            return False
+    return True
 
 
 def _parse_check(i: int, t: Any) -> _Check:

@@ -471,6 +471,59 @@ def test_alias_and_module_behaviour() -> None:
     assert set(dict(reg.named_parameters())) == {"model.weight", "model.bias"}
 
 
+# -- the original's attributes are live: reassigning them takes effect -----------------------------------
+def test_reassigned_attributes_take_effect_on_the_next_call() -> None:
+    model = linear_model()
+    x = torch.rand(8, 1, 4, 4)
+    reg = EquivarianceError(model, (1, 4, 4), [(ident, rot90, 0.0, 1.0)], dist=2)
+    base = reg(x)
+    reg.transforms = [(ident, rot90, 0.0, 10.0)]  # anneal the weight, as with the original
+    assert torch.allclose(reg(x), 10 * base)
+    reg.dist = 1
+    assert torch.equal(reg(x), EquivarianceError(model, (1, 4, 4), [(ident, rot90, 0.0, 10.0)], dist=1)(x))
+    reg.transforms[0] = (ident, hflip, 0.0, 1.0)  # in place, as the original reads it every call
+    assert torch.equal(reg(x), EquivarianceError(model, (1, 4, 4), [(ident, hflip, 0.0, 1.0)], dist=1)(x))
+    reg.bounds = [5, 6]
+    assert reg.bounds == [5, 6]
+    assert ((reg.sample_points(64) >= 5) & (reg.sample_points(64) < 6)).all()
+
+
+def test_transforms_are_parsed_again_only_when_they_change(monkeypatch) -> None:
+    import eqaudit.regularizer as regularizer
+
+    calls = []
+    inner = regularizer._parse_check
+    monkeypatch.setattr(regularizer, "_parse_check", lambda i, t: calls.append(i) or inner(i, t))
+    checks = [[ident, rot90, 0.0, 1.0], (hflip, 0.0, 1.0)]
+    reg = EquivarianceError(linear_model(), (1, 4, 4), checks, num_funcs=2)
+    reg()
+    reg()
+    assert calls == [0, 1]
+    checks[0][3] = 2.0  # a list-valued check changed in place: the reg holds the same list
+    reg()
+    assert calls == [0, 1, 0, 1]
+
+
+@pytest.mark.parametrize(("name", "value", "match"), [
+    ("dist", "l3", "unknown distance"),
+    ("transforms", [(ident, rot90, -1.0, 1.0)], r"transforms\[0\]: epsilon"),
+    ("transforms", "rot90", "must be a list"),
+    ("bounds", [1, 0], "lo > hi"),
+    ("shape", (1, -4, 4), "non-negative"),
+    ("shape", (1, 5, 5), "do not broadcast"),  # the bounds below are one (lo, hi) per element of 1x4x4
+])
+def test_bad_reassignment_is_refused_and_the_old_value_stays(name, value, match) -> None:
+    bounds = torch.tensor([0.0, 1.0]).expand(1, 4, 4, 2).clone()
+    reg = EquivarianceError(linear_model(), (1, 4, 4), [(ident, rot90, 0.0, 1.0)], bounds=bounds)
+    x = torch.rand(8, 1, 4, 4)
+    before = reg(x)
+    old = getattr(reg, name)
+    with pytest.raises(ValueError, match=match):
+        setattr(reg, name, value)
+    assert getattr(reg, name) is old
+    assert torch.equal(reg(x), before)
+
+
 # -- the original package, where it is correct --------------------------------------------------------
 def original_class():
     mod = pytest.importorskip("equivariance_regularizer")

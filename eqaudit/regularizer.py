@@ -7,7 +7,8 @@ For each chosen check ``(f_out, f_in, epsilon, lambda_eq)`` the penalty is
 ``lambda_eq * relu(error - epsilon)`` with ``error = mean_x dist(f_out(model(x)), model(f_in(x)))``,
 and the result is the sum over the chosen checks — the meaning of the original package.
 
-Differences from ``equivariance_regularizer.EquivarianceRegularizer`` 0.1.1, all bug fixes:
+Differences from ``equivariance_regularizer.EquivarianceRegularizer`` 0.1.1 (bug fixes, and stricter
+argument checks):
 
 * ``model(x)`` is computed once per call and shared by all chosen checks (the original recomputed
   it for every check);

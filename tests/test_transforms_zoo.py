@@ -464,3 +464,37 @@ def test_every_builtin_is_documented():
         assert cls.summary and cls.acts_on
         for param in cls.params:
             assert param.doc and param.type_doc, (name, param.name)
+
+
+RANDOM_ON_IMAGES = [
+    {"shift": {"dx": [-3, 3]}}, {"rotate": {"degrees": [-15, 15]}}, {"scale": {"factor": [0.8, 1.2]}},
+    {"roll": {"shift": [1, 3], "dim": -1}}, {"gain": {"factor": [0.9, 1.1]}}, {"permute": {"dim": -1}},
+    {"gaussian_noise": {"std": 0.1}}, {"regular_c4": {"k": [0, 3]}},
+    ["hflip", {"rotate": {"degrees": [-15, 15]}}],
+]
+
+
+@pytest.mark.parametrize("config", RANDOM_ON_IMAGES, ids=str)
+def test_random_transforms_refuse_to_act_without_their_draw(config):
+    # apply(x, None) used to act silently with the low end of the range (rotate(-15) for [-15, 15])
+    t = tz.build(config)
+    assert t.is_random
+    x = torch.rand(3, 4, 6, 6)
+    for f in (t, t.inverse()) if hasattr(t, "inverse") else (t,):
+        with pytest.raises(TransformError, match="drawn by sample"):
+            f.apply(x, None)
+        params = f.sample(SampleRNG.for_range(0, 0, 3))
+        assert f.apply(x, params).shape == x.shape
+        assert f(x).shape == x.shape  # __call__ draws from torch's generator
+
+
+@pytest.mark.parametrize("config", [{"shift": {"dx": 2}}, {"rotate": {"degrees": 15}}, {"scale": {"factor": 1.2}},
+                                    {"roll": {"shift": 2, "dim": -1}}, {"gain": {"factor": 2}},
+                                    {"regular_c4": {"k": 1}}], ids=str)
+def test_fixed_transforms_act_without_parameters(config):
+    t = tz.build(config)
+    x = torch.rand(3, 4, 6, 6)
+    assert not t.is_random
+    assert torch.equal(t.apply(x, None), t.apply(x, t.sample(SampleRNG.for_range(0, 0, 3))))
+    if hasattr(t, "inverse"):
+        assert t.inverse().apply(t.apply(x, None), None).shape == x.shape

@@ -299,7 +299,7 @@ class RegularC4(Transform):
             return RegularC4(k=-self.k[0], roll=self.roll, layout=self.layout)
         from .group import Inverted
 
-        return Inverted(self, lambda x, params: self.apply(x, -params))
+        return Inverted(self, lambda x, params: self.apply(x, None if params is None else -params))
 
     def _one(self, x: torch.Tensor, k: int) -> torch.Tensor:
         v, axis = _fields(x, 4, self.layout, self.name)
@@ -311,6 +311,7 @@ class RegularC4(Transform):
 
     def apply(self, x: torch.Tensor, params: Any) -> torch.Tensor:
         if params is None:
+            self._require_fixed()
             return self._one(x, self.k[0])
         _fields(x, 4, self.layout, self.name)
         ks = params.to(x.device).remainder(4)

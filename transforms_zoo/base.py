@@ -194,6 +194,12 @@ class Transform:
         """Apply to a batch ``x`` of shape ``(n, ...)`` with the parameters drawn for those rows."""
         raise NotImplementedError
 
+    def _require_fixed(self) -> None:
+        """Guard of ``apply(x, None)``: a random transform has no fixed parameters to act with
+        (it would otherwise act silently with the low end of its range)."""
+        if self.is_random:
+            raise TransformError(f"{self.name!r} is random: pass the parameters drawn by sample()")
+
     # -- conveniences -------------------------------------------------------------------------
     def __call__(self, x: torch.Tensor, params: Any = None) -> torch.Tensor:
         """Apply with ``params``, or with a fresh draw from torch's global generator."""

@@ -174,6 +174,7 @@ class Shift(Transform):
         _need_2d(x, self.name)
         n, h, w = x.shape[0], x.shape[-2], x.shape[-1]
         if params is None:
+            self._require_fixed()
             dx, dy = self.dx[0], self.dy[0]
             y = torch.roll(x, (dy, dx), (-2, -1))
             if self.mode == "zeros":
@@ -203,6 +204,7 @@ class Shift(Transform):
 
         def undo(x: torch.Tensor, params: Any) -> torch.Tensor:
             if params is None:
+                self._require_fixed()
                 n = x.shape[0]
                 params = ShiftParams(torch.full((n,), self.dx[0], dtype=torch.int64, device=x.device),
                                      torch.full((n,), self.dy[0], dtype=torch.int64, device=x.device))
@@ -364,6 +366,7 @@ class Rotate(Transform):
         _need_2d(x, self.name)
         h, w = x.shape[-2], x.shape[-1]
         if params is None:
+            self._require_fixed()
             params = torch.full((x.shape[0],), self.degrees[0], dtype=torch.float64, device=x.device)
         return _warp(x, _rotation_theta(params.to(x.device), h, w), self.padding, self.name)
 
@@ -372,6 +375,7 @@ class Rotate(Transform):
 
         def undo(x: torch.Tensor, params: Any) -> torch.Tensor:
             if params is None:
+                self._require_fixed()
                 params = torch.full((x.shape[0],), self.degrees[0], dtype=torch.float64, device=x.device)
             return self.apply(x, -params)
 
@@ -431,6 +435,8 @@ class Scale(Transform):
     def apply(self, x: torch.Tensor, params: Any) -> torch.Tensor:
         _need_2d(x, self.name)
         n = x.shape[0]
+        if params is None:
+            self._require_fixed()
         f = (torch.full((n,), self.factor[0], dtype=torch.float64, device=x.device) if params is None
              else params.to(device=x.device, dtype=torch.float64))
         inv = 1.0 / f
@@ -443,6 +449,7 @@ class Scale(Transform):
 
         def undo(x: torch.Tensor, params: Any) -> torch.Tensor:
             if params is None:
+                self._require_fixed()
                 params = torch.full((x.shape[0],), self.factor[0], dtype=torch.float64, device=x.device)
             return self.apply(x, 1.0 / params)
 

@@ -73,6 +73,7 @@ class Gain(Transform):
     def apply(self, x: torch.Tensor, params: Any) -> torch.Tensor:
         _need_batch(x, self.name)
         if params is None:
+            self._require_fixed()
             return x * self.factor[0]
         if params.shape[0] != x.shape[0]:
             raise TransformError(f"'gain' got {params.shape[0]} factors for a batch of shape {list(x.shape)}")

@@ -169,6 +169,7 @@ class Roll(Transform):
     def apply(self, x: torch.Tensor, params: Any) -> torch.Tensor:
         d = sample_dim(x, self.dim, self.name)
         if params is None:
+            self._require_fixed()
             return torch.roll(x, self.shift[0], d)
         s = params.to(x.device)
         _check_rows(x, s.shape[0], self.name)
@@ -185,6 +186,7 @@ class Roll(Transform):
 
         def undo(x: torch.Tensor, params: Any) -> torch.Tensor:
             if params is None:
+                self._require_fixed()
                 return self.apply(x, torch.full((x.shape[0],), -self.shift[0], dtype=torch.int64, device=x.device))
             return self.apply(x, -params)
 

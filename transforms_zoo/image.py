@@ -364,11 +364,22 @@ class Rotate(Transform):
 
     def apply(self, x: torch.Tensor, params: Any) -> torch.Tensor:
         _need_2d(x, self.name)
-        h, w = x.shape[-2], x.shape[-1]
         if params is None:
             self._require_fixed()
-            params = torch.full((x.shape[0],), self.degrees[0], dtype=torch.float64, device=x.device)
+            return self._by(x, self.degrees[0])
+        h, w = x.shape[-2], x.shape[-1]
         return _warp(x, _rotation_theta(params.to(x.device), h, w), self.padding, self.name)
+
+    def _by(self, x: torch.Tensor, degrees: float) -> torch.Tensor:
+        """Rotation by one fixed angle. Multiples of 90 degrees that keep the frame (any on a
+        square, 180 on any image) move whole pixels: done exactly, as ``rot90`` (bilinear
+        sampling gives the same in exact arithmetic, but float32 grid coordinates are off by up
+        to ~1e-4 of a pixel on large images)."""
+        turns, rest = divmod(degrees, 90.0)
+        if rest == 0 and (turns % 2 == 0 or x.shape[-2] == x.shape[-1]):
+            return torch.rot90(x, int(turns) % 4, (-2, -1))
+        angles = torch.full((x.shape[0],), degrees, dtype=torch.float64, device=x.device)
+        return _warp(x, _rotation_theta(angles, x.shape[-2], x.shape[-1]), self.padding, self.name)
 
     def inverse(self) -> Transform:
         from .group import Inverted
@@ -376,7 +387,8 @@ class Rotate(Transform):
         def undo(x: torch.Tensor, params: Any) -> torch.Tensor:
             if params is None:
                 self._require_fixed()
-                params = torch.full((x.shape[0],), self.degrees[0], dtype=torch.float64, device=x.device)
+                _need_2d(x, self.name)
+                return self._by(x, -self.degrees[0])
             return self.apply(x, -params)
 
         return Inverted(self, undo)
@@ -437,6 +449,8 @@ class Scale(Transform):
         n = x.shape[0]
         if params is None:
             self._require_fixed()
+            if self.factor[0] == 1.0:  # exactly the identity (float32 grid coordinates are not)
+                return x.clone()
         f = (torch.full((n,), self.factor[0], dtype=torch.float64, device=x.device) if params is None
              else params.to(device=x.device, dtype=torch.float64))
         inv = 1.0 / f

@@ -40,7 +40,9 @@ def relative_l2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     a, b = _flat(a), _flat(b)
     num = torch.linalg.vector_norm(a - b, dim=1)
     den = torch.linalg.vector_norm(a, dim=1) + torch.linalg.vector_norm(b, dim=1)
-    return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(num))
+    # 0 where both are zero; NaN or Inf outputs stay non-finite (a NaN denominator is not "> 0")
+    zero = den == 0
+    return torch.where(zero, torch.zeros_like(num), num / torch.where(zero, torch.ones_like(den), den))
 
 
 def kl_logits(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -117,13 +117,26 @@ def test_data_key_missing_names_the_keys(tmp_path, pixel_reader):
         audit(pixel_reader, spec)
 
 
-def test_nonfinite_outputs_are_an_error():
+@pytest.mark.parametrize("distance", ["l2", "l1", "linf", "relative_l2", "kl_logits", "lp:3"])
+def test_nonfinite_outputs_are_an_error(distance):
+    # relative_l2 used to score NaN outputs as 0 (a NaN denominator failed its "> 0" test)
     class NaN(torch.nn.Module):
         def forward(self, x):
             return x.flatten(1) * float("nan")
 
     with pytest.raises(EqauditError, match="not finite"):
-        audit(NaN(), _spec([{"input": "hflip"}], samples=64))
+        audit(NaN(), _spec([{"input": "hflip", "distance": distance}], samples=64))
+
+
+def test_relative_l2_by_hand():
+    from eqaudit.distances import relative_l2
+
+    nan = float("nan")
+    a = torch.tensor([[3.0, 4.0], [0.0, 0.0], [1.0, 0.0], [nan, 1.0], [1.0, 1.0]])
+    b = torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.0, 1.0], [1.0, 1.0], [float("inf"), 0.0]])
+    got = relative_l2(a, b)
+    assert got[:3].tolist() == [1.0, 0.0, pytest.approx(math.sqrt(2) / 2)]
+    assert got[3:].isnan().all()
 
 
 def test_output_shape_mismatch_is_an_error(pixel_reader):

@@ -310,11 +310,23 @@ def audit(
     results = []
     for (j, check), s in zip(enumerate(spec.checks), summaries):
         if s.nonfinite:
+            name = check.distance.name
+            undefined = name == "cross_entropy" or name.startswith("module:")
             raise spec.error(
                 f"checks[{j}]",
-                f"check '{check.name}': the model's outputs are not finite (NaN or Inf) on {s.nonfinite} "
-                f"of {s.nonfinite + s.n} samples",
-                "check the input bounds and dtype, or the model",
+                f"check '{check.name}': the error is not finite (NaN or Inf) on {s.nonfinite} of "
+                f"{s.nonfinite + s.n} samples: the model's outputs are not finite there"
+                + (f", or distance '{name}' is undefined on them (e.g. the log of a zero probability)"
+                   if undefined else ""),
+                "check the input bounds and dtype, or the model" + (", or use another distance" if undefined else ""),
+            )
+        if s.n == 0:
+            raise spec.error(
+                "num_funcs" if spec.num_funcs is not None else f"checks[{j}]",
+                f"check '{check.name}' drew no samples"
+                + (f" (num_funcs: {spec.num_funcs} of {len(spec.checks)} checks per sample, {spec.samples} samples)"
+                   if spec.num_funcs is not None else ""),
+                "raise samples so that every check is measured",
             )
         gated = s.ci_high if gate == "upper" else s.mean
         results.append(

@@ -119,9 +119,12 @@ def _finish(
     n: int, mean: float, m2: float, vmax: float, nonfinite: int, confidence: float,
     q: tuple[float, float, float, int] = (math.nan, math.nan, math.nan, 0),
 ) -> Summary:
-    std = math.sqrt(m2 / (n - 1)) if n > 1 else 0.0
-    stderr = std / math.sqrt(n)
-    half = z_value(confidence) * stderr
+    if n > 1:
+        std = math.sqrt(m2 / (n - 1))
+        stderr = std / math.sqrt(n)
+        half = z_value(confidence) * stderr
+    else:  # one sample says nothing about the spread: the interval is unbounded, not zero-wide
+        std, stderr, half = math.nan, math.inf, math.inf
     return Summary(n, mean, std, stderr, mean - half, mean + half, confidence, vmax, nonfinite, *q)
 
 

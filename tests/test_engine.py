@@ -128,6 +128,34 @@ def test_nonfinite_outputs_are_an_error(distance):
         audit(NaN(), _spec([{"input": "hflip", "distance": distance}], samples=64))
 
 
+def test_one_sample_gives_an_unbounded_interval(pixel_reader):
+    # one sample used to report std 0 and a zero-width interval: a "significant" pass
+    spec = _spec([{"input": "hflip", "distance": "l1", "threshold": 2.0}], samples=1)
+    c = audit(pixel_reader, spec).checks[0]
+    assert c.n == 1 and math.isnan(c.std)
+    assert (c.ci_low, c.ci_high) == (-math.inf, math.inf)
+    assert audit(pixel_reader, spec).passed
+    assert not audit(pixel_reader, spec, gate="upper").passed
+    two = audit(pixel_reader, _spec([{"input": "hflip", "distance": "l1"}], samples=2)).checks[0]
+    assert math.isfinite(two.std) and math.isfinite(two.ci_high)
+
+
+def test_a_check_that_drew_no_samples_is_an_error(pixel_reader):
+    checks = [{"name": n, "input": t} for n, t in [("a", "hflip"), ("b", "vflip"), ("c", "rot90"), ("d", "transpose")]]
+    with pytest.raises(EqauditError, match=r"num_funcs: check '\w' drew no samples.*raise samples"):
+        audit(pixel_reader, _spec(checks, samples=2, num_funcs=1))
+
+
+def test_an_undefined_distance_is_named_beside_the_model(pixel_reader):
+    # log 0 - log 0: the outputs are finite, the cross entropy is not
+    class Zeros(torch.nn.Module):
+        def forward(self, x):
+            return torch.zeros(x.shape[0], 3)
+
+    with pytest.raises(EqauditError, match="not finite.*or distance 'cross_entropy' is undefined"):
+        audit(Zeros(), _spec([{"input": "hflip", "distance": "cross_entropy"}], samples=64))
+
+
 def test_relative_l2_by_hand():
     from eqaudit.distances import relative_l2
 

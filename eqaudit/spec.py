@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,12 +185,14 @@ def _parse_model(src: YamlSource, raw: Any, base_dir: Path) -> ModelSpec:
         raise src.error(
             "model.factory", f"expected 'package.module:callable' or 'file.py:callable', got {_kind(factory)}"
         )
-    kwargs = m.get("kwargs") or {}
+    kwargs = m.get("kwargs")
+    kwargs = {} if kwargs is None else kwargs
     if not isinstance(kwargs, dict):
         raise src.error("model.kwargs", f"expected a mapping of keyword arguments, got {_kind(kwargs)}")
     ckpt = m.get("checkpoint")
-    if ckpt is not None and not isinstance(ckpt, str):
-        raise src.error("model.checkpoint", f"expected a file path, got {_kind(ckpt)}")
+    if ckpt is not None and not (isinstance(ckpt, str) and ckpt.strip()):
+        raise src.error("model.checkpoint", f"expected a file path, got {_kind(ckpt)}",
+                        "give the checkpoint's path, or remove the key to audit the factory's weights")
     return ModelSpec(factory, dict(kwargs), _resolve_path(base_dir, ckpt) if ckpt else None)
 
 
@@ -277,7 +280,7 @@ def _build_transform(src: YamlSource, value: Any, key: str, base_dir: Path) -> T
 
 
 def _parse_check(
-    src: YamlSource, raw: Any, i: int, default_distance: str, base_dir: Path
+    src: YamlSource, raw: Any, i: int, default_distance: str | float, base_dir: Path
 ) -> CheckSpec:
     where = f"checks[{i}]"
     c = _mapping(src, raw, where)
@@ -328,6 +331,11 @@ def _parse_check(
         name = t_in.describe() if t_out.name == "identity" or both else f"{t_in.describe()} -> {t_out.describe()}"
     elif not isinstance(name, (str, int, float)) or isinstance(name, bool):
         raise src.error(f"{where}.name", f"expected a string, got {_kind(name)}")
+    elif not str(name).strip():
+        raise src.error(f"{where}.name", "the name is empty", "give the check a name, or remove the key")
+    elif any(unicodedata.category(ch) == "Cc" for ch in str(name)):
+        raise src.error(f"{where}.name", f"the name {str(name)!r} contains control characters (newlines, tabs, "
+                        "escapes), which break the table and the JUnit and Markdown reports", "use printable text")
     mode = c.get("mode", "sample")
     if mode not in MODES:
         raise src.error(f"{where}.mode", f"expected sample or lie, got {_kind(mode)}", did_you_mean(str(mode), MODES))
@@ -380,7 +388,7 @@ def parse_spec(
     raw_checks = d.get("checks")
     if not isinstance(raw_checks, list) or not raw_checks:
         raise src.error("checks", "expected a non-empty list of checks", "e.g. checks: [{input: rot90}]")
-    checks = [_parse_check(src, c, i, str(distance), base) for i, c in enumerate(raw_checks)]
+    checks = [_parse_check(src, c, i, distance, base) for i, c in enumerate(raw_checks)]
     seen: dict[str, int] = {}
     for i, c in enumerate(checks):
         if c.name in seen:

@@ -244,3 +244,12 @@ def test_bf16_autocast_forward_is_close_to_fp32():
     assert any("bf16" in n for n in half.notes)
     with pytest.raises(EqauditError, match="unknown precision"):
         audit(model, spec, precision="fp8")
+
+
+def test_a_numeric_top_level_distance_is_read_as_at_check_level(pixel_reader):
+    # distance: 2 at the top level used to be refused ("unknown distance '2'") while checks took it
+    checks = [{"input": "hflip"}]
+    top = audit(pixel_reader, _spec(checks, samples=256, distance=2)).checks[0]
+    each = audit(pixel_reader, _spec([{"input": "hflip", "distance": 2}], samples=256)).checks[0]
+    assert top.distance == each.distance and top.mean == each.mean
+    assert top.mean == audit(pixel_reader, _spec(checks, samples=256, distance="l2")).checks[0].mean

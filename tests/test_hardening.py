@@ -298,6 +298,14 @@ def test_line_breaks_in_keys_stay_on_one_line(folder):
         (("model", "kwargs"), [1]),
         (("model", "checkpoint"), "missing.safetensors"),
         (("model", "checkpoint"), "."),
+        # each of these used to run silently: random weights, an identity check, broken reports
+        (("model", "checkpoint"), ""),
+        (("model", "kwargs"), 0),
+        (("model", "kwargs"), False),
+        (("checks", 0, "input"), []),
+        (("checks", 0, "name"), ""),
+        (("checks", 0, "name"), "two\nlines"),
+        (("checks", 0, "name"), "ansi\x1b[31mred"),
     ],
 )
 def test_wrong_values_at_each_key_are_one_line_errors(folder, path, value):

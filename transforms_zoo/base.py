@@ -472,6 +472,8 @@ def build(config: Any, *, base_dir: str | None = None) -> Transform:
     """
     _load_builtins()
     if isinstance(config, list):
+        if not config:
+            raise TransformError("an empty list composes no transform", hint="write 'identity' if none is meant")
         parts = []
         for i, item in enumerate(config):
             try:

@@ -221,17 +221,8 @@ def audit(
         resolve_device(device)  # refuse a bad --device before loading anything
     ckpt_label = None
     if model is None:
-        from .checkpoint import load_model
-
         path = Path(checkpoint) if checkpoint is not None else spec.model.checkpoint
-        model = load_model(
-            path,
-            factory=spec.model.factory,
-            kwargs=dict(spec.model.kwargs),
-            base_dir=spec.base_dir,
-            trust_checkpoint=trust_checkpoint,
-            source=spec.file,
-        )
+        model = spec.build_model(checkpoint, trust_checkpoint=trust_checkpoint)
         ckpt_label = _display_path(path) if path is not None else None
         if device is None:
             device = "auto"

@@ -1193,12 +1193,9 @@ def _run(cfg: FinetuneConfig, dyn: DynamicsConfig, *, resume: bool, force: bool,
 
     train, val = load_data(cfg)
     if model is None:
-        from .checkpoint import load_model
-
         with torch.random.fork_rng():  # a model built without a checkpoint starts from seeded weights
             torch.manual_seed(spec.seed)
-            model = load_model(spec.model.checkpoint, factory=spec.model.factory, kwargs=dict(spec.model.kwargs),
-                               base_dir=spec.base_dir, trust_checkpoint=trust_checkpoint, source=spec.file)
+            model = spec.build_model(trust_checkpoint=trust_checkpoint)
     if not isinstance(model, torch.nn.Module):
         raise cfg.error("model", f"fine-tuning needs a torch.nn.Module, got {type(model).__name__}")
     model.to(dev)

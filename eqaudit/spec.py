@@ -115,6 +115,26 @@ class Spec:
         """An :class:`EqauditError` located at ``key`` of this spec's file."""
         return YamlSource(None, self.file or "<spec>", dict(self.lines)).error(key, message, hint)
 
+    def build_model(self, checkpoint: str | Path | None = None, *, trust_checkpoint: bool = False) -> Any:
+        """The model of the ``model`` block (``checkpoint`` overrides ``model.checkpoint``). Errors
+        at its ``model.*`` keys carry their line in the spec (not a given checkpoint's errors)."""
+        from .checkpoint import load_model
+
+        try:
+            return load_model(
+                Path(checkpoint) if checkpoint is not None else self.model.checkpoint,
+                factory=self.model.factory,
+                kwargs=dict(self.model.kwargs),
+                base_dir=self.base_dir,
+                trust_checkpoint=trust_checkpoint,
+                source=self.file,
+            )
+        except EqauditError as exc:
+            from_spec = exc.file == self.file and (checkpoint is None or exc.key != "model.checkpoint")
+            if from_spec and exc.key:
+                exc.located(line=YamlSource(None, self.file or "<spec>", dict(self.lines)).line_of(exc.key))
+            raise
+
     def check_index(self, name: str) -> int:
         return next(i for i, c in enumerate(self.checks) if c.name == name)
 

@@ -261,17 +261,8 @@ def _own_thresholds(data: Any) -> list[bool]:
 
 
 def _build_model(spec: Spec, audit_kwargs: dict[str, Any]) -> Any:
-    from .checkpoint import load_model
-
-    path = audit_kwargs.pop("checkpoint", None)
-    model = load_model(
-        Path(path) if path is not None else spec.model.checkpoint,
-        factory=spec.model.factory,
-        kwargs=dict(spec.model.kwargs),
-        base_dir=spec.base_dir,
-        trust_checkpoint=bool(audit_kwargs.pop("trust_checkpoint", False)),
-        source=spec.file,
-    )
+    model = spec.build_model(audit_kwargs.pop("checkpoint", None),
+                             trust_checkpoint=bool(audit_kwargs.pop("trust_checkpoint", False)))
     model.eval()
     return model
 

@@ -319,6 +319,25 @@ def test_wrong_values_at_each_key_are_one_line_errors(folder, path, value):
         assert path[0] in r.stderr or key.split(".")[0] in r.stderr
 
 
+@pytest.mark.parametrize(("key", "value", "words"), [
+    ("factory", "nofile.py:Tiny", "does not exist"),
+    ("factory", "tiny.py:Nope", "Nope"),
+    ("checkpoint", "missing.safetensors", "not found"),
+])
+def test_model_errors_carry_the_line_of_their_key(folder, key, value, words):
+    # model.* errors are raised while loading, after parsing: they used to name no line
+    spec = _mutate(BASE, ("model", key), "replace", value, "")
+    path = _write(folder, spec)
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if text.strip().startswith(f"{key}:"))
+    r = invoke("measure", "--spec", path)
+    assert_clean_exit(r, allowed=(2,))
+    assert f"spec.yaml:{line}: model." in r.stderr and words in r.stderr
+    if key == "checkpoint":  # a checkpoint given on the command line is not the spec's line
+        r = invoke("measure", folder / "other.safetensors", "--spec", path)
+        assert_clean_exit(r, allowed=(2,))
+        assert f"spec.yaml:{line}" not in r.stderr and "other.safetensors" in r.stderr
+
+
 def test_shape_mismatch_with_the_model_is_exit_2(folder):
     spec = _mutate(BASE, ("input", "shape"), "replace", [2], "")  # flatten gives 2 < 4 features: fine
     spec = _mutate(spec, ("checks",), "replace", [{"input": "rot90"}], "")

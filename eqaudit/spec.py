@@ -23,6 +23,8 @@ from .yaml_source import YamlSource, join, load_yaml
 SPEC_KEYS = ("model", "input", "distance", "samples", "num_funcs", "seed", "checks", "layers")
 MODEL_KEYS = ("factory", "kwargs", "checkpoint")
 INPUT_KEYS = ("shape", "bounds", "data", "dtype", "sampling")
+#: At most this many elements in one sample (2^31: ~8 GiB of float32 for a single point).
+MAX_SAMPLE_ELEMENTS = 1 << 31
 CHECK_KEYS = ("name", "input", "output", "both", "epsilon", "threshold", "weight", "distance", "group", "mode", "mask")
 MASKS = ("none", "valid")
 MODES = ("sample", "lie")
@@ -263,6 +265,10 @@ def _parse_input(src: YamlSource, raw: Any, base_dir: Path, require: bool) -> In
         if not isinstance(s, list) or not s:
             raise src.error("input.shape", f"expected a list of sizes such as [1, 28, 28], got {_kind(s)}")
         shape = tuple(_int(src, v, f"input.shape[{i}]", minimum=1) for i, v in enumerate(s))
+        if math.prod(shape) > MAX_SAMPLE_ELEMENTS:
+            raise src.error("input.shape", f"one sample of shape {list(shape)} has {math.prod(shape):,} elements, "
+                            f"more than the {MAX_SAMPLE_ELEMENTS:,} allowed",
+                            "give the shape of one sample, without the batch dimension")
     elif data is not None:
         shape = ()  # taken from the data file when it is loaded
     else:

@@ -303,6 +303,7 @@ def test_line_breaks_in_keys_stay_on_one_line(folder):
         (("model", "kwargs"), 0),
         (("model", "kwargs"), False),
         (("checks", 0, "input"), []),
+        (("input", "shape"), [100000, 100000, 100000]),
         (("checks", 0, "name"), ""),
         (("checks", 0, "name"), "two\nlines"),
         (("checks", 0, "name"), "ansi\x1b[31mred"),

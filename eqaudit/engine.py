@@ -53,6 +53,11 @@ def resolve_device(device: str | torch.device | None, model: torch.nn.Module | N
                                key="--device")
     elif dev.type not in ("cpu", "mps", "xpu"):
         raise EqauditError(f"unsupported device '{text}'", key="--device", hint="use auto, cpu, cuda or cuda:K")
+    elif dev.type != "cpu":
+        backend = getattr(torch.backends, dev.type, None) if dev.type == "mps" else getattr(torch, dev.type, None)
+        if backend is None or not backend.is_available():
+            raise EqauditError(f"device '{text}' requested but this PyTorch build or machine has no {dev.type}",
+                               key="--device", hint="use --device cpu or auto")
     return dev
 
 

@@ -253,3 +253,13 @@ def test_a_numeric_top_level_distance_is_read_as_at_check_level(pixel_reader):
     each = audit(pixel_reader, _spec([{"input": "hflip", "distance": 2}], samples=256)).checks[0]
     assert top.distance == each.distance and top.mean == each.mean
     assert top.mean == audit(pixel_reader, _spec(checks, samples=256, distance="l2")).checks[0].mean
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has mps")
+def test_a_device_this_build_lacks_is_named_at_device():
+    # mps used to fail later, inside torch, with a message naming no option
+    from eqaudit.engine import resolve_device
+
+    with pytest.raises(EqauditError, match=r"device 'mps' requested but .* has no mps") as info:
+        resolve_device("mps")
+    assert info.value.key == "--device"

@@ -111,3 +111,103 @@ def test_composition_and_user_callables(project):
     assert spec.checks[0].input.describe() == "hflip then vflip then mytf.py:negate"
     exc = _error(project, GOOD.replace("input: hflip", "input: [hflip, {rot90: {k: one}}]"))
     assert exc.key == "checks[0].input[1].rot90.k"
+
+
+# -- YAML aliases: linear time, bounded expansion, no recursion --------------------------------
+def _billion_laughs(levels=9):
+    """A spec whose 'layers' list holds anchors of 10**k values each: 10**9 values in all."""
+    lines = ["model: {factory: models.py:PixelReader}", "input: {shape: [1, 8, 8]}", "checks: [{input: hflip}]",
+             "layers:", "  - &a0 [x]"]
+    lines += [f"  - &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
+def _with_alarm(seconds, fn):
+    """Run fn, failing (rather than hanging) if it takes longer than ``seconds``."""
+    import signal
+
+    def timeout(*_):
+        raise TimeoutError(f"took more than {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, timeout)
+    signal.alarm(seconds)
+    try:
+        return fn()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_billion_laughs_is_refused_quickly(project):
+    import time
+
+    from eqaudit.yaml_source import parse_yaml
+
+    text = "\n".join(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" if i else "a0: &a0 [x]"
+                     for i in range(10))
+    start = time.perf_counter()
+    with pytest.raises(EqauditError) as info:
+        _with_alarm(20, lambda: parse_yaml(text, "bomb.yaml"))
+    assert time.perf_counter() - start < 5
+    assert str(info.value).startswith("bomb.yaml:") and "aliases expand" in str(info.value)
+
+
+def test_billion_laughs_spec_is_exit_2_for_validate_and_measure(project):
+    from typer.testing import CliRunner
+
+    from eqaudit.cli import app
+
+    path = write_spec(project, _billion_laughs())
+    for args in (["validate", str(path)], ["measure", "--spec", str(path)]):
+        r = _with_alarm(30, lambda: CliRunner().invoke(app, args))
+        assert r.exit_code == 2, r.output
+        assert f"{path}:" in r.stderr and "aliases expand" in r.stderr and "--debug" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "text, line, key",
+    [
+        ("model: {factory: models.py:PixelReader}\ninput: {shape: [1, 8, 8]}\nlayers: &a [*a]\n"
+         "checks: [{input: hflip}]\n", 3, "layers[0]"),
+        ("input: {shape: [1, 8, 8]}\nchecks:\n  - &c\n    name: x\n    input: {both: *c}\n", 5, "checks[0].input.both"),
+        ("&a [*a]\n", 1, "[0]"),
+    ],
+)
+def test_recursive_alias_names_file_line_and_key(project, text, line, key):
+    exc = _error(project, text)
+    assert "recursive YAML alias" in str(exc) and exc.line == line and exc.key == key
+    assert str(exc).startswith(f"{project / 'spec.yaml'}:{line}: ")
+
+
+def test_recursive_alias_on_the_command_line_is_one_line_exit_2(project):
+    from typer.testing import CliRunner
+
+    from eqaudit.cli import app
+
+    path = write_spec(project, "model: {factory: models.py:PixelReader}\ninput: {shape: [1, 8, 8]}\n"
+                               "layers: &a [*a]\nchecks: [{input: hflip}]\n")
+    r = CliRunner().invoke(app, ["validate", str(path)])
+    assert r.exit_code == 2 and f"{path}:3: layers[0]: recursive YAML alias" in r.stderr
+    assert "RecursionError" not in r.stderr and "--debug" not in r.stderr
+
+
+def test_deeply_nested_yaml_is_an_error_not_a_recursion_error(project):
+    exc = _error(project, "input: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert "nested too deeply" in str(exc) and str(exc).startswith(str(project / "spec.yaml"))
+
+
+def test_aliases_within_bounds_still_work_and_keep_lines(project):
+    # an anchored check reused: same values as written out, key paths under the alias still have lines
+    text = GOOD.replace("  - name: flip\n", "  - &flip\n    name: flip\n") + "  - *flip\n"
+    src_exc = _error(project, text)  # the reused check repeats the name 'flip'
+    assert src_exc.key == "checks[3].name" and "used twice" in str(src_exc) and src_exc.line == 10
+    shared = GOOD.replace("bounds: [0, 1]", "bounds: &b [0, 1]").replace("degrees: [-15, 15]", "degrees: *b")
+    spec = load_spec(write_spec(project, shared))
+    assert spec.checks[2].input.describe() == load_spec(write_spec(project, GOOD.replace(
+        "degrees: [-15, 15]", "degrees: [0, 1]"))).checks[2].input.describe()
+    from eqaudit.yaml_source import parse_yaml
+
+    src = parse_yaml("a: &x {b: [1, 2]}\nc: *x\nd: [*x, *x]\n")
+    assert src.data == {"a": {"b": [1, 2]}, "c": {"b": [1, 2]}, "d": [{"b": [1, 2]}] * 2}
+    assert src.lines["c.b[1]"] == 1 and src.lines["d[1].b"] == 1 and src.line_of("c") == 2

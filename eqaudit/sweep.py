@@ -14,7 +14,7 @@ from typing import Any
 from transforms_zoo import Compose, TransformError
 
 from .errors import EqauditError, did_you_mean
-from .report import Report
+from .report import Report, writes_in_place
 from .spec import Spec
 
 MAX_VALUES = 2000
@@ -71,7 +71,14 @@ def parse_values(text: str) -> list[float | int]:
         start, stop, step = (_number(p) for p in parts)
         if step == 0 or (stop - start) * step < 0:
             raise EqauditError(f"'{text}': the step must move from start toward stop", key="--values")
-        count = int(math.floor((stop - start) / step + 1e-9)) + 1
+        try:
+            span = (stop - start) / step
+        except OverflowError:  # integers too large for a float
+            span = math.inf
+        if not span < MAX_VALUES:  # also an infinite span (1e308:-1e308:-1e307)
+            many = f"{int(span) + 1}" if span < 1e9 else "too many"
+            raise EqauditError(f"'{text}' gives {many} values (at most {MAX_VALUES})", key="--values")
+        count = int(math.floor(span + 1e-9)) + 1
         if count > MAX_VALUES:
             raise EqauditError(f"'{text}' gives {count} values (at most {MAX_VALUES})", key="--values")
         values = [start + i * step for i in range(count)]
@@ -79,6 +86,8 @@ def parse_values(text: str) -> list[float | int]:
             return [int(v) for v in values]
         return [float(round(v, 12)) for v in values]
     values = [_number(p) for p in text.split(",") if p.strip()]
+    if not values:
+        raise EqauditError(f"no values given in '{text}'", key="--values", hint="e.g. -180:180:15 or 0,90,180")
     if len(values) > MAX_VALUES:
         raise EqauditError(f"{len(values)} values (at most {MAX_VALUES})", key="--values")
     return values
@@ -101,6 +110,8 @@ def _number(text: str) -> float | int:
 
 def sweep_spec(spec: Spec, check_name: str, param: str, values: list[float | int]) -> tuple[Spec, list[str]]:
     """A spec with one copy of the named check per value of ``param`` (names ``param=value``)."""
+    if not values:
+        raise EqauditError("no values given", key="--values", hint="e.g. -180:180:15 or 0,90,180")
     names = [c.name for c in spec.checks]
     if check_name not in names:
         raise EqauditError(f"no check named '{check_name}'", key="--check",
@@ -172,5 +183,11 @@ def plot_sweep(sweep: Sweep, path: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    plt.close(fig)
+    try:
+        if writes_in_place(path):  # /dev/stdout, a pipe: renaming onto it would replace it
+            with open(path, "ab") as fh:
+                fig.savefig(fh, format="png", dpi=120)
+        else:
+            atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    finally:
+        plt.close(fig)

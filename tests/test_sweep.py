@@ -158,3 +158,79 @@ def test_an_output_written_like_the_input_follows_the_value():
                                        "output": {"rotate": {"degrees": 10}}}]})
     result = run_sweep(torch.nn.Identity(), spec, "r", "degrees", [0, 30, 90])
     assert all(p.mean < 1e-5 for p in result.points)
+
+
+# -- refused values and output paths: exit 2 naming the flag, before the run ----------------------
+def _sweep(spec, *args):
+    return runner.invoke(app, ["sweep", "--spec", str(spec), "--check", "rot", "--param", "degrees", *map(str, args)])
+
+
+@pytest.mark.parametrize("values", [",", " , ,", ",,,"])
+def test_an_empty_value_list_is_refused(values):
+    with pytest.raises(EqauditError, match="no values"):
+        parse_values(values)
+
+
+@pytest.mark.parametrize("values", ["0:1e300:1e-300", "1e308:-1e308:-1e307", "-1e308:1e308:1", "0:1:1e-300",
+                                    "0:" + "9" * 400 + ":1"])
+def test_huge_ranges_give_the_at_most_message(values):
+    with pytest.raises(EqauditError) as info:
+        parse_values(values)
+    assert info.value.key == "--values" and f"at most {2000}" in str(info.value)
+
+
+def test_run_sweep_refuses_no_values():
+    spec = spec_from_dict({"input": {"shape": [1, 8, 8]}, "samples": 8,
+                           "checks": [{"name": "rot", "input": {"rotate": {"degrees": 0}}}]})
+    with pytest.raises(EqauditError, match="no values"):
+        run_sweep(C4Pool(), spec, "rot", "degrees", [])
+
+
+@pytest.mark.parametrize("extra", [["--json", "-"], []])
+def test_cli_empty_values_is_exit_2(project, extra):
+    r = _sweep(_spec(project), "--values", ",", *extra)
+    assert r.exit_code == 2, r.output
+    assert "--values" in r.stderr and "no values" in r.stderr and r.stdout == ""
+    assert len(r.stderr.strip().splitlines()) == 1 and "--debug" not in r.stderr
+
+
+def test_cli_huge_range_is_exit_2(project):
+    for values in ("0:1e300:1e-300", "1e308:-1e308:-1e307"):
+        r = _sweep(_spec(project), "--values", values)
+        assert r.exit_code == 2 and "--values" in r.stderr and "at most 2000" in r.stderr, r.output
+
+
+@pytest.mark.parametrize("flag", ["--json", "--plot"])
+def test_cli_output_to_a_directory_is_exit_2_before_the_run(project, tmp_path, monkeypatch, flag):
+    import eqaudit.sweep
+
+    def no_run(*a, **k):
+        raise AssertionError("the sweep ran before the output path was checked")
+
+    monkeypatch.setattr(eqaudit.sweep, "run_sweep", no_run)
+    r = _sweep(_spec(project), "--values", "0,90", flag, tmp_path)
+    assert r.exit_code == 2, r.output
+    assert f"{flag}: '{tmp_path}' is a directory" in r.stderr and "--debug" not in r.stderr
+    r = _sweep(_spec(project), "--values", "0,90", flag, _spec(project) / "out")  # a path through a file
+    assert r.exit_code == 2 and f"{flag}: cannot write" in r.stderr and "is a file, not a folder" in r.stderr
+
+
+def test_cli_json_and_plot_into_new_folders_are_written(project, tmp_path):
+    pytest.importorskip("matplotlib")
+    j, png = tmp_path / "a" / "b" / "s.json", tmp_path / "a" / "s.png"
+    r = _sweep(_spec(project), "--values", "0,90", "--json", j, "--plot", png, "-q")
+    assert r.exit_code == 0, r.output
+    assert [p["value"] for p in json.loads(j.read_text())["points"]] == [0, 90]
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert not [p for p in tmp_path.rglob("*.tmp")]  # no temporary files left behind
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_plot_to_a_stream_link_writes_into_it_instead_of_replacing_it(project, tmp_path):
+    # /dev/stdout and /proc/self/fd/N lead to the stream (here a file): an atomic rename would
+    # replace the link itself, as root even /dev/stdout or /dev/null
+    pytest.importorskip("matplotlib")
+    with open(tmp_path / "stream.png", "wb") as fh:
+        r = _sweep(_spec(project), "--values", "0,90", "--plot", f"/proc/self/fd/{fh.fileno()}", "-q")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "stream.png").read_bytes()[:4] == b"\x89PNG"

@@ -2,6 +2,7 @@
 
 import json
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 import torch
@@ -163,3 +164,78 @@ def test_measure_and_validate_accept_a_finetune_config():
     r = run("measure", "--spec", cfg, "--samples", 128, "--json", "-")
     assert r.exit_code == 1  # the bundled checkpoint is far from rot90-invariant
     assert [c["name"] for c in json.loads(r.stdout)["checks"]] == ["rot90", "hflip"]
+
+
+# -- report outputs that cannot be written: exit 2 naming the flag and the path ------------------
+def _one_line_exit_2(r, *words):
+    assert r.exit_code == 2, r.output
+    assert all(w in r.stderr for w in words), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "--debug" not in r.stderr and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("flag", ["--json", "--junit", "--markdown"])
+def test_report_to_a_directory_is_exit_2_before_the_run(project, tmp_path, monkeypatch, flag):
+    import eqaudit.engine
+
+    def no_audit(*a, **k):
+        raise AssertionError("the audit ran before the output path was checked")
+
+    monkeypatch.setattr(eqaudit.engine, "audit", no_audit)
+    _one_line_exit_2(run("measure", "--spec", _spec(project), flag, tmp_path), f"{flag}: '{tmp_path}' is a directory")
+    _one_line_exit_2(run("measure", "--spec", _spec(project), flag, "/"), f"{flag}: '/' is a directory")
+    through_file = _spec(project) / "r.out"
+    _one_line_exit_2(run("measure", "--spec", _spec(project), flag, through_file),
+                     f"{flag}: cannot write '{through_file}'", "is a file, not a folder")
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self"), reason="needs /proc")
+def test_report_into_a_folder_without_files_is_exit_2(project):
+    _one_line_exit_2(run("measure", "--spec", _spec(project), "--json", "/proc/x.json"),
+                     "--json: cannot write '/proc/x.json'", "folder '/proc'")
+    _one_line_exit_2(run("measure", "--spec", _spec(project), "--junit", "/proc/no/such/x.xml"),
+                     "--junit: cannot write '/proc/no/such/x.xml'", "folder '/proc'")
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_report_to_a_full_device_is_exit_2(project):
+    _one_line_exit_2(run("measure", "--spec", _spec(project), "--json", "/dev/full"),
+                     "--json: cannot write '/dev/full'", "No space left")
+    assert Path("/dev/full").exists() and not Path("/dev/full").is_file()  # written into, not replaced
+
+
+def test_a_failed_write_after_the_run_names_the_flag(project, tmp_path, monkeypatch):
+    import errno
+
+    import eqaudit.atomic
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(eqaudit.atomic, "write_text_atomic", full)
+    m = tmp_path / "r.md"
+    _one_line_exit_2(run("measure", "--spec", _spec(project), "--markdown", m),
+                     f"--markdown: cannot write '{m}': No space left on device")
+
+
+def test_reports_into_new_folders_are_atomic_and_leave_no_temporary_files(project, tmp_path):
+    j, x, m = tmp_path / "a" / "r.json", tmp_path / "b" / "c" / "r.xml", tmp_path / "r.md"
+    m.write_text("old")
+    r = run("measure", "--spec", _spec(project), "--json", j, "--junit", x, "--markdown", m, "-q")
+    assert r.exit_code == 0, r.output
+    assert json.loads(j.read_text())["passed"] is True and ET.parse(x).getroot().tag == "testsuites"
+    assert m.read_text().startswith("### eqaudit: PASSED")
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_json_to_a_stream_link_writes_into_it_instead_of_replacing_it(project, tmp_path):
+    # like '--json /dev/stdout > out.txt': the link leads to a regular file, but renaming a new file
+    # onto the link would replace the link (as root, /dev/stdout itself) and lose the output
+    out = tmp_path / "out.txt"
+    out.write_text("before\n")
+    with open(out, "a") as fh:
+        r = run("measure", "--spec", _spec(project), "--json", f"/proc/self/fd/{fh.fileno()}", "-q")
+    assert r.exit_code == 0, r.output
+    before, rest = out.read_text().split("\n", 1)
+    assert before == "before" and json.loads(rest)["tool"] == "eqaudit"

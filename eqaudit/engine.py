@@ -26,7 +26,7 @@ from .errors import EqauditError, first_line
 from .distributed import World, current_world, reduce_stats
 from .estimator import BLOCK, BlockStats
 from .report import GATES, CheckResult, Report
-from .spec import MAX_SAMPLES, InputSpec, Spec, load_spec
+from .spec import MAX_SAMPLES, InputSpec, Spec, check_seed, load_spec
 
 Progress = Callable[[int, int], None]
 
@@ -206,9 +206,7 @@ def audit(
             raise EqauditError(f"--samples {samples} is too large (at most {MAX_SAMPLES})", key="--samples")
         spec = spec.replace(samples=int(samples))
     if seed is not None:
-        if seed < 0:
-            raise EqauditError(f"--seed must be >= 0, got {seed}", key="--seed")
-        spec = spec.replace(seed=int(seed))
+        spec = spec.replace(seed=check_seed(seed))
     if gate not in GATES:
         raise EqauditError(f"unknown gate '{gate}'", key="--gate", hint="use mean or upper")
     if not 0.0 < confidence < 1.0:

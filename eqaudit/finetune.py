@@ -87,7 +87,7 @@ from typing import Any
 
 from .atomic import atomic_write, temp_prefix
 from .errors import EqauditError, did_you_mean
-from .spec import Spec, _check_keys, _float, _int, _kind, _mapping, _resolve_path, parse_spec
+from .spec import Spec, _check_keys, check_seed, _float, _int, _kind, _mapping, _resolve_path, parse_spec
 from .yaml_source import YamlSource, load_yaml
 
 FINETUNE_KEYS = (
@@ -1151,9 +1151,7 @@ def run_finetune(
             raise EqauditError(f"--steps must be >= 1, got {steps}", key="--steps")
         cfg = cfg.replace(steps=int(steps), epochs=None)
     if seed is not None:
-        if seed < 0:
-            raise EqauditError(f"--seed must be >= 0, got {seed}", key="--seed")
-        cfg = cfg.replace(spec=cfg.spec.replace(seed=int(seed)))
+        cfg = cfg.replace(spec=cfg.spec.replace(seed=check_seed(seed)))
     dyn = cfg.dynamics if dynamics is None else dataclasses.replace(cfg.dynamics, enabled=bool(dynamics))
     threads = torch.get_num_threads()
     if cfg.threads:

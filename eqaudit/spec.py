@@ -173,6 +173,13 @@ MAX_SAMPLES = 2**31
 INT_MAX = 2**40
 
 
+def check_seed(seed: int) -> int:
+    """A seed given as an option (``--seed``): the spec's own range, so that no two seeds collide."""
+    if seed < 0 or seed > INT_MAX:
+        raise EqauditError(f"must be between 0 and {INT_MAX}, got {seed}", key="--seed")
+    return int(seed)
+
+
 def _int(src: YamlSource, v: Any, key: str, *, minimum: int = 0, maximum: int = INT_MAX) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
         raise src.error(key, f"expected an integer, got {_kind(v)}")

@@ -339,6 +339,35 @@ def test_model_errors_carry_the_line_of_their_key(folder, key, value, words):
         assert f"spec.yaml:{line}" not in r.stderr and "other.safetensors" in r.stderr
 
 
+@pytest.mark.parametrize("where", ["factory", "forward"])
+def test_sys_exit_in_the_models_code_is_exit_2_not_its_code(folder, where):
+    # sys.exit(0) in user code used to end eqaudit with code 0 and no audit: a passing CI gate
+    (folder / "quits.py").write_text(textwrap.dedent(
+        """
+        import sys
+        import torch
+
+        def factory():
+            sys.exit(0)
+
+        class Forward(torch.nn.Module):
+            def forward(self, x):
+                raise SystemExit(0)
+        """))
+    spec = _mutate(BASE, ("model", "factory"), "replace", "quits.py:" + ("factory" if where == "factory" else "Forward"), "")
+    r = invoke("measure", "--spec", _write(folder, spec), "--json", folder / "r.json")
+    assert r.exit_code == 2 and "called sys.exit(0)" in r.stderr
+    assert not (folder / "r.json").exists()
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**40 + 1), str(2**64 + 5)])
+def test_seeds_outside_the_specs_range_are_refused(folder, seed):
+    # 5 and 2**64 + 5 used to give the same draws while the reports named different seeds
+    r = invoke("measure", "--spec", _write(folder, BASE), "--seed", seed)
+    assert_clean_exit(r, allowed=(2,))
+    assert "--seed: must be between 0 and" in r.stderr
+
+
 def test_shape_mismatch_with_the_model_is_exit_2(folder):
     spec = _mutate(BASE, ("input", "shape"), "replace", [2], "")  # flatten gives 2 < 4 features: fine
     spec = _mutate(spec, ("checks",), "replace", [{"input": "rot90"}], "")

@@ -219,15 +219,13 @@ def _check_output(path: str | Path | None, flag: str) -> None:
     import os
     import tempfile
 
-    from .atomic import temp_prefix
-    from .report import writes_in_place
+    from .atomic import appends, temp_prefix
 
     target = Path(path)
     if target.is_dir():
         example = {"--junit": "report.xml", "--markdown": "report.md", "--plot": "sweep.png"}.get(flag, "report.json")
         raise EqauditError(f"'{path}' is a directory", key=flag, hint=f"give a file path, e.g. {example}")
-    summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    if writes_in_place(target) or (summary and target.resolve() == Path(summary).resolve()):
+    if appends(target):
         return  # /dev/stdout, a pipe, the job summary: written (appended) in place, not replaced
     folder = target.parent
     while not folder.exists() and folder != folder.parent:  # atomic writes create missing folders
@@ -246,14 +244,9 @@ def _check_output(path: str | Path | None, flag: str) -> None:
 def _write_output(path: str | Path, flag: str, text: str) -> None:
     """Write ``text`` to ``path`` atomically; a failure names the option and the path (exit 2)."""
     from .atomic import write_text_atomic
-    from .report import writes_in_place
 
     try:
-        if writes_in_place(path):
-            with open(path, "a", encoding="utf-8") as fh:
-                fh.write(text)
-        else:
-            write_text_atomic(path, text)
+        write_text_atomic(path, text)
     except OSError as exc:
         raise _output_error(path, flag, exc) from None
 

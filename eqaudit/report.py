@@ -340,19 +340,6 @@ def _json_safe(d: Any) -> Any:
     return d
 
 
-def writes_in_place(path: str | Path) -> bool:
-    """Whether an output at ``path`` must be written into the existing file rather than replaced
-    by an atomic rename: a device or pipe, or a link such as ``/dev/stdout`` or ``/proc/self/fd/N``
-    even when it leads to a regular file (shell redirection). A rename would replace the link, or
-    as root the device itself (``/dev/null``), instead of writing to it."""
-    import os
-
-    target = Path(path)
-    if not target.exists():
-        return False
-    return not target.is_file() or Path(os.path.abspath(target)).parts[1:2] in (("dev",), ("proc",))
-
-
 def _distance_label(c: CheckResult) -> str:
     """The distance column: the distance, and the mask where the check has one."""
     return c.distance if c.mask == "none" else f"{c.distance} (mask: {c.mask})"

@@ -13,8 +13,9 @@ from typing import Any
 
 from transforms_zoo import Compose, TransformError
 
+from .atomic import writes_in_place
 from .errors import EqauditError, did_you_mean
-from .report import Report, writes_in_place
+from .report import Report
 from .spec import Spec
 
 MAX_VALUES = 2000

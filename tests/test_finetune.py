@@ -368,6 +368,19 @@ def test_atomic_write_leaves_old_file_and_no_temp_on_failure(tmp_path):
     assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["m.safetensors"]
 
 
+def test_atomic_writes_get_the_usual_file_mode(tmp_path, monkeypatch):
+    # mkstemp's temporary file is 0600: reports and checkpoints used to be readable by their owner only
+    import eqaudit.atomic as atomic
+
+    monkeypatch.setattr(atomic, "_UMASK", 0o027)
+    new = tmp_path / "new.json"
+    atomic.write_text_atomic(new, "{}")
+    assert new.stat().st_mode & 0o777 == 0o640
+    os.chmod(new, 0o604)
+    atomic.write_text_atomic(new, "{ }")  # a replaced file keeps its mode
+    assert new.stat().st_mode & 0o777 == 0o604 and new.read_text() == "{ }"
+
+
 def test_dataset_callable_and_epochs(proj):
     (proj / "datasets.py").write_text(textwrap.dedent('''
         import torch

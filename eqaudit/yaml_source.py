@@ -127,8 +127,11 @@ class _Builder:
         size = 1
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}
+            written: set[Any] = set()  # keys written in this mapping itself (not merged by '<<')
+            explicit = {id(k) for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"}
             for key, key_node, value_node, sub in self._entries(node, path):
-                if key in out:
+                own = id(key_node) in explicit
+                if own and key in written:  # a key merged by '<<' may be set again, as in YAML
                     raise EqauditError(
                         f"duplicate key '{key}'",
                         file=self.source.file,
@@ -136,6 +139,8 @@ class _Builder:
                         line=key_node.start_mark.line + 1,
                         hint=f"it is already set on line {self.source.lines.get(sub, '?')}",
                     )
+                if own:
+                    written.add(key)
                 self.source.lines[sub] = key_node.start_mark.line + 1
                 out[key] = self.build(value_node, sub)
                 size += 1 + self.size[id(value_node)]

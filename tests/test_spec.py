@@ -1,6 +1,7 @@
 """Spec validation: every mistake names the file, the key path and the line."""
 
 import pytest
+import yaml
 
 from eqaudit.errors import EqauditError
 from eqaudit.spec import load_spec
@@ -211,3 +212,15 @@ def test_aliases_within_bounds_still_work_and_keep_lines(project):
     src = parse_yaml("a: &x {b: [1, 2]}\nc: *x\nd: [*x, *x]\n")
     assert src.data == {"a": {"b": [1, 2]}, "c": {"b": [1, 2]}, "d": [{"b": [1, 2]}] * 2}
     assert src.lines["c.b[1]"] == 1 and src.lines["d[1].b"] == 1 and src.line_of("c") == 2
+
+
+def test_a_merged_key_may_be_set_again_as_in_yaml():
+    # {<<: *d, a: 3} used to be refused as a duplicate key 'a'
+    from eqaudit.yaml_source import parse_yaml
+
+    text = "d: &d {a: 1, b: 2}\ne: {<<: *d, a: 3}\nf: {<<: [*d, {a: 9, c: 1}], c: 5}\n"
+    src = parse_yaml(text)
+    assert src.data == yaml.safe_load(text)
+    assert src.lines["e.a"] == 2 and src.lines["e.b"] == 1
+    with pytest.raises(EqauditError, match="duplicate key 'a'"):
+        parse_yaml("d: &d {a: 1}\ne: {a: 2, <<: *d, a: 3}\n")

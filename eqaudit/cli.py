@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from .errors import EqauditError
+from .outputs import check_output, output_error, write_output
 
 app = typer.Typer(
     name="eqaudit",
@@ -147,7 +148,7 @@ def measure(
     json_to_stdout = json_path == "-"
     for flag, target in (("--json", None if json_to_stdout else json_path), ("--junit", junit),
                          ("--markdown", markdown)):
-        _check_output(target, flag)  # before the run, which may be long
+        check_output(target, flag)  # before the run, which may be long
     show_progress = not quiet and not json_to_stdout and err.is_terminal
     report = _with_progress(
         show_progress,
@@ -177,11 +178,11 @@ def measure(
             sys.stdout.write(report.to_json() + "\n")
             sys.stdout.flush()
         else:
-            _write_output(json_path, "--json", report.to_json() + "\n")
+            write_output(json_path, "--json", report.to_json() + "\n")
     if junit is not None:
-        _write_output(junit, "--junit", report.to_junit())
+        write_output(junit, "--junit", report.to_junit())
     if markdown is not None:
-        _write_output(markdown, "--markdown", report.to_markdown())
+        write_output(markdown, "--markdown", report.to_markdown())
     if not quiet and not json_to_stdout:
         out.print(report.rich_table(out.width, quantiles=quantiles))
         layer_table = report.layers_table() if layers else None
@@ -209,55 +210,6 @@ def _load_spec_file(path: Path) -> Any:
     if isinstance(src.data, dict) and any(k in src.data for k in FINETUNE_KEYS):
         return parse_config(src, base_dir=base).spec
     return parse_spec(src, base_dir=base)
-
-
-def _check_output(path: str | Path | None, flag: str) -> None:
-    """Refuse an output file that cannot be written, before the (long) run starts: a directory, a
-    path through a file, or a folder where no file can be created (probed with a temporary file)."""
-    if path is None:
-        return
-    import os
-    import tempfile
-
-    from .atomic import appends, temp_prefix
-
-    target = Path(path)
-    if target.is_dir():
-        example = {"--junit": "report.xml", "--markdown": "report.md", "--plot": "sweep.png"}.get(flag, "report.json")
-        raise EqauditError(f"'{path}' is a directory", key=flag, hint=f"give a file path, e.g. {example}")
-    if appends(target):
-        return  # /dev/stdout, a pipe, the job summary: written (appended) in place, not replaced
-    folder = target.parent
-    while not folder.exists() and folder != folder.parent:  # atomic writes create missing folders
-        folder = folder.parent
-    if not folder.is_dir():
-        raise EqauditError(f"cannot write '{path}': '{folder}' is a file, not a folder", key=flag)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(target), suffix=".tmp", dir=folder)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as exc:
-        raise EqauditError(f"cannot write '{path}': cannot create files in folder '{folder}': {exc.strerror}",
-                           key=flag, hint="choose a writable folder") from None
-
-
-def _write_output(path: str | Path, flag: str, text: str) -> None:
-    """Write ``text`` to ``path`` atomically; a failure names the option and the path (exit 2)."""
-    from .atomic import write_text_atomic
-
-    try:
-        write_text_atomic(path, text)
-    except OSError as exc:
-        raise _output_error(path, flag, exc) from None
-
-
-def _output_error(path: str | Path, flag: str, exc: OSError) -> EqauditError:
-    import errno
-
-    why = {errno.EISDIR: "it is a directory", errno.ENOENT: "no such folder",
-           errno.ENOTDIR: "a part of the path is a file, not a folder",
-           errno.EEXIST: "a part of the path is a file, not a folder"}.get(exc.errno or 0, exc.strerror or str(exc))
-    return EqauditError(f"cannot write '{path}': {why}", key=flag)
 
 
 def _with_progress(show: bool, job: Callable[[Any], Any]) -> Any:
@@ -386,8 +338,8 @@ def sweep(
 
     the_spec = _load_spec_file(spec)
     vals = parse_values(values)
-    _check_output(None if json_path == "-" else json_path, "--json")
-    _check_output(plot, "--plot")
+    check_output(None if json_path == "-" else json_path, "--json")
+    check_output(plot, "--plot")
     if plot is not None:
         try:
             import matplotlib  # noqa: F401
@@ -400,12 +352,12 @@ def sweep(
     if json_path == "-":
         sys.stdout.write(text)
     elif json_path is not None:
-        _write_output(json_path, "--json", text)
+        write_output(json_path, "--json", text)
     if plot is not None:
         try:
             plot_sweep(result, str(plot))
         except OSError as exc:
-            raise _output_error(plot, "--plot", exc) from None
+            raise output_error(plot, "--plot", exc) from None
     if not quiet and json_path != "-":
         from rich.table import Table
 

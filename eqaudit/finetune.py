@@ -1109,9 +1109,16 @@ def _emit(callback: Callback | None, event: str, **data: Any) -> None:
 
 def check_outputs(cfg: FinetuneConfig, *, resume: bool, force: bool) -> None:
     """Refuse to overwrite an earlier run's outputs (or its resumable state) without ``force``."""
+    from .outputs import check_output
+
+    o = cfg.output
+    for p, key in ((o.checkpoint, "output.checkpoint"), (o.report, "output.report"), (o.state, "output.state")):
+        try:
+            check_output(p, key)  # writable, before the run rather than after it
+        except EqauditError as exc:
+            raise cfg.error(key, exc.message, exc.hint) from None
     if force or resume:
         return
-    o = cfg.output
     for p, key in ((o.checkpoint, "output.checkpoint"), (o.report, "output.report")):
         if p.exists():
             raise cfg.error(key, f"'{p}' exists; refusing to overwrite it",

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from .errors import EqauditError
+from .outputs import check_output, write_output
 
 
 def finetune_command(
@@ -57,6 +58,7 @@ def finetune_command(
                            hint="--resume continues a run, --force starts it over")
     cfg = load_config(config)
     json_to_stdout = json_path == "-"
+    check_output(None if json_to_stdout else json_path, "--json")  # before the run, which may be long
     from .distributed import launched_by_torchrun
 
     if launched_by_torchrun() and os.environ.get("RANK", "0") != "0":
@@ -91,9 +93,7 @@ def finetune_command(
             sys.stdout.write(text)
             sys.stdout.flush()
         else:
-            from .atomic import write_text_atomic
-
-            write_text_atomic(json_path, text)
+            write_output(json_path, "--json", text)
     if show and not json_to_stdout:
         before, after = result.before, result.after
         before_table = _table(before, out.width)

@@ -207,12 +207,12 @@ def test_report_to_a_full_device_is_exit_2(project):
 def test_a_failed_write_after_the_run_names_the_flag(project, tmp_path, monkeypatch):
     import errno
 
-    import eqaudit.atomic
+    import eqaudit.outputs
 
     def full(path, text):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(eqaudit.atomic, "write_text_atomic", full)
+    monkeypatch.setattr(eqaudit.outputs, "write_text_atomic", full)
     m = tmp_path / "r.md"
     _one_line_exit_2(run("measure", "--spec", _spec(project), "--markdown", m),
                      f"--markdown: cannot write '{m}': No space left on device")

@@ -343,6 +343,17 @@ def test_refuses_to_overwrite_without_force(proj):
     assert r.exit_code == 2 and "--resume" in r.stderr and "state" in r.stderr
 
 
+def test_unwritable_outputs_are_refused_before_the_run(proj):
+    # the run used to train to the end and then fail to write (--json .) or lose its result
+    cfg = write(proj, steps=5)
+    r = cli(cfg, "--json", proj)
+    assert r.exit_code == 2 and f"--json: '{proj}' is a directory" in r.stderr
+    (proj / "out").write_text("a file where the output folder should be")
+    r = cli(cfg)
+    assert r.exit_code == 2 and "ft.yaml:" in r.stderr and "output.checkpoint: cannot write" in r.stderr
+    assert "is a file, not a folder" in r.stderr and "step" not in r.stdout
+
+
 def test_resume_refuses_a_changed_config(proj):
     cfg = write(proj, steps=5)
     assert cli(cfg, "--quiet").exit_code == 0

@@ -487,7 +487,7 @@ def _strip_prefix(state: dict[str, Any], expected: Mapping[str, Any]) -> dict[st
 def _diagnose(state: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    shapes = []
+    shapes, types = [], []
     for k, v in expected.items():
         got = state.get(k)
         if (isinstance(got, torch.Tensor) and isinstance(v, torch.Tensor)
@@ -495,6 +495,10 @@ def _diagnose(state: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str
                 and not isinstance(v, nn.parameter.UninitializedBuffer)
                 and tuple(got.shape) != tuple(v.shape)):
             shapes.append(f"{k} expected {list(v.shape)} got {list(got.shape)}")
+        elif (isinstance(got, torch.Tensor) and isinstance(v, torch.Tensor)
+              and (v.is_floating_point() or v.is_complex()) and not (got.is_floating_point() or got.is_complex())):
+            # load_state_dict would cast the integers silently: not the weights of a trained model
+            types.append(f"{k} expected {str(v.dtype).removeprefix('torch.')} got {str(got.dtype).removeprefix('torch.')}")
     out = []
     if missing:
         out.append(_listing(missing, "missing keys"))
@@ -502,6 +506,8 @@ def _diagnose(state: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str
         out.append(_listing(unexpected, "unexpected keys"))
     if shapes:
         out.append(_listing(shapes, "shape mismatches"))
+    if types:
+        out.append(_listing(types, "integer values for floating-point tensors"))
     return out
 
 

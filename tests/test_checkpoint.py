@@ -393,6 +393,15 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path, trained):
     assert "model.kwargs" in err.hint
 
 
+def test_integer_weights_for_a_float_model_are_refused(tmp_path):
+    # load_state_dict casts them silently: an int32 export audited as all-zero weights and passed
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.to(torch.int32) for k, v in TinyNet().state_dict().items()}, str(path))
+    err = load_err(path, factory=FACTORY)
+    assert "integer values for floating-point tensors (4)" in err.message
+    assert "fc1.weight expected float32 got int32" in err.message
+
+
 def test_shape_mismatch_is_listed(tmp_path):
     path = tmp_path / "w.pt"
     torch.save(TinyNet(hidden=8).state_dict(), path)

@@ -398,7 +398,7 @@ def test_integer_weights_for_a_float_model_are_refused(tmp_path):
     path = tmp_path / "w.safetensors"
     save_file({k: v.to(torch.int32) for k, v in TinyNet().state_dict().items()}, str(path))
     err = load_err(path, factory=FACTORY)
-    assert "integer values for floating-point tensors (4)" in err.message
+    assert "integer values for floating-point tensors (5)" in err.message  # 4 parameters, 1 buffer
     assert "fc1.weight expected float32 got int32" in err.message
 
 

@@ -29,7 +29,9 @@ def writes_in_place(path: str | Path) -> bool:
     target = Path(path)
     if not target.exists():
         return False
-    return not target.is_file() or Path(os.path.abspath(target)).parts[1:2] in (("dev",), ("proc",))
+    if not target.is_file():
+        return True
+    return os.path.islink(target) and Path(os.path.abspath(target)).parts[1:2] in (("dev",), ("proc",))
 
 
 def temp_prefix(path: Path) -> str:
@@ -49,8 +51,8 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        os.chmod(tmp, mode)
         write(tmp)
+        os.chmod(tmp, mode)  # after writing: the writer may replace the file (safetensors does)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

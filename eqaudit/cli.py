@@ -71,9 +71,12 @@ def handles_errors(fn: F) -> F:
             fail("interrupted")
             raise typer.Exit(130) from None
         except SystemExit as exc:  # sys.exit() in the user's factory, model or transform code:
-            if debug:  # its code would pass (0) or fail the gate without an audit
-                raise
-            fail(f"the model's code called sys.exit({exc.code!r}) (run again with --debug for the traceback)")
+            if debug:  # its code would pass (0) or fail the gate without an audit: always exit 2
+                import traceback
+
+                traceback.print_exc()
+            fail(_escape(f"the model's code called sys.exit({exc.code!r})")
+                 + ("" if debug else " (run again with --debug for the traceback)"))
             raise typer.Exit(2) from None
         except Exception as exc:  # a bug, or an error we did not anticipate
             if debug:

@@ -19,8 +19,10 @@ def check_output(path: str | Path | None, flag: str) -> None:
         return
     target = Path(path)
     if target.is_dir():
-        example = {"--junit": "report.xml", "--markdown": "report.md", "--plot": "sweep.png"}.get(flag, "report.json")
-        raise EqauditError(f"'{path}' is a directory", key=flag, hint=f"give a file path, e.g. {example}")
+        example = {"--junit": "report.xml", "--markdown": "report.md", "--plot": "sweep.png", "--json": "report.json",
+                   "output.checkpoint": "tuned.safetensors"}.get(flag)
+        raise EqauditError(f"'{path}' is a directory", key=flag,
+                           hint="give a file path" + (f", e.g. {example}" if example else ""))
     if appends(target):
         return  # /dev/stdout, a pipe, the job summary: written (appended) in place, not replaced
     folder = target.parent

@@ -35,6 +35,7 @@ argument checks):
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
@@ -108,10 +109,10 @@ class EquivarianceError(nn.Module):
         ValueError: a malformed check (the message names ``transforms[i]``), an unknown or invalid
             ``dist`` (with a did-you-mean), bad ``shape``, ``n``, ``num_funcs`` or ``bounds``.
 
-    ``transforms``, ``dist``, ``bounds`` and ``shape`` are read on every call, as in the original:
-    reassigning one (``reg.transforms = [(f, f, eps, new_weight)]`` to anneal a weight) or
-    changing the list or a tuple in place takes effect on the next call; a reassignment is
-    validated at once (``ValueError``, the old value kept).
+    ``transforms``, ``dist``, ``bounds`` and ``shape`` take effect on the next call when reassigned
+    (``reg.transforms = [(f, f, eps, new_weight)]`` to anneal a weight), as in the original, and
+    are validated at once (``ValueError``, the old value kept). ``transforms`` is also read again
+    when its list or a tuple in it is changed in place; ``bounds`` is copied when assigned.
 
     Note: the model is called on ``x`` and on each ``f_in(x)`` separately, in whatever mode it is
     in; in training mode dropout draws differ between the calls (as in the original), so put such
@@ -144,6 +145,14 @@ class EquivarianceError(nn.Module):
     # -- the original's attributes, read on every call as the original does ---------------------
     # Reassigning one (``reg.dist = 1``, ``reg.transforms = [...]`` to anneal a weight) takes
     # effect on the next call and is validated at once; ``n`` and ``num_funcs`` are plain.
+    _LIVE = frozenset({"shape", "transforms", "dist", "bounds"})
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._LIVE:  # the property's setter, also for an nn.Module dist or a Parameter
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     @property
     def shape(self) -> tuple[int, ...]:
         return self._shape
@@ -182,7 +191,8 @@ class EquivarianceError(nn.Module):
     @bounds.setter
     def bounds(self, value: BoundsLike) -> None:
         self._bounds, self._unit_box = _parse_bounds(value, self.shape, self.n)
-        self._bounds_src = value
+        # a copy: what reads as ``reg.bounds`` is what the points are drawn in
+        self._bounds_src = value.detach().clone() if isinstance(value, torch.Tensor) else copy.deepcopy(value)
 
     @property
     def _checks(self) -> list[_Check]:

@@ -366,7 +366,7 @@ def _parse_check(
         raise src.error(f"{where}.name", f"expected a string, got {_kind(name)}")
     elif not str(name).strip():
         raise src.error(f"{where}.name", "the name is empty", "give the check a name, or remove the key")
-    elif any(unicodedata.category(ch) == "Cc" for ch in str(name)):
+    elif any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in str(name)):
         raise src.error(f"{where}.name", f"the name {str(name)!r} contains control characters (newlines, tabs, "
                         "escapes), which break the table and the JUnit and Markdown reports", "use printable text")
     mode = c.get("mode", "sample")

@@ -156,6 +156,15 @@ def test_an_undefined_distance_is_named_beside_the_model(pixel_reader):
         audit(Zeros(), _spec([{"input": "hflip", "distance": "cross_entropy"}], samples=64))
 
 
+def test_an_undefined_user_distance_is_named_beside_the_model(tmp_path):
+    (tmp_path / "logdist.py").write_text("import torch\n\ndef logdist(a, b):\n"
+                                         "    return (a.log() - b.log()).abs().flatten(1).sum(1)\n")
+    spec = spec_from_dict({"input": {"shape": [1, 2, 2]}, "samples": 64,
+                           "checks": [{"input": "hflip", "distance": "logdist.py:logdist"}]}, base_dir=tmp_path)
+    with pytest.raises(EqauditError, match="or distance 'logdist.py:logdist' is undefined"):
+        audit(lambda x: torch.zeros(x.shape[0], 3), spec)
+
+
 def test_relative_l2_by_hand():
     from eqaudit.distances import relative_l2
 

@@ -392,6 +392,36 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path, monkeypatch):
     assert new.stat().st_mode & 0o777 == 0o604 and new.read_text() == "{ }"
 
 
+def test_atomic_writes_replace_read_only_files_and_set_the_mode_of_any_writer(tmp_path, monkeypatch):
+    # the mode used to be set before writing: a 0444 file could not be replaced, and a writer
+    # that replaces the file itself (safetensors) left it 0600
+    import eqaudit.atomic as atomic
+
+    monkeypatch.setattr(atomic, "_UMASK", 0o022)
+    ro = tmp_path / "ro.json"
+    ro.write_text("old")
+    os.chmod(ro, 0o444)
+    atomic.write_text_atomic(ro, "new")
+    assert ro.read_text() == "new" and ro.stat().st_mode & 0o777 == 0o444
+    ckpt = tmp_path / "w.safetensors"
+    atomic.atomic_write(ckpt, lambda tmp: save_file({"w": torch.zeros(2)}, tmp))
+    assert ckpt.stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs /dev/shm")
+def test_regular_files_under_dev_are_replaced_not_appended(tmp_path):
+    from eqaudit.atomic import write_text_atomic, writes_in_place
+
+    path = Path("/dev/shm") / f"eqaudit-test-{os.getpid()}.json"
+    try:
+        write_text_atomic(path, "{}")
+        write_text_atomic(path, "{ }")
+        assert path.read_text() == "{ }" and not writes_in_place(path)
+    finally:
+        path.unlink(missing_ok=True)
+    assert writes_in_place("/dev/null") and writes_in_place("/dev/stdout")
+
+
 def test_dataset_callable_and_epochs(proj):
     (proj / "datasets.py").write_text(textwrap.dedent('''
         import torch

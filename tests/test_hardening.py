@@ -307,6 +307,7 @@ def test_line_breaks_in_keys_stay_on_one_line(folder):
         (("checks", 0, "name"), ""),
         (("checks", 0, "name"), "two\nlines"),
         (("checks", 0, "name"), "ansi\x1b[31mred"),
+        (("checks", 0, "name"), "line\u2028separator"),
     ],
 )
 def test_wrong_values_at_each_key_are_one_line_errors(folder, path, value):
@@ -358,6 +359,16 @@ def test_sys_exit_in_the_models_code_is_exit_2_not_its_code(folder, where):
     r = invoke("measure", "--spec", _write(folder, spec), "--json", folder / "r.json")
     assert r.exit_code == 2 and "called sys.exit(0)" in r.stderr
     assert not (folder / "r.json").exists()
+    r = invoke("measure", "--spec", _write(folder, spec), "--debug")  # the traceback, and still exit 2
+    assert r.exit_code == 2 and "called sys.exit(0)" in r.stderr
+
+
+def test_sys_exit_with_a_message_in_brackets_is_one_escaped_line(folder):
+    (folder / "quits.py").write_text("import sys\n\ndef factory():\n    sys.exit('bad config [/] see [bold]docs')\n")
+    spec = _mutate(BASE, ("model", "factory"), "replace", "quits.py:factory", "")
+    r = invoke("measure", "--spec", _write(folder, spec))
+    assert_clean_exit(r, allowed=(2,))
+    assert "sys.exit('bad config [/] see [bold]docs')" in r.stderr
 
 
 @pytest.mark.parametrize("seed", ["-1", str(2**40 + 1), str(2**64 + 5)])

@@ -488,6 +488,30 @@ def test_reassigned_attributes_take_effect_on_the_next_call() -> None:
     assert ((reg.sample_points(64) >= 5) & (reg.sample_points(64) < 6)).all()
 
 
+def test_module_distances_and_parameter_bounds_still_work() -> None:
+    # properties behind nn.Module.__setattr__: a Module dist was registered as a submodule and
+    # never parsed, a Parameter bound clashed with the property's name
+    model = linear_model()
+    x = torch.rand(8, 1, 4, 4)
+    want = EquivarianceError(model, (1, 4, 4), [(ident, rot90, 0.0, 1.0)], dist=1)(x)
+    reg = EquivarianceError(model, (1, 4, 4), [(ident, rot90, 0.0, 1.0)],
+                            dist=lambda a, b: (a - b).abs().sum(dim=1))
+    reg.dist = nn.L1Loss(reduction="none")  # per element: the mean differs from l1 by 1/5
+    assert torch.allclose(reg(x) * 5, want)
+    bounds = nn.Parameter(torch.tensor([2.0, 3.0]))
+    reg = EquivarianceError(model, (1, 4, 4), [(ident, rot90, 0.0, 1.0)], bounds=bounds, n=64)
+    points = reg.sample_points()
+    assert (points >= 2).all() and (points < 3).all()
+    assert set(dict(reg.named_parameters())) == {"model.1.weight", "model.1.bias"}  # bounds are not trained
+
+
+def test_bounds_are_copied_when_assigned() -> None:
+    b = [0, 1]
+    reg = EquivarianceError(linear_model(), (1, 4, 4), [(ident, rot90, 0.0, 1.0)], bounds=b, n=64)
+    b[0] = 5  # the caller's list changes; the regularizer's bounds, and its points, do not
+    assert reg.bounds == [0, 1] and (reg.sample_points() < 1).all()
+
+
 def test_transforms_are_parsed_again_only_when_they_change(monkeypatch) -> None:
     import eqaudit.regularizer as regularizer
 

@@ -148,13 +148,6 @@ def probe(model: Any, x: torch.Tensor) -> Probe | None:
     return Probe(*(max(1, math.ceil(b / n)) for b in (worst, _tensor_bytes(x), _tensor_bytes(y))))
 
 
-def layer_working_set(model: Any, x: torch.Tensor) -> int | None:
-    """The largest ``input + output`` bytes of one leaf module, per sample, for a forward of
-    ``x`` (a batch); None when ``model`` is not a module or the probe fails."""
-    p = probe(model, x)
-    return p.layer if p is not None else None
-
-
 def _tensor_bytes(obj: Any) -> int:
     if isinstance(obj, torch.Tensor):
         return obj.numel() * obj.element_size()

@@ -113,9 +113,13 @@ class Spec:
     base_dir: Path = field(default_factory=Path.cwd)
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
 
+    def _source(self) -> YamlSource:
+        """The spec's file and key lines, to locate errors."""
+        return YamlSource(None, self.file or "<spec>", dict(self.lines))
+
     def error(self, key: str | None, message: str, hint: str | None = None) -> EqauditError:
         """An :class:`EqauditError` located at ``key`` of this spec's file."""
-        return YamlSource(None, self.file or "<spec>", dict(self.lines)).error(key, message, hint)
+        return self._source().error(key, message, hint)
 
     def build_model(self, checkpoint: str | Path | None = None, *, trust_checkpoint: bool = False) -> Any:
         """The model of the ``model`` block (``checkpoint`` overrides ``model.checkpoint``). Errors
@@ -134,7 +138,7 @@ class Spec:
         except EqauditError as exc:
             from_spec = exc.file == self.file and (checkpoint is None or exc.key != "model.checkpoint")
             if from_spec and exc.key:
-                exc.located(line=YamlSource(None, self.file or "<spec>", dict(self.lines)).line_of(exc.key))
+                exc.located(line=self._source().line_of(exc.key))
             raise
 
     def check_index(self, name: str) -> int:

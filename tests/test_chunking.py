@@ -21,15 +21,15 @@ def _spec(shape, n=4096, checks=4):
     })
 
 
-def test_layer_working_set_is_the_largest_input_plus_output_per_sample():
+def test_probe_layer_is_the_largest_input_plus_output_per_sample():
     model = nn.Sequential(nn.Linear(8, 100), nn.ReLU(), nn.Linear(100, 3))
-    got = chunking.layer_working_set(model, torch.rand(64, 8))
+    got = chunking.probe(model, torch.rand(64, 8)).layer
     assert got == (100 + 100) * 4  # the ReLU: 100 in, 100 out, float32
 
 
-def test_layer_working_set_of_a_non_module_or_a_failing_model_is_none():
-    assert chunking.layer_working_set(lambda x: x, torch.rand(4, 3)) is None
-    assert chunking.layer_working_set(nn.Linear(5, 2), torch.rand(4, 3)) is None
+def test_probe_of_a_non_module_or_a_failing_model_is_none():
+    assert chunking.probe(lambda x: x, torch.rand(4, 3)) is None
+    assert chunking.probe(nn.Linear(5, 2), torch.rand(4, 3)) is None
 
 
 def test_cpu_chunk_keeps_one_fused_layer_within_the_working_set():
@@ -114,7 +114,7 @@ def _scripted(module: nn.Module) -> torch.jit.ScriptModule:
 def test_probe_of_a_scripted_model_falls_back_and_leaves_no_hooks():
     inner = nn.Sequential(nn.Linear(64, 32), nn.ReLU())
     model = nn.Sequential(inner, _scripted(nn.Linear(32, 32)))  # hooks refused on the last leaf
-    assert chunking.layer_working_set(model, torch.rand(64, 64)) is None
+    assert chunking.probe(model, torch.rand(64, 64)) is None
     assert not any(m._forward_hooks for m in inner.modules())
     report = audit(_scripted(nn.Linear(64, 3)), _spec([64], n=256))
     assert report.batch_size == 256

@@ -24,9 +24,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from eqaudit.checkpoint import load_model  # noqa: E402
+from eqaudit.io.checkpoint import load_model  # noqa: E402
 from eqaudit.finetune import Trainer, config_from_dict, load_data  # noqa: E402
-from eqaudit.yaml_source import load_yaml  # noqa: E402
+from eqaudit.io.yaml_source import load_yaml  # noqa: E402
 
 CONFIG = ROOT / "sample_configs" / "finetune_digits.yaml"
 

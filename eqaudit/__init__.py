@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "audit": "eqaudit.engine",
+    "audit": "eqaudit.audit.engine",
     "Report": "eqaudit.report",
     "CheckResult": "eqaudit.report",
     "load_spec": "eqaudit.spec",
     "Spec": "eqaudit.spec",
-    "load_model": "eqaudit.checkpoint",
+    "load_model": "eqaudit.io.checkpoint",
     "EquivarianceError": "eqaudit.regularizer",
     "EquivarianceRegularizer": "eqaudit.regularizer",
     "EqauditError": "eqaudit.errors",
@@ -35,8 +35,8 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .checkpoint import load_model
-    from .engine import audit
+    from .io.checkpoint import load_model
+    from .audit.engine import audit
     from .errors import EqauditError
     from .regularizer import EquivarianceError, EquivarianceRegularizer
     from .report import CheckResult, Report

@@ -1,5 +1,5 @@
 """``python -m eqaudit`` (also what ``torchrun -m eqaudit`` runs)."""
 
-from .cli import main
+from .cli.main import main
 
 main()

@@ -16,9 +16,9 @@ from typing import Any
 import transforms_zoo
 from transforms_zoo import Transform, TransformError
 
-from .distances import Distance, parse_distance
+from .audit.distances import Distance, parse_distance
 from .errors import EqauditError, did_you_mean
-from .yaml_source import YamlSource, join, load_yaml
+from .io.yaml_source import YamlSource, join, load_yaml
 
 SPEC_KEYS = ("model", "input", "distance", "samples", "num_funcs", "seed", "checks", "layers")
 MODEL_KEYS = ("factory", "kwargs", "checkpoint")
@@ -124,7 +124,7 @@ class Spec:
     def build_model(self, checkpoint: str | Path | None = None, *, trust_checkpoint: bool = False) -> Any:
         """The model of the ``model`` block (``checkpoint`` overrides ``model.checkpoint``). Errors
         at its ``model.*`` keys carry their line in the spec (not a given checkpoint's errors)."""
-        from .checkpoint import load_model
+        from .io.checkpoint import load_model
 
         try:
             return load_model(

@@ -1,4 +1,4 @@
-"""eqaudit.checkpoint: every supported format, every user mistake, and no code execution without trust."""
+"""eqaudit.io.checkpoint: every supported format, every user mistake, and no code execution without trust."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from eqaudit.checkpoint import ExportedModule, load_model, model_device, model_dtype
+from eqaudit.io.checkpoint import ExportedModule, load_model, model_device, model_dtype
 from eqaudit.errors import EqauditError
 
 SPEC = "spec.yaml"

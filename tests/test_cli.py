@@ -175,12 +175,12 @@ def _one_line_exit_2(r, *words):
 
 @pytest.mark.parametrize("flag", ["--json", "--junit", "--markdown"])
 def test_report_to_a_directory_is_exit_2_before_the_run(project, tmp_path, monkeypatch, flag):
-    import eqaudit.engine
+    import eqaudit.audit.engine
 
     def no_audit(*a, **k):
         raise AssertionError("the audit ran before the output path was checked")
 
-    monkeypatch.setattr(eqaudit.engine, "audit", no_audit)
+    monkeypatch.setattr(eqaudit.audit.engine, "audit", no_audit)
     _one_line_exit_2(run("measure", "--spec", _spec(project), flag, tmp_path), f"{flag}: '{tmp_path}' is a directory")
     _one_line_exit_2(run("measure", "--spec", _spec(project), flag, "/"), f"{flag}: '/' is a directory")
     through_file = _spec(project) / "r.out"
@@ -207,12 +207,12 @@ def test_report_to_a_full_device_is_exit_2(project):
 def test_a_failed_write_after_the_run_names_the_flag(project, tmp_path, monkeypatch):
     import errno
 
-    import eqaudit.outputs
+    import eqaudit.io.outputs
 
     def full(path, text):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(eqaudit.outputs, "write_text_atomic", full)
+    monkeypatch.setattr(eqaudit.io.outputs, "write_text_atomic", full)
     m = tmp_path / "r.md"
     _one_line_exit_2(run("measure", "--spec", _spec(project), "--markdown", m),
                      f"--markdown: cannot write '{m}': No space left on device")

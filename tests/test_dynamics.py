@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from eqaudit.dynamics import hessian_vector_product, random_directions, sharpness, top_hessian_eigenvalue
+from eqaudit.finetune.dynamics import hessian_vector_product, random_directions, sharpness, top_hessian_eigenvalue
 
 
 def _quadratic(n=6, seed=0, eigs=None):

@@ -6,9 +6,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from eqaudit.engine import audit
+from eqaudit.audit.engine import audit
 from eqaudit.errors import EqauditError
-from eqaudit.estimator import summarize_values
+from eqaudit.audit.estimator import summarize_values
 from eqaudit.spec import spec_from_dict
 from transforms_zoo import SampleRNG
 
@@ -91,7 +91,7 @@ def test_bounds_are_respected():
          "checks": [{"input": "identity"}]}
     )
     assert audit(MaxAbs(), spec).checks[0].mean == 0.0
-    from eqaudit.engine import PointSampler
+    from eqaudit.audit.engine import PointSampler
 
     x = PointSampler(spec, torch.device("cpu"), torch.float32).draw(SampleRNG.for_range(0, 0, 500))
     assert x[:, 2].min() >= 5 and x[:, 2].max() < 6 and x[:, 3].max() < -1
@@ -166,7 +166,7 @@ def test_an_undefined_user_distance_is_named_beside_the_model(tmp_path):
 
 
 def test_relative_l2_by_hand():
-    from eqaudit.distances import relative_l2
+    from eqaudit.audit.distances import relative_l2
 
     nan = float("nan")
     a = torch.tensor([[3.0, 4.0], [0.0, 0.0], [1.0, 0.0], [nan, 1.0], [1.0, 1.0]])
@@ -267,7 +267,7 @@ def test_a_numeric_top_level_distance_is_read_as_at_check_level(pixel_reader):
 @pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has mps")
 def test_a_device_this_build_lacks_is_named_at_device():
     # mps used to fail later, inside torch, with a message naming no option
-    from eqaudit.engine import resolve_device
+    from eqaudit.audit.engine import resolve_device
 
     with pytest.raises(EqauditError, match=r"device 'mps' requested but .* has no mps") as info:
         resolve_device("mps")

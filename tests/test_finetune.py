@@ -381,7 +381,7 @@ def test_atomic_write_leaves_old_file_and_no_temp_on_failure(tmp_path):
 
 def test_atomic_writes_get_the_usual_file_mode(tmp_path, monkeypatch):
     # mkstemp's temporary file is 0600: reports and checkpoints used to be readable by their owner only
-    import eqaudit.atomic as atomic
+    import eqaudit.io.atomic as atomic
 
     monkeypatch.setattr(atomic, "_UMASK", 0o027)
     new = tmp_path / "new.json"
@@ -395,7 +395,7 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path, monkeypatch):
 def test_atomic_writes_replace_read_only_files_and_set_the_mode_of_any_writer(tmp_path, monkeypatch):
     # the mode used to be set before writing: a 0444 file could not be replaced, and a writer
     # that replaces the file itself (safetensors) left it 0600
-    import eqaudit.atomic as atomic
+    import eqaudit.io.atomic as atomic
 
     monkeypatch.setattr(atomic, "_UMASK", 0o022)
     ro = tmp_path / "ro.json"
@@ -410,7 +410,7 @@ def test_atomic_writes_replace_read_only_files_and_set_the_mode_of_any_writer(tm
 
 @pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs /dev/shm")
 def test_regular_files_under_dev_are_replaced_not_appended(tmp_path):
-    from eqaudit.atomic import write_text_atomic, writes_in_place
+    from eqaudit.io.atomic import write_text_atomic, writes_in_place
 
     path = Path("/dev/shm") / f"eqaudit-test-{os.getpid()}.json"
     try:

@@ -6,9 +6,9 @@ from collections import Counter
 import pytest
 import torch
 
-import eqaudit.engine as engine
+import eqaudit.audit.engine as engine
 import transforms_zoo.random as zoo_random
-from eqaudit.engine import _rows_by_check, audit
+from eqaudit.audit.engine import _rows_by_check, audit
 from eqaudit.spec import spec_from_dict
 from transforms_zoo import SampleRNG
 

@@ -24,9 +24,9 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from eqaudit.cli import app
-from eqaudit.engine import audit
+from eqaudit.audit.engine import audit
 from eqaudit.errors import EqauditError
-from eqaudit.atomic import write_text_atomic
+from eqaudit.io.atomic import write_text_atomic
 from eqaudit.spec import spec_from_dict
 
 runner = CliRunner()

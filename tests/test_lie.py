@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from eqaudit.engine import PointSampler, audit, lie_derivative
+from eqaudit.audit.engine import PointSampler, audit, lie_derivative
 from eqaudit.errors import EqauditError
-from eqaudit.estimator import summarize_values
+from eqaudit.audit.estimator import summarize_values
 from eqaudit.spec import spec_from_dict
 from transforms_zoo import SampleRNG
 

@@ -142,7 +142,7 @@ def _with_alarm(seconds, fn):
 def test_billion_laughs_is_refused_quickly(project):
     import time
 
-    from eqaudit.yaml_source import parse_yaml
+    from eqaudit.io.yaml_source import parse_yaml
 
     text = "\n".join(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" if i else "a0: &a0 [x]"
                      for i in range(10))
@@ -207,7 +207,7 @@ def test_aliases_within_bounds_still_work_and_keep_lines(project):
     spec = load_spec(write_spec(project, shared))
     assert spec.checks[2].input.describe() == load_spec(write_spec(project, GOOD.replace(
         "degrees: [-15, 15]", "degrees: [0, 1]"))).checks[2].input.describe()
-    from eqaudit.yaml_source import parse_yaml
+    from eqaudit.io.yaml_source import parse_yaml
 
     src = parse_yaml("a: &x {b: [1, 2]}\nc: *x\nd: [*x, *x]\n")
     assert src.data == {"a": {"b": [1, 2]}, "c": {"b": [1, 2]}, "d": [{"b": [1, 2]}] * 2}
@@ -216,7 +216,7 @@ def test_aliases_within_bounds_still_work_and_keep_lines(project):
 
 def test_a_merged_key_may_be_set_again_as_in_yaml():
     # {<<: *d, a: 3} used to be refused as a duplicate key 'a'
-    from eqaudit.yaml_source import parse_yaml
+    from eqaudit.io.yaml_source import parse_yaml
 
     text = "d: &d {a: 1, b: 2}\ne: {<<: *d, a: 3}\nf: {<<: [*d, {a: 9, c: 1}], c: 5}\n"
     src = parse_yaml(text)

@@ -8,7 +8,7 @@ Each transform separates drawing its random parameters (``sample(rng)``) from ap
 >>> y = t(x)                      # or t.apply(x, t.sample(rng))
 """
 
-from .base import (
+from transforms_zoo.base import (
     CallableTransform,
     Compose,
     Param,
@@ -19,9 +19,9 @@ from .base import (
     names,
     register,
 )
-from .random import SampleRNG
-from . import image, noise, points, sequence  # noqa: F401  (registers the built-in transforms)
-from . import adapters  # noqa: F401  (e3nn irreps and escnn-style field actions; e3nn imported on use)
+from transforms_zoo.random import SampleRNG
+from transforms_zoo import image, noise, points, sequence  # noqa: F401  (registers the built-in transforms)
+from transforms_zoo import adapters  # noqa: F401  (e3nn irreps and escnn-style field actions; e3nn imported on use)
 
 __all__ = [
     "CallableTransform",

@@ -28,9 +28,9 @@ from typing import Any
 
 import torch
 
-from .base import Param, Transform, TransformError, int_or_range, integer, number, one_of, register
-from .points import Rotate3d
-from .random import SampleRNG
+from transforms_zoo.base import Param, Transform, TransformError, int_or_range, integer, number, one_of, register
+from transforms_zoo.points import Rotate3d
+from transforms_zoo.random import SampleRNG
 
 _E3NN_HINT = "install the optional dependency: pip install 'eqaudit[e3nn]' (or pip install e3nn)"
 
@@ -188,7 +188,7 @@ class IrrepsRotation(Transform):
 
     def inverse(self) -> Transform:
         """The rotation by ``R^T`` on both sides, with the same parameters."""
-        from .group import Inverted
+        from transforms_zoo.group import Inverted
 
         def undo(x: torch.Tensor, params: Any) -> torch.Tensor:
             if params is None:
@@ -297,7 +297,7 @@ class RegularC4(Transform):
         """``-k`` quarter turns (and the opposite channel shift), with the same parameters."""
         if not self.is_random:
             return RegularC4(k=-self.k[0], roll=self.roll, layout=self.layout)
-        from .group import Inverted
+        from transforms_zoo.group import Inverted
 
         return Inverted(self, lambda x, params: self.apply(x, None if params is None else -params))
 
@@ -387,7 +387,7 @@ class Field(Transform):
 
     def inverse(self) -> Transform:
         """The inverse group element: the channel action undone, then the spatial move undone."""
-        from .group import Inverted
+        from transforms_zoo.group import Inverted
 
         if self.perm is not None:
             inv_perm = [0] * len(self.perm)

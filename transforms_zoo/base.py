@@ -18,8 +18,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from ._resolve import ReferenceError_, is_reference, resolve_reference
-from .random import SampleRNG
+from transforms_zoo._resolve import ReferenceError_, is_reference, resolve_reference
+from transforms_zoo.random import SampleRNG
 
 
 class TransformError(ValueError):

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .base import Compose, Transform
+from transforms_zoo.base import Compose, Transform
 
 
 class Inverted(Transform):
@@ -123,7 +123,7 @@ class GroupTransform(Transform):
 
     def apply(self, x: torch.Tensor, params: Any) -> torch.Tensor:
         if params is None:
-            from .base import TransformError
+            from transforms_zoo.base import TransformError
 
             raise TransformError(f"group {self.label} is random: pass the element indices drawn by sample()")
         idx = params.to(x.device)
@@ -140,7 +140,7 @@ class GroupTransform(Transform):
 
 def _rotation(k: int, n: int) -> Transform:
     """The k-th rotation of C_n: rot90 when exact, else a bilinear rotate."""
-    from . import image
+    from transforms_zoo import image
 
     if k % n == 0:
         return image.Identity()
@@ -154,7 +154,7 @@ def finite_group(value: Any) -> GroupTransform:
     import itertools
     import re
 
-    from . import image, sequence
+    from transforms_zoo import image, sequence
 
     if isinstance(value, dict):
         if len(value) != 1 or "permutations" not in value:
@@ -182,7 +182,7 @@ def finite_group(value: Any) -> GroupTransform:
     exact = 4 % n == 0
     if kind == "C":
         return GroupTransform(value, tuple(rots), exact)
-    from .base import Compose
+    from transforms_zoo.base import Compose
 
     flips = [image.HFlip() if isinstance(r, image.Identity) else Compose([image.HFlip(), r]) for r in rots]
     return GroupTransform(value, tuple(rots + flips), exact)
@@ -191,7 +191,7 @@ def finite_group(value: Any) -> GroupTransform:
 def _symmetric(k: int, dim: int) -> GroupTransform:
     import itertools
 
-    from . import image, sequence
+    from transforms_zoo import image, sequence
 
     if not 1 <= k <= 6:
         raise ValueError(f"permutations of k={k}: k must lie in 1..6 (k! elements are evaluated)")
@@ -253,7 +253,7 @@ def _sample_input(cls: type, approximate: bool) -> tuple[torch.Tensor, torch.Ten
 
 
 def _build(name: str, kwargs: Any) -> Transform:
-    from .base import build
+    from transforms_zoo.base import build
 
     if kwargs == "identity":
         return build("identity")
@@ -266,8 +266,8 @@ def verify_transform(name: str) -> list[tuple[str, float | None, str]]:
     inverse undoes a fixed and a random draw). Returns (law, max error, status) rows, status one
     of ``ok``, ``FAIL``, ``skipped``. Interpolating transforms are compared on smooth images,
     in the central disk, with a loose tolerance."""
-    from .base import get
-    from .random import SampleRNG
+    from transforms_zoo.base import get
+    from transforms_zoo.random import SampleRNG
 
     cls = get(name)
     approximate = bool(getattr(cls, "approximate", False))

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .base import (
+from transforms_zoo.base import (
     Param,
     Transform,
     TransformError,
@@ -19,7 +19,7 @@ from .base import (
     one_of,
     register,
 )
-from .random import SampleRNG
+from transforms_zoo.random import SampleRNG
 
 
 def _need_2d(x: torch.Tensor, name: str) -> None:
@@ -200,7 +200,7 @@ class Shift(Transform):
         return y.reshape(x.shape)
 
     def inverse(self) -> Transform:
-        from .group import Inverted
+        from transforms_zoo.group import Inverted
 
         def undo(x: torch.Tensor, params: Any) -> torch.Tensor:
             if params is None:
@@ -382,7 +382,7 @@ class Rotate(Transform):
         return _warp(x, _rotation_theta(angles, x.shape[-2], x.shape[-1]), self.padding, self.name)
 
     def inverse(self) -> Transform:
-        from .group import Inverted
+        from transforms_zoo.group import Inverted
 
         def undo(x: torch.Tensor, params: Any) -> torch.Tensor:
             if params is None:
@@ -459,7 +459,7 @@ class Scale(Transform):
         return _warp(x, theta, self.padding, self.name)
 
     def inverse(self) -> Transform:
-        from .group import Inverted
+        from transforms_zoo.group import Inverted
 
         def undo(x: torch.Tensor, params: Any) -> torch.Tensor:
             if params is None:

@@ -6,9 +6,9 @@ from typing import Any
 
 import torch
 
-from .base import Param, Transform, TransformError, number_or_range, positive, register
-from .random import SampleRNG
-from .sequence import Keys, draw_keys, keyed_rng
+from transforms_zoo.base import Param, Transform, TransformError, number_or_range, positive, register
+from transforms_zoo.random import SampleRNG
+from transforms_zoo.sequence import Keys, draw_keys, keyed_rng
 
 
 def _need_batch(x: torch.Tensor, name: str) -> None:

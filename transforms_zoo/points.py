@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from .base import Param, Transform, TransformError, number, number_or_range, positive, register
-from .random import SampleRNG
+from transforms_zoo.base import Param, Transform, TransformError, number, number_or_range, positive, register
+from transforms_zoo.random import SampleRNG
 
 
 def _axis(v: Any) -> tuple[float, float, float]:
@@ -133,7 +133,7 @@ class Rotate3d(Transform):
 
     def inverse(self) -> Transform:
         """R^T, with the same parameters."""
-        from .group import Inverted
+        from transforms_zoo.group import Inverted
 
         def undo(x: torch.Tensor, params: Any) -> torch.Tensor:
             if params is None:

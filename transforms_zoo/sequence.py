@@ -15,8 +15,8 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .base import Param, Transform, TransformError, int_or_range, integer, register
-from .random import SampleRNG, stream_id
+from transforms_zoo.base import Param, Transform, TransformError, int_or_range, integer, register
+from transforms_zoo.random import SampleRNG, stream_id
 
 
 # -- shared helpers -----------------------------------------------------------------------------
@@ -125,7 +125,7 @@ class Permute(Transform):
             for i, p in enumerate(self.perm):
                 inv[p] = i
             return Permute(dim=self.dim, perm=inv)
-        from .group import Inverted
+        from transforms_zoo.group import Inverted
 
         def undo(x: torch.Tensor, params: Any) -> torch.Tensor:
             d = sample_dim(x, self.dim, self.name)
@@ -182,7 +182,7 @@ class Roll(Transform):
         return take_along(x, d, torch.where(idx < 0, idx + k, idx))
 
     def inverse(self) -> Transform:
-        from .group import Inverted
+        from transforms_zoo.group import Inverted
 
         def undo(x: torch.Tensor, params: Any) -> torch.Tensor:
             if params is None:

@@ -15,8 +15,8 @@ from typing import Annotated, Any, Optional, TypeVar
 import typer
 from rich.console import Console
 
-from .errors import EqauditError
-from .outputs import check_output, output_error, write_output
+from ..errors import EqauditError
+from ..io.outputs import check_output, output_error, write_output
 
 app = typer.Typer(
     name="eqaudit",
@@ -47,7 +47,7 @@ TrustOpt = Annotated[
 
 def fail(message: str) -> None:
     """Print one error line on stderr."""
-    from .errors import one_line
+    from ..errors import one_line
 
     err.print(f"[bold red]eqaudit: error:[/] {one_line(message)}", highlight=False, markup=True, soft_wrap=True)
 
@@ -81,7 +81,7 @@ def handles_errors(fn: F) -> F:
         except Exception as exc:  # a bug, or an error we did not anticipate
             if debug:
                 raise
-            from .errors import first_line
+            from ..errors import first_line
 
             fail(_escape(first_line(exc)) + " (run again with --debug for the traceback)")
             raise typer.Exit(2) from None
@@ -139,7 +139,7 @@ def measure(
     Under torchrun (python -m torch.distributed.run --nproc-per-node N -m eqaudit measure ...)
     the samples are split across processes and rank 0 writes the reports.
     """
-    from .engine import audit
+    from ..audit.engine import audit
 
     if gate not in ("mean", "upper"):
         raise EqauditError(f"unknown gate '{gate}'", key="--gate", hint="use mean or upper")
@@ -172,7 +172,7 @@ def measure(
             max_samples=max_samples,
         ),
     )
-    from .distributed import current_world
+    from ..audit.distributed import current_world
 
     if not current_world().is_main:  # every rank holds the same report; one writes it
         raise typer.Exit(report.exit_code)
@@ -204,9 +204,9 @@ def measure(
 
 def _load_spec_file(path: Path) -> Any:
     """A spec, or the spec part of a fine-tune config (its training keys validated too)."""
-    from .finetune import FINETUNE_KEYS, parse_config
-    from .spec import parse_spec
-    from .yaml_source import load_yaml
+    from ..finetune import FINETUNE_KEYS, parse_config
+    from ..spec import parse_spec
+    from ..io.yaml_source import load_yaml
 
     src = load_yaml(path)
     base = Path(path).resolve().parent
@@ -337,7 +337,7 @@ def sweep(
     """Evaluate one check over a range of one transform parameter (error versus angle, shift...)."""
     import json
 
-    from .sweep import parse_values, plot_sweep, run_sweep
+    from ..audit.sweep import parse_values, plot_sweep, run_sweep
 
     the_spec = _load_spec_file(spec)
     vals = parse_values(values)
@@ -370,7 +370,7 @@ def sweep(
                               f"device {result.report.device} · distance {result.distance}")
         for col in (param, "mean", f"{conf * 100:g}% CI", "std"):
             table.add_column(col, justify="right", no_wrap=True)
-        from .report import _g
+        from ..report import _g
 
         for p in result.points:
             table.add_row(str(p.value), _g(p.mean), f"[{_g(p.ci_low)}, {_g(p.ci_high)}]", _g(p.std))
@@ -378,7 +378,7 @@ def sweep(
 
 
 # -- finetune (its options live beside the training loop) --------------------------------------
-from .finetune_cli import finetune_command  # noqa: E402  (no torch at import time)
+from .finetune import finetune_command  # noqa: E402  (no torch at import time)
 
 app.command("finetune")(handles_errors(finetune_command))
 

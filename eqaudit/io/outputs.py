@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from .atomic import appends, temp_prefix, write_text_atomic
-from .errors import EqauditError
+from ..errors import EqauditError
 
 
 def check_output(path: str | Path | None, flag: str) -> None:

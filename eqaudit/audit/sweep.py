@@ -13,10 +13,10 @@ from typing import Any
 
 from transforms_zoo import Compose, TransformError
 
-from .atomic import writes_in_place
-from .errors import EqauditError, did_you_mean
-from .report import Report
-from .spec import Spec
+from ..io.atomic import writes_in_place
+from ..errors import EqauditError, did_you_mean
+from ..report import Report
+from ..spec import Spec
 
 MAX_VALUES = 2000
 
@@ -171,7 +171,7 @@ def plot_sweep(sweep: Sweep, path: str) -> None:
     except ImportError:
         raise EqauditError("--plot needs matplotlib", key="--plot",
                            hint="pip install 'eqaudit[plot]' (or matplotlib)") from None
-    from .atomic import atomic_write
+    from ..io.atomic import atomic_write
 
     xs = [float(p.value) for p in sweep.points]
     fig, ax = plt.subplots(figsize=(7, 4))

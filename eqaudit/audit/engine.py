@@ -3,7 +3,7 @@
 For each chunk of sample indices: draw the points, compute ``y = model(x)`` once for all checks;
 for each check draw its parameters once per sample, compare ``f_out(y)`` with
 ``model(f_in(x))`` and fold the per-sample distances into the block statistics
-(:mod:`eqaudit.estimator`). Sample ``i``'s points and parameters depend only on ``(seed, i)``.
+(:mod:`eqaudit.audit.estimator`). Sample ``i``'s points and parameters depend only on ``(seed, i)``.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from transforms_zoo import SampleRNG, TransformError
 
 from .chunking import Probe, auto_batch_size, bounded_chunk, forward_rows, probe, round_up
 from .distances import Distance
-from .errors import EqauditError, first_line
+from ..errors import EqauditError, first_line
 from .distributed import World, current_world, reduce_stats
 from .estimator import BLOCK, BlockStats
-from .report import GATES, CheckResult, Report
-from .spec import MAX_SAMPLES, InputSpec, Spec, check_seed, load_spec
+from ..report import GATES, CheckResult, Report
+from ..spec import MAX_SAMPLES, InputSpec, Spec, check_seed, load_spec
 
 Progress = Callable[[int, int], None]
 
@@ -142,7 +142,7 @@ def _load_data(spec: Spec) -> torch.Tensor:
         with safe_open(str(ref.path), framework="pt") as fh:
             keys = list(fh.keys())
             if ref.key not in keys:
-                from .errors import did_you_mean
+                from ..errors import did_you_mean
 
                 raise spec.error(
                     "input.data",

@@ -19,8 +19,8 @@ import torch
 from transforms_zoo import Compose
 
 from .distances import relative_l2
-from .errors import did_you_mean
-from .spec import Spec
+from ..errors import did_you_mean
+from ..spec import Spec
 
 #: Transforms whose action on a feature map of any size is the same as on the input.
 ANY_SIZE = frozenset({"identity", "rot90", "hflip", "vflip", "transpose"})

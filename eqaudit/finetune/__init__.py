@@ -85,10 +85,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write, temp_prefix
-from .errors import EqauditError, did_you_mean
-from .spec import Spec, _check_keys, check_seed, _float, _int, _kind, _mapping, _resolve_path, parse_spec
-from .yaml_source import YamlSource, load_yaml
+from ..io.atomic import atomic_write, temp_prefix
+from ..errors import EqauditError, did_you_mean
+from ..spec import Spec, _check_keys, check_seed, _float, _int, _kind, _mapping, _resolve_path, parse_spec
+from ..io.yaml_source import YamlSource, load_yaml
 
 FINETUNE_KEYS = (
     "data",
@@ -719,8 +719,8 @@ class Trainer:
                  *, total_steps: int | None = None, world: Any = None) -> None:
         import torch
 
-        from .checkpoint import model_dtype
-        from .engine import PointSampler
+        from ..io.checkpoint import model_dtype
+        from ..audit.engine import PointSampler
 
         self.cfg = cfg
         self.spec = cfg.spec
@@ -735,7 +735,7 @@ class Trainer:
         self.loss_fn = make_task_loss(cfg)
         n = len(train)
         self.batch_size = min(cfg.batch_size, n)
-        from .distributed import World
+        from ..audit.distributed import World
 
         self.world = world if world is not None else World()
         if self.world.size > 1 and self.batch_size % self.world.size:
@@ -1086,7 +1086,7 @@ class FinetuneResult:
 
 def report_from_dict(d: Mapping[str, Any]) -> Any:
     """Rebuild a :class:`Report` from :meth:`Report.to_dict` (a resumed run's first audit)."""
-    from .report import CheckResult, Report
+    from ..report import CheckResult, Report
 
     names = {f.name for f in dataclasses.fields(CheckResult)}
     checks = []
@@ -1109,7 +1109,7 @@ def _emit(callback: Callback | None, event: str, **data: Any) -> None:
 
 def check_outputs(cfg: FinetuneConfig, *, resume: bool, force: bool) -> None:
     """Refuse to overwrite an earlier run's outputs (or its resumable state) without ``force``."""
-    from .outputs import check_output
+    from ..io.outputs import check_output
 
     o = cfg.output
     for p, key in ((o.checkpoint, "output.checkpoint"), (o.report, "output.report"), (o.state, "output.state")):
@@ -1176,8 +1176,8 @@ def _run(cfg: FinetuneConfig, dyn: DynamicsConfig, *, resume: bool, force: bool,
          t0: float) -> FinetuneResult:
     import torch
 
-    from .distributed import current_world
-    from .engine import audit, resolve_device
+    from ..audit.distributed import current_world
+    from ..audit.engine import audit, resolve_device
 
     spec = cfg.spec
     out = cfg.output
@@ -1358,7 +1358,7 @@ def _finite(obj: Any) -> Any:
 def _report(cfg: FinetuneConfig, dyn: DynamicsConfig, before: Any, after: Any, mb: dict, ma: dict,
             curve: list, dyn_result: Any, total: int, trainer: Trainer, resumed_from: int | None, dev: Any,
             elapsed: float, train_elapsed: float) -> dict[str, Any]:
-    from . import __version__
+    from .. import __version__
 
     o, r, spec = cfg.optimizer, cfg.regularizer, cfg.spec
     optim: dict[str, Any] = {"name": o.name, "lr": o.lr, "weight_decay": o.weight_decay}

@@ -15,8 +15,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .errors import EqauditError
-from .outputs import check_output, write_output
+from ..errors import EqauditError
+from ..io.outputs import check_output, write_output
 
 
 def finetune_command(
@@ -50,8 +50,8 @@ def finetune_command(
 
     Exit code: the final audit's gate (0 / 1); 2 when it could not run; 130 when interrupted (continue with --resume).
     """
-    from .cli import err, out
-    from .finetune import FinetuneInterrupted, load_config, run_finetune
+    from .main import err, out
+    from ..finetune import FinetuneInterrupted, load_config, run_finetune
 
     if resume and force:
         raise EqauditError("--resume and --force exclude each other", key="--force",
@@ -59,7 +59,7 @@ def finetune_command(
     cfg = load_config(config)
     json_to_stdout = json_path == "-"
     check_output(None if json_to_stdout else json_path, "--json")  # before the run, which may be long
-    from .distributed import launched_by_torchrun
+    from ..audit.distributed import launched_by_torchrun
 
     if launched_by_torchrun() and os.environ.get("RANK", "0") != "0":
         quiet, json_path, json_to_stdout = True, None, False  # rank 0 speaks for the run

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from .errors import EqauditError
+from ..errors import EqauditError
 
 
 @dataclass

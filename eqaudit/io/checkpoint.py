@@ -39,7 +39,7 @@ from torch import nn
 
 from transforms_zoo._resolve import ReferenceError_, resolve_reference
 
-from .errors import EqauditError
+from ..errors import EqauditError
 
 __all__ = ["ExportedModule", "load_model", "model_device", "model_dtype"]
 

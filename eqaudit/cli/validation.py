@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from transforms_zoo._resolve import ReferenceError_, resolve_reference
 
-from .errors import did_you_mean
-from .spec import Spec
+from ..errors import did_you_mean
+from ..spec import Spec
 
 
 def check_files(spec: Spec) -> None:

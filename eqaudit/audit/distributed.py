@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import EqauditError
+from ..errors import EqauditError
 from .estimator import BlockStats
 
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from transforms_zoo._resolve import ReferenceError_, is_reference, resolve_reference
 
-from .errors import EqauditError, did_you_mean
+from ..errors import EqauditError, did_you_mean
 
 PerRow = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

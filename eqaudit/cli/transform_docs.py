@@ -8,7 +8,7 @@ from typing import Any
 import transforms_zoo
 from transforms_zoo.base import Param, _fmt
 
-from .errors import EqauditError, did_you_mean
+from ..errors import EqauditError, did_you_mean
 
 
 def _param_text(p: Param) -> str:

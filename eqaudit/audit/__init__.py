@@ -1,0 +1,1 @@
+"""The audit: sample points, evaluate checks, run the chunk loop, gather statistics."""

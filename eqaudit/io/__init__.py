@@ -1,0 +1,1 @@
+"""Reading and writing files safely: checkpoints, YAML, tensors, atomic outputs."""

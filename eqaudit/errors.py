@@ -81,3 +81,12 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     if len(choices) <= 12:
         return "expected one of: " + ", ".join(choices)
     return None
+
+
+class ArgumentError(EqauditError):
+    """A bad argument of a library call (``audit(samples=0)``): ``argument`` is the Python
+    parameter's name, which the library reports; the CLI names its own option instead."""
+
+    def __init__(self, argument: str, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message, key=argument, hint=hint)
+        self.argument = argument

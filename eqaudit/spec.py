@@ -15,6 +15,7 @@ from typing import Any
 
 import transforms_zoo
 from transforms_zoo import Transform, TransformError
+from transforms_zoo._resolve import is_reference, reference_file
 
 from .audit.distances import Distance, parse_distance
 from .errors import EqauditError, did_you_mean
@@ -112,6 +113,33 @@ class Spec:
     file: str | None = None
     base_dir: Path = field(default_factory=Path.cwd)
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
+    #: User code named by the spec: key (``checks[0].input``, ``distance``) -> ``module:attr`` text.
+    code_refs: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def input_files(self) -> dict[str, Path]:
+        """Every file an audit of this spec reads, by the key that names it, as resolved paths.
+
+        Keys: ``spec`` (the spec file, when there is one), ``model.checkpoint``, ``input.data``,
+        ``model.factory`` and the user-code references (``distance``, ``checks[i].distance``,
+        ``checks[i].input`` / ``.output`` / ``.both``, ``checks[i].input[j]`` inside a list) whose
+        code is a file (``file.py:attr``, or ``module:attr`` found beside the spec or on
+        ``sys.path``). Outputs compare against these so that no output overwrites an input.
+        """
+        files: dict[str, Path] = {}
+        if self.file and Path(self.file).is_file():
+            files["spec"] = Path(self.file)
+        if self.model.checkpoint is not None:
+            files["model.checkpoint"] = self.model.checkpoint
+        if self.input.data is not None:
+            files["input.data"] = self.input.data.path
+        refs = dict(self.code_refs)
+        if isinstance(self.model.factory, str):
+            refs["model.factory"] = self.model.factory
+        for key, ref in refs.items():
+            path = reference_file(ref, self.base_dir)
+            if path is not None:
+                files[key] = path
+        return {key: path.resolve() for key, path in files.items()}
 
     def _source(self) -> YamlSource:
         """The spec's file and key lines, to locate errors."""
@@ -123,18 +151,27 @@ class Spec:
 
     def build_model(self, checkpoint: str | Path | None = None, *, trust_checkpoint: bool = False) -> Any:
         """The model of the ``model`` block (``checkpoint`` overrides ``model.checkpoint``). Errors
-        at its ``model.*`` keys carry their line in the spec (not a given checkpoint's errors)."""
+        at its ``model.*`` keys carry their line in the spec (not a given checkpoint's errors).
+
+        The factory runs under ``torch.manual_seed(self.seed)`` in a forked RNG, so a model built
+        without a checkpoint starts from the same weights on every run and entry point (measure,
+        sweep, ``audit()``, ``assert_equivariant``, finetune), and the caller's RNG is untouched."""
+        import torch
+
         from .io.checkpoint import load_model
 
+        cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
         try:
-            return load_model(
-                Path(checkpoint) if checkpoint is not None else self.model.checkpoint,
-                factory=self.model.factory,
-                kwargs=dict(self.model.kwargs),
-                base_dir=self.base_dir,
-                trust_checkpoint=trust_checkpoint,
-                source=self.file,
-            )
+            with torch.random.fork_rng(devices=cuda):
+                torch.manual_seed(self.seed)
+                return load_model(
+                    Path(checkpoint) if checkpoint is not None else self.model.checkpoint,
+                    factory=self.model.factory,
+                    kwargs=dict(self.model.kwargs),
+                    base_dir=self.base_dir,
+                    trust_checkpoint=trust_checkpoint,
+                    source=self.file,
+                )
         except EqauditError as exc:
             from_spec = exc.file == self.file and (checkpoint is None or exc.key != "model.checkpoint")
             if from_spec and exc.key:
@@ -447,7 +484,33 @@ def parse_spec(
             num_funcs = None
     layers = _parse_layers(src, d.get("layers"))
     return Spec(model, inp, tuple(checks), str(distance), samples, num_funcs, seed, layers=layers, file=src.file,
-                base_dir=base, lines=src.lines)
+                base_dir=base, lines=src.lines, code_refs=_code_references(raw_checks, distance))
+
+
+def _code_references(raw_checks: list, distance: Any) -> dict[str, str]:
+    """The ``module:attr`` references of a validated spec's checks and distance, by key."""
+    refs: dict[str, str] = {}
+    if _is_code(distance, as_distance=True):
+        refs["distance"] = distance
+    for i, check in enumerate(raw_checks):
+        for side in ("input", "output", "both", "distance"):
+            if side in check:
+                refs.update(_references_in(check[side], f"checks[{i}].{side}", side == "distance"))
+    return refs
+
+
+def _references_in(value: Any, key: str, as_distance: bool) -> dict[str, str]:
+    if isinstance(value, list):
+        found: dict[str, str] = {}
+        for j, item in enumerate(value):
+            found.update(_references_in(item, join(key, j), as_distance))
+        return found
+    return {key: value} if _is_code(value, as_distance=as_distance) else {}
+
+
+def _is_code(value: Any, *, as_distance: bool) -> bool:
+    """Whether a spec value names user code (``lp:P`` is a distance, not code)."""
+    return is_reference(value) and not (as_distance and value.startswith("lp:"))
 
 
 def _parse_layers(src: YamlSource, raw: Any) -> tuple[str, ...] | str | None:

@@ -74,3 +74,39 @@ def resolve_reference(ref: str, base_dir: str | Path | None = None) -> Any:
             raise ReferenceError_(f"'{target}' has no attribute '{attr}'")
         obj = getattr(obj, part)
     return obj
+
+
+def reference_file(ref: str, base_dir: str | Path | None = None) -> Path | None:
+    """The source file that ``ref`` (``file.py:attr`` or ``module:attr``) is read from, or None
+    when it names no file (a built-in or namespace module, or one that cannot be found).
+
+    Resolves like :func:`resolve_reference` (relative paths and module names against
+    ``base_dir``) without running the module when it is not imported yet.
+    """
+    if not is_reference(ref):
+        return None
+    target = ref.rpartition(":")[0]
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    if target.endswith(".py"):
+        path = Path(target).expanduser()
+        path = path if path.is_absolute() else base / path
+        return path if path.is_file() else None
+    module = sys.modules.get(target)
+    origin = getattr(getattr(module, "__spec__", None), "origin", None) if module is not None else None
+    if origin is None:
+        added = str(base) not in sys.path
+        if added:
+            sys.path.insert(0, str(base))
+        try:
+            found = importlib.util.find_spec(target)
+        except Exception:  # a parent package that fails to import, a malformed name
+            found = None
+        finally:
+            if added:
+                try:
+                    sys.path.remove(str(base))
+                except ValueError:
+                    pass
+        origin = found.origin if found is not None else None
+    path = Path(origin) if origin else None
+    return path if path is not None and path.is_file() else None

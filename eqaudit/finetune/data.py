@@ -1,0 +1,136 @@
+"""Training and validation examples: tensors read from a safetensors file, or a dataset callable,
+served in batches of rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import EqauditError, did_you_mean
+from .config import FinetuneConfig
+
+
+class TensorData:
+    """Training or validation examples as two tensors with the same number of rows."""
+
+    def __init__(self, inputs: Any, targets: Any, label: str = "data") -> None:
+        self.inputs = inputs
+        self.targets = targets
+        self.label = label
+
+    def __len__(self) -> int:
+        return int(self.inputs.shape[0])
+
+    def batch(self, rows: Any) -> tuple[Any, Any]:
+        """The inputs and targets of ``rows`` (a tensor of row indices)."""
+        return self.inputs[rows], self.targets[rows]
+
+
+class DatasetData:
+    """A map-style torch Dataset of ``(input, target)`` pairs, collated per batch."""
+
+    def __init__(self, dataset: Any, label: str = "data") -> None:
+        self.dataset = dataset
+        self.label = label
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def batch(self, rows: Any) -> tuple[Any, Any]:
+        """The collated inputs and targets of ``rows`` (a tensor of row indices)."""
+        from torch.utils.data import default_collate
+
+        items = [self.dataset[i] for i in rows.tolist()]
+        batch = default_collate(items)
+        if not isinstance(batch, (list, tuple)) or len(batch) != 2:
+            raise EqauditError(f"{self.label}: dataset items must be (input, target) pairs")
+        return batch[0], batch[1]
+
+
+Examples = TensorData | DatasetData
+
+
+def move_batch(tensor: Any, device: Any, dtype: Any) -> Any:
+    """``tensor`` on ``device``; floating-point tensors in ``dtype`` (the model's), others as they are."""
+    return tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
+
+
+def sample_shape(data: Examples) -> tuple[int, ...]:
+    """The shape of one input example (the first row's)."""
+    import torch
+
+    return tuple(data.batch(torch.arange(1))[0].shape[1:])
+
+
+def _read_tensor(cfg: FinetuneConfig, path: Path, name: str, key: str) -> Any:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            names = list(fh.keys())
+            if name not in names:
+                raise cfg.error(key, f"no tensor '{name}' in {path.name}",
+                                did_you_mean(name, names) or ("keys: " + ", ".join(names[:10])))
+            return fh.get_tensor(name)
+    except (SafetensorError, OSError) as exc:
+        raise cfg.error("data.path", f"cannot read '{path}' as safetensors: {exc}") from None
+
+
+def load_data(cfg: FinetuneConfig) -> tuple[Examples, Examples | None]:
+    """The training data and the validation data (None when the config gives none)."""
+    data = cfg.data
+    if data.path is None:
+        assert data.dataset is not None
+        train = _from_callable(cfg, data.dataset, "data.dataset", "training")
+        val = _from_callable(cfg, data.val_dataset, "data.val_dataset", "validation") if data.val_dataset else None
+        return train, val
+    inputs = _read_tensor(cfg, data.path, data.inputs, "data.inputs")
+    targets = _read_tensor(cfg, data.path, data.targets, "data.targets")
+    train = _tensor_pair(cfg, inputs, targets, "data.inputs", "data.targets", "training")
+    if data.val_inputs is None or data.val_targets is None:
+        return train, None
+    val_file = data.val_path or data.path
+    val_inputs = _read_tensor(cfg, val_file, data.val_inputs, "data.val_inputs")
+    val_targets = _read_tensor(cfg, val_file, data.val_targets, "data.val_targets")
+    val = _tensor_pair(cfg, val_inputs, val_targets, "data.val_inputs", "data.val_targets", "validation")
+    if tuple(val_inputs.shape[1:]) != tuple(inputs.shape[1:]):
+        raise cfg.error("data.val_inputs", f"validation samples have shape {list(val_inputs.shape[1:])}, "
+                        f"training samples {list(inputs.shape[1:])}")
+    return train, val
+
+
+def _from_callable(cfg: FinetuneConfig, ref: str, key: str, label: str) -> Examples:
+    """The examples that the ``module:callable`` ``ref`` returns (called with ``data.kwargs``)."""
+    import torch
+    from transforms_zoo._resolve import ReferenceError_, resolve_reference
+
+    try:
+        fn = resolve_reference(ref, cfg.base_dir)
+    except ReferenceError_ as exc:
+        raise cfg.error(key, str(exc)) from None
+    try:
+        obj = fn(**dict(cfg.data.kwargs)) if callable(fn) else fn
+    except Exception as exc:
+        raise cfg.error(key, f"calling {ref} failed: {type(exc).__name__}: {exc}") from None
+    if isinstance(obj, tuple) and len(obj) == 2 and all(isinstance(t, torch.Tensor) for t in obj):
+        return _tensor_pair(cfg, obj[0], obj[1], key, key, label)
+    if isinstance(obj, torch.utils.data.TensorDataset) and len(obj.tensors) == 2:
+        return _tensor_pair(cfg, obj.tensors[0], obj.tensors[1], key, key, label)
+    if not (hasattr(obj, "__getitem__") and hasattr(obj, "__len__")):
+        raise cfg.error(key, f"{ref} returned {type(obj).__name__}, expected a map-style Dataset of "
+                        "(input, target) pairs or an (inputs, targets) tuple of tensors")
+    if len(obj) == 0:
+        raise cfg.error(key, f"the {label} dataset is empty")
+    return DatasetData(obj, label)
+
+
+def _tensor_pair(cfg: FinetuneConfig, inputs: Any, targets: Any, inputs_key: str, targets_key: str,
+                 label: str) -> TensorData:
+    if inputs.dim() < 1 or inputs.shape[0] == 0:
+        raise cfg.error(inputs_key, f"the {label} inputs have no rows (shape {list(inputs.shape)})")
+    if targets.dim() < 1 or targets.shape[0] != inputs.shape[0]:
+        raise cfg.error(targets_key, f"{label} targets have shape {list(targets.shape)}, "
+                        f"the inputs {inputs.shape[0]} rows")
+    if not inputs.is_floating_point():
+        inputs = inputs.float()
+    return TensorData(inputs, targets, label)

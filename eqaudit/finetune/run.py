@@ -1,0 +1,316 @@
+"""The fine-tune run: check the outputs, build the model and the trainer, audit before, train
+(saving resumable states), audit after, and write the model and the report."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import EqauditError
+from ..io.atomic import atomic_write
+from ..spec import check_seed
+from .config import FinetuneConfig
+from .curve import Curve
+from .data import Examples, load_data, sample_shape
+from .interrupt import FinetuneInterrupted, SigintFlag
+from .landscape import compute_dynamics
+from .losses import evaluate
+from .sections import DynamicsConfig
+from .state import STATE_FORMAT, STATE_VERSION, load_state, remove_stale_temps, save_model_safetensors, save_state
+from .summary import FinetuneResult, RunFacts, build_report, report_from_dict
+from .trainer import Trainer
+
+Callback = Callable[[str, Mapping[str, Any]], None]
+
+
+def _emit(callback: Callback | None, event: str, **data: Any) -> None:
+    if callback is not None:
+        callback(event, data)
+
+
+def check_outputs(cfg: FinetuneConfig, *, resume: bool, force: bool) -> None:
+    """Refuse to overwrite an earlier run's outputs (or its resumable state) without ``force``."""
+    from ..io.outputs import check_output
+
+    output = cfg.output
+    outputs = ((output.checkpoint, "output.checkpoint"), (output.report, "output.report"),
+               (output.state, "output.state"))
+    for path, key in outputs:
+        try:
+            check_output(path, key)  # writable, before the run rather than after it
+        except EqauditError as exc:
+            raise cfg.error(key, exc.message, exc.hint) from None
+    if force or resume:
+        return
+    for path, key in outputs[:2]:
+        if path.exists():
+            raise cfg.error(key, f"'{path}' exists; refusing to overwrite it",
+                            "pass --force to overwrite, or --resume to continue that run")
+    if output.state.exists():
+        raise cfg.error("output.state", f"a resumable state of an unfinished run exists at '{output.state}'",
+                        "pass --resume to continue it, or --force to start over")
+
+
+def run_finetune(
+    cfg: FinetuneConfig,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    device: str | None = None,
+    dynamics: bool | None = None,
+    steps: int | None = None,
+    seed: int | None = None,
+    trust_checkpoint: bool = False,
+    model: Any = None,
+    callback: Callback | None = None,
+    handle_sigint: bool = True,
+) -> FinetuneResult:
+    """Fine-tune, audit before and after, write the model, the state and the JSON report.
+
+    ``device``, ``dynamics``, ``steps`` and ``seed`` override the config. ``model`` skips loading
+    from the spec's ``model`` block. ``callback(event, data)`` receives ``start``, ``audit``
+    (phase before/after), ``step``, ``log`` (a learning-curve point), ``checkpoint``,
+    ``dynamics`` and ``done``. Ctrl-C (SIGINT, main thread) saves the state after the current
+    step and raises :class:`FinetuneInterrupted`. Every user error is an :class:`EqauditError`.
+    """
+    import torch
+
+    started = time.perf_counter()
+    if steps is not None:
+        if steps < 1:
+            raise EqauditError(f"--steps must be >= 1, got {steps}", key="--steps")
+        cfg = cfg.replace(steps=int(steps), epochs=None)
+    if seed is not None:
+        cfg = cfg.replace(spec=cfg.spec.replace(seed=check_seed(seed)))
+    dynamics_options = cfg.dynamics if dynamics is None else dataclasses.replace(cfg.dynamics, enabled=bool(dynamics))
+    threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        check_outputs(cfg, resume=resume, force=force)
+        session = _open(cfg, device, trust_checkpoint, model)
+        with torch.random.fork_rng(devices=session.cuda_devices):
+            progress = _resume(session) if resume else _audit_before(session, callback)
+            _train(session, progress, callback, handle_sigint, resumed=resume)
+        return _finish(session, progress, dynamics_options, callback, started)
+    finally:
+        if cfg.threads:
+            torch.set_num_threads(threads)
+
+
+@dataclass
+class _Session:
+    """What a run works with: the config, the device, the processes, the data, model and trainer."""
+
+    cfg: FinetuneConfig
+    device: Any
+    world: Any
+    train: Examples
+    val: Examples | None
+    model: Any
+    trainer: Trainer
+
+    @property
+    def main(self) -> bool:
+        """Under torchrun only rank 0 writes files."""
+        return bool(self.world.is_main)
+
+    @property
+    def cuda_devices(self) -> list[Any]:
+        return [self.device] if self.device.type == "cuda" else []
+
+    @property
+    def metrics_split(self) -> Examples:
+        return self.val if self.val is not None else self.train
+
+
+@dataclass
+class _Progress:
+    """What the training loop carries forward and the resumable state saves."""
+
+    before: Any  # the Report of the audit before training
+    metrics_before: dict[str, Any]
+    curve: Curve
+    train_elapsed: float = 0.0
+    resumed_from: int | None = None
+
+
+def _resolve_device(cfg: FinetuneConfig, device: str | None) -> tuple[Any, Any]:
+    """``--device`` if given, else the config's ``device``; under torchrun, this process's GPU."""
+    import torch
+
+    from ..audit.distributed import current_world
+    from ..audit.run import resolve_device
+
+    if device is not None:
+        resolved = resolve_device(device)
+    else:
+        try:
+            resolved = resolve_device(cfg.device)
+        except EqauditError as exc:
+            raise cfg.error("device", exc.message, exc.hint) from None
+    world = current_world(resolved)
+    if world.size > 1 and resolved.type == "cuda" and resolved.index is None:
+        resolved = torch.device("cuda", world.local_rank % torch.cuda.device_count())
+    return resolved, world
+
+
+def _open(cfg: FinetuneConfig, device: str | None, trust_checkpoint: bool, model: Any) -> _Session:
+    """Resolve the device, load the data, build the model (rank 0's weights everywhere) and the trainer."""
+    import torch
+
+    resolved, world = _resolve_device(cfg, device)
+    if world.is_main:
+        remove_stale_temps([cfg.output.checkpoint, cfg.output.report, cfg.output.state])
+    train, val = load_data(cfg)
+    if model is None:
+        with torch.random.fork_rng():  # a model built without a checkpoint starts from seeded weights
+            torch.manual_seed(cfg.spec.seed)
+            model = cfg.spec.build_model(trust_checkpoint=trust_checkpoint)
+    if not isinstance(model, torch.nn.Module):
+        raise cfg.error("model", f"fine-tuning needs a torch.nn.Module, got {type(model).__name__}")
+    model.to(resolved)
+    if world.size > 1:  # every process starts from rank 0's weights
+        import torch.distributed as dist
+
+        with torch.no_grad():
+            for tensor in list(model.parameters()) + list(model.buffers()):
+                dist.broadcast(tensor.data, src=0)
+    trainer = Trainer(cfg, model, train, resolved, world=world)
+    if cfg.spec.input.shape and cfg.regularizer.points != "random":
+        shape = sample_shape(train)
+        if shape != tuple(cfg.spec.input.shape):
+            key = "data.dataset" if cfg.data.dataset else "data.inputs"
+            raise cfg.error(key, f"training samples have shape {list(shape)}, input.shape says "
+                            f"{list(cfg.spec.input.shape)}", "the penalty uses the training batch (regularizer.points)")
+    return _Session(cfg, resolved, world, train, val, model, trainer)
+
+
+def _audit_before(session: _Session, callback: Callback | None) -> _Progress:
+    """The audit and the metrics before training; then torch's generator seeded for dropout."""
+    import torch
+
+    from ..audit.run import audit
+
+    _emit(callback, "audit", phase="before")
+    session.model.eval()
+    before = audit(session.model, session.cfg.spec, device=session.device)
+    metrics = evaluate(session.model, session.metrics_split, session.cfg, session.device, session.trainer.dtype)
+    torch.manual_seed(session.cfg.spec.seed)
+    return _Progress(before, metrics, Curve(session.cfg.log_every))
+
+
+def _resume(session: _Session) -> _Progress:
+    """The progress saved in the resumable state, restored into the trainer and torch's generators."""
+    import torch
+
+    cfg, trainer = session.cfg, session.trainer
+    state = load_state(cfg, cfg.output.state, session.device)
+    if int(state["step"]) > trainer.total_steps:
+        raise EqauditError(f"the saved state is at step {state['step']}, past the {trainer.total_steps} steps "
+                           "configured", file=cfg.file, key="--resume",
+                           hint="raise steps, or run with --force to start over")
+    trainer.load_state_dict(state)
+    curve = Curve(cfg.log_every)
+    curve.load(state["curve"])
+    torch.set_rng_state(state["rng"]["cpu"].cpu())
+    if session.cuda_devices and state["rng"].get("cuda") is not None:
+        torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), session.device)
+    return _Progress(report_from_dict(state["before"]), dict(state["metrics_before"]), curve,
+                     float(state.get("train_elapsed_s", 0.0)), trainer.step_idx)
+
+
+def _snapshot(session: _Session, progress: _Progress, train_elapsed: float) -> dict[str, Any]:
+    """The resumable state after the trainer's current step."""
+    import torch
+
+    cuda = session.cuda_devices
+    return {
+        "format": STATE_FORMAT,
+        "version": STATE_VERSION,
+        "fingerprint": session.cfg.fingerprint,
+        "seed": session.cfg.spec.seed,
+        "total_steps": session.trainer.total_steps,
+        **session.trainer.state_dict(),
+        "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(session.device) if cuda else None},
+        "curve": progress.curve.state(),
+        "before": progress.before.to_dict(),
+        "metrics_before": progress.metrics_before,
+        "train_elapsed_s": train_elapsed,
+    }
+
+
+def _train(session: _Session, progress: _Progress, callback: Callback | None, handle_sigint: bool,
+           *, resumed: bool) -> None:
+    """Step to the end; save the state every ``checkpoint_every`` steps, on Ctrl-C and at the end."""
+    cfg, trainer, state_path = session.cfg, session.trainer, session.cfg.output.state
+    total = trainer.total_steps
+    _emit(callback, "start", step=trainer.step_idx, total=total, resumed=resumed, state=str(state_path),
+          steps_per_epoch=trainer.steps_per_epoch, batch_size=trainer.batch_size)
+    train_started = time.perf_counter()
+
+    def save() -> None:
+        if session.main:
+            elapsed = progress.train_elapsed + (time.perf_counter() - train_started)
+            save_state(state_path, _snapshot(session, progress, elapsed))
+
+    with SigintFlag(handle_sigint) as sigint:
+        while trainer.step_idx < total:
+            result = trainer.step()
+            point = progress.curve.add(result, total)
+            _emit(callback, "step", step=result.step, total=total, epoch=result.epoch, task_loss=result.task_loss,
+                  penalty=result.penalty, errors=result.errors)
+            if point is not None:
+                _emit(callback, "log", **point)
+            if sigint.hit:
+                save()
+                raise FinetuneInterrupted(result.step, total, state_path)
+            if cfg.checkpoint_every and result.step % cfg.checkpoint_every == 0 and result.step < total and session.main:
+                save()
+                _emit(callback, "checkpoint", step=result.step, path=str(state_path))
+    save()
+    progress.train_elapsed += time.perf_counter() - train_started
+
+
+def _finish(session: _Session, progress: _Progress, dynamics_options: DynamicsConfig, callback: Callback | None,
+            started: float) -> FinetuneResult:
+    """The audit and metrics after training, the dynamics, the report; the model and report written."""
+    from ..audit.run import audit
+
+    cfg, model, trainer = session.cfg, session.model, session.trainer
+    _emit(callback, "audit", phase="after")
+    model.eval()
+    after = audit(model, cfg.spec, device=session.device)
+    metrics_after = evaluate(model, session.metrics_split, cfg, session.device, trainer.dtype)
+    dynamics = None
+    if dynamics_options.enabled:
+        _emit(callback, "dynamics")
+        dynamics = compute_dynamics(cfg, dynamics_options, model, session.train, session.device, trainer.dtype)
+    facts = RunFacts(trainer.total_steps, trainer.steps_per_epoch, trainer.batch_size, trainer.samples,
+                     trainer.penalized, progress.resumed_from, str(session.device),
+                     time.perf_counter() - started, progress.train_elapsed)
+    report = build_report(cfg, progress.before, after, progress.metrics_before, metrics_after,
+                          progress.curve.points, dynamics, facts)
+    if session.world.size > 1:
+        report["processes"] = session.world.size
+    if session.main:
+        _write_outputs(session, report)
+    _emit(callback, "done", exit_code=after.exit_code)
+    return FinetuneResult(progress.before, after, progress.metrics_before, metrics_after, progress.curve.points,
+                          dynamics, report, cfg.output, trainer.total_steps, progress.resumed_from)
+
+
+def _write_outputs(session: _Session, report: dict[str, Any]) -> None:
+    """The fine-tuned model (safetensors) and the JSON report, each written atomically."""
+    cfg = session.cfg
+    save_model_safetensors(session.model, cfg.output.checkpoint, {
+        "format": "pt", "eqaudit": "finetune", "steps": str(session.trainer.total_steps),
+        "seed": str(cfg.spec.seed), "config": str(cfg.file or ""),
+    })
+    atomic_write(cfg.output.report, lambda tmp: Path(tmp).write_text(
+        json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8"))

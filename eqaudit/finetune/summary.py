@@ -1,0 +1,108 @@
+"""What a fine-tune hands back: its JSON report and the :class:`FinetuneResult`."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .config import FinetuneConfig
+from .landscape import finite
+from .sections import OutputConfig
+
+
+@dataclass
+class FinetuneResult:
+    """The audits before and after, the metrics, the learning curve and the report of a fine-tune."""
+
+    before: Any  # Report
+    after: Any  # Report
+    metrics_before: dict[str, Any]
+    metrics_after: dict[str, Any]
+    curve: list[dict[str, Any]]
+    dynamics: dict[str, Any] | None
+    report: dict[str, Any]
+    paths: OutputConfig
+    steps: int
+    resumed_from: int | None
+
+    @property
+    def exit_code(self) -> int:
+        """The CI gate of the final audit: 0 every check within its threshold, 1 otherwise."""
+        return int(self.after.exit_code)
+
+
+def report_from_dict(d: Mapping[str, Any]) -> Any:
+    """Rebuild a :class:`Report` from :meth:`Report.to_dict` (a resumed run's first audit)."""
+    from ..report import CheckResult, Report
+
+    names = {f.name for f in dataclasses.fields(CheckResult)}
+    checks = []
+    for c in d["checks"]:
+        kw = {k: (math.nan if v is None and k not in ("name",) else v) for k, v in c.items() if k in names}
+        checks.append(CheckResult(**kw))
+    return Report(
+        checks=tuple(checks), spec=d.get("spec"), checkpoint=d.get("checkpoint"), device=d["device"],
+        seed=d["seed"], samples=d["samples"], elapsed_s=d["elapsed_s"], gate=d.get("gate", "mean"),
+        batch_size=d.get("batch_size"), model_was_training=d.get("model_was_training", False),
+        notes=tuple(d.get("notes", ())),
+    )
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What the report says about the run besides the audits: its shape, place and times."""
+
+    total_steps: int
+    steps_per_epoch: int
+    batch_size: int
+    penalty_samples: int
+    penalized: list[int]
+    resumed_from: int | None
+    device: str
+    elapsed: float
+    train_elapsed: float
+
+
+def build_report(cfg: FinetuneConfig, before: Any, after: Any, metrics_before: dict, metrics_after: dict,
+                 curve: list, dynamics: Any, facts: RunFacts) -> dict[str, Any]:
+    """The fine-tune's JSON report (non-finite numbers as null)."""
+    from .. import __version__
+
+    options, regularizer, spec = cfg.optimizer, cfg.regularizer, cfg.spec
+    optimizer: dict[str, Any] = {"name": options.name, "lr": options.lr, "weight_decay": options.weight_decay}
+    if options.name == "sgd":
+        optimizer.update(momentum=options.momentum, nesterov=options.nesterov)
+    else:
+        optimizer["betas"] = list(options.betas)
+    return finite({
+        "tool": "eqaudit",
+        "command": "finetune",
+        "version": __version__,
+        "config": cfg.file,
+        "checkpoint_in": str(spec.model.checkpoint) if spec.model.checkpoint else None,
+        "checkpoint_out": str(cfg.output.checkpoint),
+        "state": str(cfg.output.state),
+        "device": facts.device,
+        "seed": spec.seed,
+        "steps": facts.total_steps,
+        "steps_per_epoch": facts.steps_per_epoch,
+        "epochs": facts.total_steps / facts.steps_per_epoch,
+        "batch_size": facts.batch_size,
+        "task_loss": cfg.task_loss,
+        "optimizer": optimizer,
+        "regularizer": {"points": regularizer.points,
+                        "samples": facts.penalty_samples if regularizer.points != "data" else None,
+                        "num_funcs": regularizer.num_funcs, "every": regularizer.every,
+                        "checks": [spec.checks[j].name for j in facts.penalized]},
+        "resumed_from_step": facts.resumed_from,
+        "elapsed_s": round(facts.elapsed, 4),
+        "train_elapsed_s": round(facts.train_elapsed, 4),
+        "passed": after.passed,
+        "before": {"audit": before.to_dict(), "metrics": metrics_before},
+        "after": {"audit": after.to_dict(), "metrics": metrics_after},
+        "curve": curve,
+        "dynamics": dynamics,
+    })

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from eqaudit.errors import first_line  # torch-free; one formatting for every error line
+from transforms_zoo.errors import first_line
 
 
 class ReferenceError_(ValueError):

@@ -8,50 +8,38 @@ SAME parameters drawn by ``self.sample``, undoes ``self`` (``rot90 k`` -> ``-k``
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+import re
 from typing import Any
 
 import torch
 
-from transforms_zoo.base import Compose, Transform
+from transforms_zoo.builder import Compose, build
+from transforms_zoo.errors import TransformError
+from transforms_zoo.image import HFlip, Identity, Rot90
+from transforms_zoo.interpolate import Rotate
+from transforms_zoo.params import Param, boolean
+from transforms_zoo.protocol import Inverted, Transform, transforms
+from transforms_zoo.random import SampleRNG
+from transforms_zoo.registry import get
+from transforms_zoo.sequence import Permute
 
-
-class Inverted(Transform):
-    """The inverse of ``base``: draws ``base``'s parameters and applies ``fn(x, params)``."""
-
-    name = "inverse"
-    summary = "the inverse of another transform, with the same parameters"
-
-    def __init__(self, base: Transform, fn: Callable[[torch.Tensor, Any], torch.Tensor]) -> None:
-        self.base = base
-        self.fn = fn
-        self._given = {}
-
-    @property
-    def is_random(self) -> bool:
-        return self.base.is_random
-
-    def sample(self, rng: Any) -> Any:
-        return self.base.sample(rng)
-
-    def apply(self, x: torch.Tensor, params: Any) -> torch.Tensor:
-        return self.fn(x, params)
-
-    def inverse(self) -> Transform:
-        return self.base
-
-    def describe(self) -> str:
-        return f"inverse({self.base.describe()})"
+__all__ = ["GroupTransform", "Inverted", "finite_group", "inverse_of", "verify_transform"]
 
 
 class _ReversedCompose(Transform):
     """The inverse of a composition: the parts' inverses right to left, each with its own params."""
 
     name = "inverse"
+    params = (Param("parts", transforms, doc="the composed transforms"),
+              Param("inverses", transforms, doc="the inverse of each part"))
 
     def __init__(self, parts: tuple[Transform, ...], inverses: tuple[Transform, ...]) -> None:
-        self.parts, self.inverses = parts, inverses
-        self._given = {}
+        super().__init__(parts=parts, inverses=inverses)
+
+    def validate(self) -> None:
+        if len(self.parts) != len(self.inverses):
+            raise TransformError(f"{len(self.parts)} parts but {len(self.inverses)} inverses")
 
     @property
     def is_random(self) -> bool:
@@ -88,6 +76,12 @@ def inverse_of(t: Transform) -> Transform | None:
 
 
 # -- finite groups --------------------------------------------------------------------------------
+def _label(v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise ValueError(f"expected a group name, got {v!r}")
+    return v
+
+
 class GroupTransform(Transform):
     """A finite group acting on samples, written ``C4``, ``C8``, ``Cn``, ``D4``, ``Dn``, ``Sk`` or
     ``{permutations: {k: 3, dim: -2}}``.
@@ -100,11 +94,16 @@ class GroupTransform(Transform):
     name = "group"
     summary = "a finite group: C4, C8, Cn, D4, Dn, Sk / {permutations: {k, dim}}"
 
+    params = (Param("label", _label, doc="the group's name in reports (C4, D4, S3)"),
+              Param("elements", transforms, doc="every element, the identity included"),
+              Param("exact", boolean, doc="False: rotations by non-multiples of 90 degrees interpolate"))
+
     def __init__(self, label: str, elements: tuple[Transform, ...], exact: bool) -> None:
-        self.label = label
-        self.elements = elements
-        self.exact = exact  # False: rotations by non-multiples of 90 degrees interpolate
-        self._given = {}
+        super().__init__(label=label, elements=elements, exact=exact)
+
+    def validate(self) -> None:
+        if not self.elements:
+            raise TransformError(f"group {self.label} has no elements")
 
     @property
     def is_random(self) -> bool:
@@ -123,8 +122,6 @@ class GroupTransform(Transform):
 
     def apply(self, x: torch.Tensor, params: Any) -> torch.Tensor:
         if params is None:
-            from transforms_zoo.base import TransformError
-
             raise TransformError(f"group {self.label} is random: pass the element indices drawn by sample()")
         idx = params.to(x.device)
         out = torch.empty_like(x)
@@ -140,22 +137,15 @@ class GroupTransform(Transform):
 
 def _rotation(k: int, n: int) -> Transform:
     """The k-th rotation of C_n: rot90 when exact, else a bilinear rotate."""
-    from transforms_zoo import image
-
     if k % n == 0:
-        return image.Identity()
+        return Identity()
     if (4 * k) % n == 0:
-        return image.Rot90(k=(4 * k) // n)
-    return image.Rotate(degrees=360.0 * k / n)
+        return Rot90(k=(4 * k) // n)
+    return Rotate(degrees=360.0 * k / n)
 
 
 def finite_group(value: Any) -> GroupTransform:
     """Parse a group written in a spec; ``ValueError`` with a readable message when wrong."""
-    import itertools
-    import re
-
-    from transforms_zoo import image, sequence
-
     if isinstance(value, dict):
         if len(value) != 1 or "permutations" not in value:
             raise ValueError("a group mapping is {permutations: {k: K, dim: D}}")
@@ -182,25 +172,19 @@ def finite_group(value: Any) -> GroupTransform:
     exact = 4 % n == 0
     if kind == "C":
         return GroupTransform(value, tuple(rots), exact)
-    from transforms_zoo.base import Compose
-
-    flips = [image.HFlip() if isinstance(r, image.Identity) else Compose([image.HFlip(), r]) for r in rots]
+    flips = [HFlip() if isinstance(r, Identity) else Compose([HFlip(), r]) for r in rots]
     return GroupTransform(value, tuple(rots + flips), exact)
 
 
 def _symmetric(k: int, dim: int) -> GroupTransform:
-    import itertools
-
-    from transforms_zoo import image, sequence
-
     if not 1 <= k <= 6:
         raise ValueError(f"permutations of k={k}: k must lie in 1..6 (k! elements are evaluated)")
     elements: list[Transform] = []
     for perm in itertools.permutations(range(k)):
         if list(perm) == list(range(k)):
-            elements.append(image.Identity())
+            elements.append(Identity())
         else:
-            elements.append(sequence.Permute(dim=dim, perm=list(perm)))
+            elements.append(Permute(dim=dim, perm=list(perm)))
     return GroupTransform(f"S{k}" if dim == -2 else f"S{k}(dim={dim})", tuple(elements), True)
 
 
@@ -253,8 +237,6 @@ def _sample_input(cls: type, approximate: bool) -> tuple[torch.Tensor, torch.Ten
 
 
 def _build(name: str, kwargs: Any) -> Transform:
-    from transforms_zoo.base import build
-
     if kwargs == "identity":
         return build("identity")
     return build({name: kwargs})
@@ -266,9 +248,6 @@ def verify_transform(name: str) -> list[tuple[str, float | None, str]]:
     inverse undoes a fixed and a random draw). Returns (law, max error, status) rows, status one
     of ``ok``, ``FAIL``, ``skipped``. Interpolating transforms are compared on smooth images,
     in the central disk, with a loose tolerance."""
-    from transforms_zoo.base import get
-    from transforms_zoo.random import SampleRNG
-
     cls = get(name)
     approximate = bool(getattr(cls, "approximate", False))
     tol = 2e-2 if approximate else 1e-6

@@ -6,7 +6,10 @@ from typing import Any
 
 import torch
 
-from transforms_zoo.base import Param, Transform, TransformError, number_or_range, positive, register
+from transforms_zoo.errors import TransformError
+from transforms_zoo.params import Param, number_or_range, positive
+from transforms_zoo.protocol import Transform
+from transforms_zoo.registry import register
 from transforms_zoo.random import SampleRNG
 from transforms_zoo.sequence import Keys, draw_keys, keyed_rng
 

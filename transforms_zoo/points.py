@@ -7,7 +7,10 @@ from typing import Any
 
 import torch
 
-from transforms_zoo.base import Param, Transform, TransformError, number, number_or_range, positive, register
+from transforms_zoo.errors import TransformError
+from transforms_zoo.params import Param, number, number_or_range, positive
+from transforms_zoo.protocol import Inverted, Transform
+from transforms_zoo.registry import register
 from transforms_zoo.random import SampleRNG
 
 
@@ -133,8 +136,6 @@ class Rotate3d(Transform):
 
     def inverse(self) -> Transform:
         """R^T, with the same parameters."""
-        from transforms_zoo.group import Inverted
-
         def undo(x: torch.Tensor, params: Any) -> torch.Tensor:
             if params is None:
                 if self._fixed is None:

@@ -15,7 +15,10 @@ from typing import Any, NamedTuple
 
 import torch
 
-from transforms_zoo.base import Param, Transform, TransformError, int_or_range, integer, register
+from transforms_zoo.errors import TransformError
+from transforms_zoo.params import Param, int_or_range, integer
+from transforms_zoo.protocol import Inverted, Transform
+from transforms_zoo.registry import register
 from transforms_zoo.random import SampleRNG, stream_id
 
 
@@ -125,8 +128,6 @@ class Permute(Transform):
             for i, p in enumerate(self.perm):
                 inv[p] = i
             return Permute(dim=self.dim, perm=inv)
-        from transforms_zoo.group import Inverted
-
         def undo(x: torch.Tensor, params: Any) -> torch.Tensor:
             d = sample_dim(x, self.dim, self.name)
             rng = keyed_rng(params, x.device, "permute")
@@ -154,9 +155,6 @@ class Roll(Transform):
         Param("dim", integer, -1, "dimension of one sample to roll (negative: from the end)", "int"),
     )
 
-    def validate(self) -> None:
-        self.shift = int_or_range(self.shift)
-
     @property
     def is_random(self) -> bool:
         return self.shift[0] != self.shift[1]
@@ -182,8 +180,6 @@ class Roll(Transform):
         return take_along(x, d, torch.where(idx < 0, idx + k, idx))
 
     def inverse(self) -> Transform:
-        from transforms_zoo.group import Inverted
-
         def undo(x: torch.Tensor, params: Any) -> torch.Tensor:
             if params is None:
                 self._require_fixed()

@@ -61,7 +61,7 @@ OPTION_NAMES = ("samples", "seed", "atol", "rtol", "device")
 #: Keys of a list-of-checks call that build the spec's input block and top level.
 _INPUT_KEYS = ("shape", "bounds", "data", "dtype", "sampling")
 _TOP_KEYS = ("distance", "num_funcs")
-#: Arguments of :func:`eqaudit.audit.engine.audit` that assert_equivariant sets itself.
+#: Arguments of :func:`eqaudit.audit.run.audit` that assert_equivariant sets itself.
 _OWN_AUDIT_KEYS = ("samples", "seed", "device")
 
 _session_defaults: dict[str, Any] = {}
@@ -153,7 +153,7 @@ def assert_equivariant(
     ``{"both": "rotate3d", "threshold": 1e-4}``, ...) with the input domain given as keyword
     arguments ``shape=`` (required), ``bounds=``, ``data=``, ``dtype=``, ``sampling=`` and the
     spec's ``distance=`` and ``num_funcs=``. Other keyword arguments (``batch_size``,
-    ``confidence``, ``gate``, ``precision``, ``compile``, ...) go to :func:`eqaudit.audit.engine.audit`.
+    ``confidence``, ``gate``, ``precision``, ``compile``, ...) go to :func:`eqaudit.audit.run.audit`.
 
     ``model`` may be None to build it from the spec's ``model`` block. Checks without a threshold
     get ``atol + rtol * scale`` (see the module documentation). A bad spec raises
@@ -186,7 +186,7 @@ def assert_equivariant(
     if seed is not None:
         spec = spec.replace(seed=int(seed))
 
-    from .audit.engine import audit
+    from .audit.run import audit
 
     tolerances: dict[int, str] = {}
     if not all(own):
@@ -200,10 +200,10 @@ def assert_equivariant(
 
 
 def _audit_keys() -> tuple[str, ...]:
-    """The keyword arguments that pass through to :func:`eqaudit.audit.engine.audit`."""
+    """The keyword arguments that pass through to :func:`eqaudit.audit.run.audit`."""
     import inspect
 
-    from .audit.engine import audit
+    from .audit.run import audit
 
     return tuple(name for name, p in inspect.signature(audit).parameters.items()
                  if p.kind is p.KEYWORD_ONLY and name not in _OWN_AUDIT_KEYS)
@@ -274,14 +274,15 @@ def _with_default_thresholds(
     """Give the checks without a threshold ``atol + rtol * scale``; return the explanations."""
     import torch
 
-    from .audit.engine import PointSampler, _dtype_of, resolve_device
+    from .audit.device import model_dtype, resolve_device
+    from .audit.sampling import PointSampler
     from transforms_zoo import SampleRNG
 
     is_module = isinstance(model, torch.nn.Module)
     dev = resolve_device(device if device is not None else None, model if is_module else None)
     if is_module:
         model.to(dev)
-    dtype = _dtype_of(model) if is_module else torch.get_default_dtype()
+    dtype = model_dtype(model) if is_module else torch.get_default_dtype()
     sampler = PointSampler(spec, dev, dtype)
     n = min(spec.samples, _SCALE_SAMPLES)
     x = sampler.draw(SampleRNG.for_range(spec.seed, 0, n, dev))

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from eqaudit.audit import chunking
-from eqaudit.audit.engine import audit
+from eqaudit.audit.run import audit
 from eqaudit.spec import spec_from_dict
 
 
@@ -176,7 +176,7 @@ def test_every_process_gets_a_chunk():
 
 
 def test_no_model_call_is_split_below_one_block():
-    from eqaudit.audit import engine
+    from eqaudit.audit import forward
 
     calls: list[int] = []
 
@@ -185,13 +185,13 @@ def test_no_model_call_is_split_below_one_block():
         return x.sum(dim=1, keepdim=True)
 
     spec = _spec([4], n=64)
-    out = engine._forward_rows(model, torch.rand(1030, 4), spec, "k", 512)
+    out = forward.forward_rows(model, torch.rand(1030, 4), spec, "k", 512)
     assert calls == [512, 518] and out.shape == (1030, 1)
 
     class Item:
         def __init__(self, n):
-            self.x = torch.zeros(n, 1)
+            self.rows_in_call = n
 
-    sizes = [[it.x.shape[0] for it in run] for run in engine._packed([Item(n) for n in (30, 20, 500, 1000, 10)], 512)]
+    sizes = [[it.rows_in_call for it in run] for run in forward.packed([Item(n) for n in (30, 20, 500, 1000, 10)], 512)]
     assert sizes == [[30, 20, 500], [1000, 10]]  # small runs join a neighbour: every call >= 64 rows
-    assert [[it.x.shape[0] for it in r] for r in engine._packed([Item(600), Item(30)], 512)] == [[600, 30]]
+    assert [[it.rows_in_call for it in r] for r in forward.packed([Item(600), Item(30)], 512)] == [[600, 30]]

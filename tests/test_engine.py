@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from eqaudit.audit.engine import audit
-from eqaudit.errors import EqauditError
+from eqaudit.audit.run import audit
+from eqaudit.errors import ArgumentError, EqauditError
 from eqaudit.audit.estimator import summarize_values
 from eqaudit.spec import spec_from_dict
 from transforms_zoo import SampleRNG
@@ -91,7 +91,7 @@ def test_bounds_are_respected():
          "checks": [{"input": "identity"}]}
     )
     assert audit(MaxAbs(), spec).checks[0].mean == 0.0
-    from eqaudit.audit.engine import PointSampler
+    from eqaudit.audit.sampling import PointSampler
 
     x = PointSampler(spec, torch.device("cpu"), torch.float32).draw(SampleRNG.for_range(0, 0, 500))
     assert x[:, 2].min() >= 5 and x[:, 2].max() < 6 and x[:, 3].max() < -1
@@ -239,8 +239,9 @@ def test_out_of_memory_backs_off_to_smaller_chunks(pixel_reader):
     backed_off = audit(Picky(), spec)
     assert backed_off.batch_size == 128  # halved from the automatic 1024 until it fits
     assert backed_off.checks == audit(pixel_reader, spec, batch_size=64).checks  # same numbers
-    with pytest.raises(EqauditError, match="out of memory with --batch-size 512"):
+    with pytest.raises(ArgumentError, match="out of memory with batch_size 512") as info:
         audit(Picky(), spec, batch_size=512)
+    assert info.value.argument == "batch_size"  # the Python parameter, not a CLI flag
 
 
 def test_bf16_autocast_forward_is_close_to_fp32():
@@ -267,8 +268,8 @@ def test_a_numeric_top_level_distance_is_read_as_at_check_level(pixel_reader):
 @pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has mps")
 def test_a_device_this_build_lacks_is_named_at_device():
     # mps used to fail later, inside torch, with a message naming no option
-    from eqaudit.audit.engine import resolve_device
+    from eqaudit.audit.run import resolve_device
 
-    with pytest.raises(EqauditError, match=r"device 'mps' requested but .* has no mps") as info:
+    with pytest.raises(ArgumentError, match=r"device 'mps' requested but .* has no mps") as info:
         resolve_device("mps")
-    assert info.value.key == "--device"
+    assert info.value.argument == "device"  # the library names its parameter; the CLI maps it to --device

@@ -6,9 +6,10 @@ from collections import Counter
 import pytest
 import torch
 
-import eqaudit.audit.engine as engine
+import eqaudit.audit.chunk as chunk
 import transforms_zoo.random as zoo_random
-from eqaudit.audit.engine import _rows_by_check, audit
+from eqaudit.audit.run import audit
+from eqaudit.audit.sampling import rows_by_check
 from eqaudit.spec import spec_from_dict
 from transforms_zoo import SampleRNG
 
@@ -77,14 +78,14 @@ def _count_host_reads(monkeypatch, watch, model, spec) -> tuple[Counter[str], in
     """Run ``spec`` with the host reads inside every chunk counted by ``watch``, the draws on their
     torch (CUDA) path; returns the counts and the number of chunks."""
     monkeypatch.setattr(zoo_random, "_np", None)
-    chunks, inner = [], engine._chunk
+    chunks, inner = [], chunk.measure_chunk
 
     def counted(*args, **kwargs):
         chunks.append(1)
         with watch:
             return inner(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "_chunk", counted)
+    monkeypatch.setattr(chunk, "measure_chunk", counted)
     audit(model, spec, device="cpu", batch_size=256)
     return watch.reads, len(chunks)
 
@@ -118,7 +119,7 @@ def test_num_funcs_reads_one_count_per_chunk(monkeypatch, host_reads):
 def test_rows_by_check_are_the_rows_that_picked_each_check(m, k, n):
     picks = SampleRNG.for_range(3, 0, n, "cpu").choice(m, k)
     chosen = torch.zeros(n, k, dtype=torch.bool).scatter_(1, picks, True)
-    rows = _rows_by_check(picks, k)
+    rows = rows_by_check(picks, k)
     assert len(rows) == k
     for j in range(k):
         assert torch.equal(rows[j], chosen[:, j].nonzero().squeeze(1))

@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
-from eqaudit.audit.engine import PointSampler, audit, lie_derivative
+from eqaudit.audit.lie import lie_derivative
+from eqaudit.audit.run import audit
+from eqaudit.audit.sampling import PointSampler
 from eqaudit.errors import EqauditError
 from eqaudit.audit.estimator import summarize_values
 from eqaudit.spec import spec_from_dict

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from eqaudit.audit.engine import audit
+from eqaudit.audit.run import audit
 from eqaudit.errors import EqauditError
 from eqaudit.spec import spec_from_dict
 

@@ -8,7 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 from eqaudit.cli import app
-from eqaudit.audit.engine import audit
+from eqaudit.audit.run import audit
 from eqaudit.errors import EqauditError
 from eqaudit.audit.estimator import BlockStats, quantiles, summarize_values
 from eqaudit.spec import spec_from_dict
@@ -127,7 +127,7 @@ def test_sobol_points_are_the_sobol_sequence_whatever_the_chunking(pixel_reader)
     assert a.sampling == "sobol" and any("Sobol" in n for n in a.notes)
     # E|U1 - U2| for U ~ U(-1, 1) is 2/3.
     assert a.checks[0].mean == pytest.approx(2 / 3, abs=0.01)
-    from eqaudit.audit.engine import PointSampler
+    from eqaudit.audit.sampling import PointSampler
     from transforms_zoo import SampleRNG
 
     sampler = PointSampler(spec, torch.device("cpu"), torch.float64)

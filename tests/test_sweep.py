@@ -135,7 +135,7 @@ def test_disk_sum_is_nearly_invariant_at_every_angle_and_exact_at_quarter_turns(
 def test_a_sweep_point_equals_the_audit_of_the_check_at_that_value():
     # the other random parameter (dy) is drawn from the swept check's stream: the same draws at
     # every value, and the same as auditing the check with dx fixed
-    from eqaudit.audit.engine import audit
+    from eqaudit.audit.run import audit
 
     class Reader(torch.nn.Module):
         def forward(self, x):

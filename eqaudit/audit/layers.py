@@ -19,6 +19,7 @@ import torch
 from transforms_zoo import Compose
 
 from .distances import relative_l2
+from .estimator import BlockStats
 from ..errors import did_you_mean
 from ..spec import Spec
 
@@ -175,3 +176,89 @@ def _strided_params(t: Any, p: Any, n: int, input_hw: tuple[int, ...], map_hw: t
 def is_feature_map(output: Any) -> bool:
     """A 4-D tensor (N, C, H, W): what ``layers: all`` reports."""
     return isinstance(output, torch.Tensor) and output.dim() == 4
+
+
+class LayerPlan:
+    """Which checks get per-layer errors, in which statistics columns, and the hooks recording them."""
+
+    def __init__(self, spec: Spec, layers: list[tuple[str, Any]], checks: list[int], first: int) -> None:
+        self.spec, self.names, self.checks = spec, [n for n, _ in layers], checks
+        self.first = first
+        self.tap = LayerTap(layers)
+        self.skipped: dict[tuple[int, str], str] = {}
+        self.strided: dict[tuple[int, str], tuple[int, int]] = {}  # shifts divided by a map's stride
+        self.maps: set[str] = set()  # layers seen with a 4-D (N, C, H, W) output
+
+    @classmethod
+    def build(cls, model: Any, spec: Spec, first_column: int) -> LayerPlan | None:
+        """The plan of ``spec.layers`` on ``model`` (None without layers), its statistics columns
+        from ``first_column`` on."""
+        layers = resolve_layers(model, spec)
+        if not layers:
+            return None
+        checks = [j for j, c in enumerate(spec.checks)
+                  if c.group is None and c.mode == "sample" and acts_on_features(c.input) and spec.num_funcs is None]
+        return cls(spec, layers, checks, first_column)
+
+    @property
+    def n_columns(self) -> int:
+        return len(self.checks) * len(self.names)
+
+    def column(self, j: int, layer: int) -> int:
+        return self.first + self.checks.index(j) * len(self.names) + layer
+
+    def fold(self, transformed: list[Any], stats: BlockStats, start: int, valid: torch.Tensor,
+             hw: tuple[int, ...]) -> None:
+        """Fold the layer errors of the chunk's forward passes (recorded by the taps) into the
+        statistics: ``transformed`` says which call and offset carried each check's rows."""
+        for name in self.names:
+            recorded = self.tap.outputs[name]
+            if recorded and is_feature_map(recorded[0]):
+                self.maps.add(name)
+        for item in transformed:
+            j = item.check_index
+            if j not in self.checks or item.rows is not None or item.element is not None:
+                continue
+            check = self.spec.checks[j]
+            errors = layer_errors(self.tap, check, item.p_in, item.call, item.offset, item.rows_in_call, hw)
+            for li, name in enumerate(self.names):
+                e = errors[name]
+                if isinstance(e, str):
+                    self.skipped[(j, name)] = e
+                    continue
+                keep = valid
+                if isinstance(e, tuple):  # a shift on a strided map: only samples it divides
+                    e, kept = e
+                    keep = valid & kept
+                    stride = map_stride(hw, tuple(self.tap.outputs[name][0].shape[-2:])) or (1, 1)
+                    self.strided[(j, name)] = stride
+                    self.skipped.setdefault((j, name), f"no sample's shift is a multiple of the map's "
+                                            f"stride {stride[0]}x{stride[1]}")
+                stats.update(self.column(j, li), start, e, keep)
+
+    def results(self, j: int, summaries: list[Any]) -> list[dict[str, Any]] | None:
+        """Check ``j``'s per-layer rows of the report (None: the check has none)."""
+        if j not in self.checks:
+            return None
+        out = []
+        for li, name in enumerate(self.names):
+            if self.spec.layers == "all" and name not in self.maps:
+                continue  # "all": the leaf modules whose outputs are (N, C, H, W) feature maps
+            s = summaries[self.column(j, li)]
+            if s.n == 0:
+                out.append({"name": name, "skipped": self.skipped.get((j, name), "no samples")})
+            else:
+                row = {"name": name, "n": s.n, "mean": s.mean, "std": s.std, "ci_low": s.ci_low,
+                       "ci_high": s.ci_high, "max": s.max}
+                if (j, name) in self.strided:  # n counts the samples whose shift the stride divides
+                    row["stride"] = list(self.strided[(j, name)])
+                out.append(row)
+        return out
+
+    def notes(self) -> list[str]:
+        """The report's note naming the checks without per-layer errors."""
+        skipped = [c.name for j, c in enumerate(self.spec.checks) if j not in self.checks]
+        if not skipped:
+            return []
+        return ["per-layer errors skip checks whose transform does not act on feature maps (or with "
+                "num_funcs, group: or mode: lie): " + ", ".join(skipped)]

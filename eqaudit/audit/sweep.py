@@ -149,7 +149,7 @@ def sweep_spec(spec: Spec, check_name: str, param: str, values: list[float | int
 def run_sweep(model: Any, spec: Spec, check_name: str, param: str, values: list[float | int],
               **audit_kwargs: Any) -> Sweep:
     """Audit every value of the parameter in one pass and collect the curve."""
-    from .engine import audit
+    from .run import audit
 
     swept, labels = sweep_spec(spec, check_name, param, values)
     report = audit(model, swept, **audit_kwargs)

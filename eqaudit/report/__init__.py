@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
-from .. import __version__
+from .._version import __version__
 
 GATES = ("mean", "upper")
 

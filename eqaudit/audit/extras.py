@@ -1,0 +1,111 @@
+"""Figures beside the audit's estimates, measured on the first block of samples with the same
+evaluation core: each check's noise floor (the error of the identity transform between two
+batch sizes) and the hint that a failing check's output transform may be inverted."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import torch
+
+from transforms_zoo import SampleRNG
+from transforms_zoo import build as build_transform
+
+from ..spec import Spec
+from .distances import Distance
+from .estimator import BLOCK
+from .evaluate import evaluate_checks
+from .sampling import PointSampler
+
+
+class _Doubled:
+    """``model(cat([x, x]))[:n]``: the model's outputs at another batch size."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(torch.cat([x, x]))[: x.shape[0]]
+
+
+def noise_floors(model: Any, spec: Spec, sampler: PointSampler, dev: torch.device) -> list[float]:
+    """Each check's distance between two evaluations of the model on the same points: the error
+    of the identity transform, i.e. run-to-run nondeterminism plus the rounding differences of a
+    different batch size (the first ``min(samples, 64)`` points, forwarded alone and then
+    concatenated with themselves). Fixed points and batch sizes: independent of ``batch_size``.
+    NaN where the model or the distance fails."""
+    n0 = min(spec.samples, BLOCK)
+    rng = SampleRNG.for_range(spec.seed, 0, n0, dev)
+    x = sampler.draw(rng)
+    try:
+        y = model(x)
+    except Exception:
+        return [math.nan] * len(spec.checks)
+    identity = build_transform("identity")
+    checks = [dataclasses.replace(c, input=identity, output=identity, both=False, group=None, mode="sample",
+                                  mask="none") for c in spec.checks]
+    means: list[torch.Tensor | None] = []
+    same: dict[str, torch.Tensor | None] = {}  # checks with the same built-in distance agree
+    for j, check in enumerate(checks):  # stay on the device: one transfer for all checks at the end
+        dist = check.distance
+        key = dist.name if isinstance(dist, Distance) and dist.batchable else None
+        if key is not None and key in same:
+            means.append(same[key])
+            continue
+        try:
+            ev = evaluate_checks(_Doubled(model), checks, x, y, rng, spec, chosen=[j], fuse=False)
+            m: torch.Tensor | None = ev.checks[0].errors.mean()  # NaN or Inf if any is
+        except Exception:
+            m = None
+        means.append(m)
+        if key is not None:
+            same[key] = m
+    got = [m for m in means if m is not None]
+    values = iter(torch.stack(got).tolist() if got else [])
+    return [next(values) if m is not None else math.nan for m in means]
+
+
+def first_block_mean(model: Any, spec: Spec, sampler: PointSampler, dev: torch.device, j: int,
+                     outputs: list[Any]) -> list[float]:
+    """Mean error of check ``j`` on the first 64 samples (the audit's draws) with each of
+    ``outputs`` as its output transform."""
+    n0 = min(spec.samples, BLOCK)
+    rng = SampleRNG.for_range(spec.seed, 0, n0, dev)
+    x = sampler.draw(rng)
+    y = model(x)
+    means = []
+    for output in outputs:
+        checks = list(spec.checks)
+        checks[j] = dataclasses.replace(checks[j], output=output)
+        ev = evaluate_checks(model, checks, x, y, rng, spec, chosen=[j])
+        means.append(float(ev.checks[0].errors.mean()))
+    return means
+
+
+def inverse_hints(model: Any, spec: Spec, sampler: PointSampler, dev: torch.device,
+                  failing: list[bool]) -> dict[int, str]:
+    """For each failing check whose output transform the zoo can invert: when the inverted output
+    transform fits at least 10x better on the first 64 samples, a hint that it may be inverted."""
+    from transforms_zoo.group import inverse_of
+
+    hints: dict[int, str] = {}
+    for j, check in enumerate(spec.checks):
+        if not failing[j] or check.output.name == "identity":
+            continue
+        inv = inverse_of(check.output)
+        if inv is None:
+            continue
+        try:
+            inv_text = inv.describe()
+            if inv_text == check.output.describe():
+                continue  # self-inverse: nothing to learn
+            base, flipped = first_block_mean(model, spec, sampler, dev, j, [check.output, inv])
+        except Exception:
+            continue
+        if math.isfinite(base) and math.isfinite(flipped) and base > 0 and flipped * 10 <= base:
+            hints[j] = (f"the inverse output transform {inv_text} fits {base / max(flipped, 1e-300):.3g}x better "
+                        f"(mean {flipped:.3g} vs {base:.3g} on the first {min(spec.samples, BLOCK)} samples): "
+                        "the output transform may be inverted (R vs R^T / rot90 direction)")
+    return hints

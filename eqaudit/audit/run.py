@@ -1,0 +1,355 @@
+"""The audit run: ``audit(model, spec) -> Report``.
+
+It prepares the model (device, eval mode, autocast, compile), chooses the chunk size, runs this
+process's share of the chunk grid (:func:`eqaudit.audit.chunk.measure_chunk`, backing off on
+out-of-memory), keeps sampling until a target half-width when asked, sums the statistics across
+processes, and adds the extras (noise floor, inverse hints, per-layer rows) beside the estimates.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from transforms_zoo import SampleRNG
+
+from ..errors import ArgumentError, EqauditError
+from ..report import Report
+from ..spec import Spec, check_seed, load_spec
+from . import chunk
+from .chunking import Probe, auto_batch_size, bounded_chunk, forward_rows, probe, round_up
+from .device import Autocast, model_dtype, resolve_device
+from .distributed import World, current_world, reduce_stats
+from .estimator import BLOCK, BlockStats, Summary
+from .extras import inverse_hints, noise_floors
+from .forward import is_oom
+from .layers import LayerPlan
+from .options import Precision, check_gate_confidence, check_run_options, check_samples, parse_precision
+from .results import check_result, gated, max_finite, refuse_unusable, run_notes
+from .sampling import PointSampler
+
+__all__ = ["audit", "resolve_device"]
+
+Progress = Callable[[int, int], None]
+
+
+def audit(
+    model: torch.nn.Module | Callable[[torch.Tensor], torch.Tensor] | None,
+    spec: Spec | str | Path,
+    *,
+    samples: int | None = None,
+    seed: int | None = None,
+    device: str | torch.device | None = None,
+    batch_size: int | None = None,
+    confidence: float = 0.95,
+    gate: str = "mean",
+    progress: Progress | None = None,
+    checkpoint: str | Path | None = None,
+    trust_checkpoint: bool = False,
+    precision: str | float | None = None,
+    compile: bool = False,
+    max_samples: int | None = None,
+    noise_floor: bool = True,
+) -> Report:
+    """Estimate every check of ``spec`` on ``model`` and return a :class:`Report`.
+
+    ``model`` may be None to build it from the spec's ``model`` block (``checkpoint`` overrides
+    ``model.checkpoint``). ``device=None`` keeps the model where it is; ``"auto"`` picks CUDA when
+    present. ``batch_size`` is rounded up to a multiple of 64 (the statistics block); by default
+    it is chosen from the input size and device. The model is evaluated in eval mode under
+    ``torch.inference_mode()`` and its training flag is restored afterwards.
+
+    ``precision`` (``bf16`` or ``fp16``) runs the model's forward passes under autocast; the
+    distances and statistics stay in float64. ``compile=True`` wraps the model in
+    ``torch.compile``. Launched with ``torchrun``, each process takes every n-th chunk and the
+    statistics are summed: the report equals the single-process one.
+
+    ``precision`` may instead be a number EPS > 0 (or its text): sampling then continues along
+    the same index sequence (sample i is still a function of (seed, i)) until every check's
+    confidence half-width is at most EPS, or ``max_samples`` (default 16 x ``samples``) is
+    reached; the report's ``samples`` is the count used. ``noise_floor`` measures each check's
+    distance between two forward passes of the same 64 points (see :func:`noise_floors`).
+
+    A bad argument is an :class:`eqaudit.errors.ArgumentError` naming the parameter.
+    """
+    t0 = time.perf_counter()
+    spec = _resolved_spec(spec, samples, seed)
+    check_gate_confidence(gate, confidence)
+    parsed = parse_precision(precision)
+    check_run_options(batch_size, max_samples, parsed)
+    if device is not None:
+        resolve_device(device)  # refuse a bad device before loading anything
+    target = _Target.build(model, spec, device, checkpoint, trust_checkpoint, compile, parsed)
+    try:
+        with torch.inference_mode():
+            measured = _measure(target, spec, batch_size, progress, parsed, max_samples, confidence)
+            extras = _extras(target, measured, noise_floor, confidence, gate)
+    finally:
+        target.release()
+    return _report(target, measured, extras, confidence, gate, precision, t0)
+
+
+def _resolved_spec(spec: Spec | str | Path, samples: int | None, seed: int | None) -> Spec:
+    if not isinstance(spec, Spec):
+        spec = load_spec(spec)
+    if samples is not None:
+        spec = spec.replace(samples=check_samples(samples))
+    if seed is not None:
+        try:
+            spec = spec.replace(seed=check_seed(seed))
+        except EqauditError as exc:
+            raise ArgumentError("seed", f"seed {exc.message}") from None
+    return spec
+
+
+@dataclass
+class _Target:
+    """The model as the run calls it, where it runs, and what to restore afterwards."""
+
+    model: Any
+    forward: Any  # the model, compiled and under autocast as asked
+    dev: torch.device
+    world: World
+    is_module: bool
+    was_training: bool
+    checkpoint_label: str | None
+    plan: LayerPlan | None = None
+
+    @classmethod
+    def build(cls, model: Any, spec: Spec, device: Any, checkpoint: Any, trust_checkpoint: bool, compile: bool,
+              precision: Precision) -> _Target:
+        label = None
+        if model is None:
+            path = Path(checkpoint) if checkpoint is not None else spec.model.checkpoint
+            model = spec.build_model(checkpoint, trust_checkpoint=trust_checkpoint)
+            label = _display_path(path) if path is not None else None
+            if device is None:
+                device = "auto"
+            model.eval()  # freshly built: its training flag is only the constructor's default
+        is_module = isinstance(model, torch.nn.Module)
+        world = current_world(resolve_device(device, model if is_module else None))
+        if world.size > 1 and str(device) == "auto" and torch.cuda.is_available():
+            device = f"cuda:{world.local_rank % torch.cuda.device_count()}"
+        dev = resolve_device(device, model if is_module else None)
+        was_training = bool(is_module and model.training)
+        if is_module:
+            model.to(dev)
+            model.eval()
+        forward: Any = torch.compile(model) if compile else model
+        if precision.autocast is not None:
+            forward = Autocast(forward, dev, precision.autocast)
+        return cls(model, forward, dev, world, is_module, was_training, label)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return model_dtype(self.model) if self.is_module else torch.get_default_dtype()
+
+    def release(self) -> None:
+        """Remove the layer hooks and restore the model's training flag."""
+        if self.plan is not None:
+            self.plan.tap.remove()  # never leave hooks on the user's model
+        if self.is_module and self.was_training:
+            self.model.train(True)
+
+
+@dataclass
+class _Measured:
+    spec: Spec  # with the sample count reached
+    sampler: PointSampler
+    stats: BlockStats
+    chunk_size: int
+    target_halfwidth: float | None
+
+
+def _measure(target: _Target, spec: Spec, batch_size: int | None, progress: Progress | None,
+             precision: Precision, max_samples: int | None, confidence: float) -> _Measured:
+    """Run the chunk grid (then more samples until the target half-width, when given)."""
+    sampler = PointSampler(spec, target.dev, target.dtype)
+    measured = _probe(target, spec, sampler) if batch_size is None else None
+    target.plan = plan = LayerPlan.build(target.model, spec, chunk.n_columns(spec))
+    chunk_size, max_rows = _chunk_size(target, spec, sampler, batch_size, measured)
+    local = BlockStats(spec.samples, chunk.n_columns(spec) + (plan.n_columns if plan else 0), target.dev)
+    grid = _Grid(target, sampler, chunk_size, batch_size is not None, progress, max_rows)
+    chunk_size = grid.chunk_size = grid.run(spec, local)  # later rounds keep a size that fits
+    stats = _reduced(local, target.world)
+    eps = precision.target_halfwidth
+    if eps is not None:
+        cap = max_samples if max_samples is not None else 16 * spec.samples
+        while True:
+            n_next = _next_sample_count(stats.summaries(confidence)[: len(spec.checks)], eps, spec.samples, cap)
+            if n_next is None:
+                break
+            begin = (spec.samples // BLOCK) * BLOCK  # a partial last block is redone whole
+            local = local.grown(n_next)
+            local.clear_from(begin)
+            spec = spec.replace(samples=n_next)
+            grid.run(spec, local, begin=begin)
+            stats = _reduced(local, target.world)
+    if plan is not None:
+        plan.tap.remove()
+    return _Measured(spec, sampler, stats, chunk_size, eps)
+
+
+def _probe(target: _Target, spec: Spec, sampler: PointSampler) -> Probe | None:
+    """The model's layer sizes on one block of points, on the CPU when the automatic chunk size
+    may be more than one block (may the model's layers want less?)."""
+    dev = target.dev
+    size = auto_batch_size(max(1, math.prod(sampler.shape)), dev, spec.samples)
+    if dev.type != "cpu" or not target.is_module or size <= BLOCK:
+        return None
+    with torch.inference_mode():
+        return probe(target.model, sampler.draw(SampleRNG.for_range(spec.seed, 0, BLOCK, dev)))
+
+
+def _chunk_size(target: _Target, spec: Spec, sampler: PointSampler, batch_size: int | None,
+                measured: Probe | None) -> tuple[int, int | None]:
+    """Samples per chunk, and rows per model call (None: a whole chunk or fused group per call)."""
+    dev = target.dev
+    sample_numel = max(1, math.prod(sampler.shape))
+    if batch_size is not None:
+        return round_up(int(batch_size), BLOCK), None
+    size = auto_batch_size(sample_numel, dev, spec.samples)
+    max_rows = None
+    copies = chunk.copies_per_sample(spec)
+    if measured is not None:
+        if target.plan is None:
+            max_rows = forward_rows(measured.layer, dev)
+        else:  # the layer taps record each check's rows in one call: bound the chunk instead
+            size = auto_batch_size(sample_numel, dev, spec.samples, layer_bytes=measured.layer, copies=copies)
+    held = measured.held(copies) if measured is not None else None
+    return bounded_chunk(size, dev, held, target.world.size, spec.samples), max_rows
+
+
+@dataclass
+class _Grid:
+    """This process's share of the chunk grid, with out-of-memory backoff."""
+
+    target: _Target
+    sampler: PointSampler
+    chunk_size: int
+    fixed: bool  # the caller chose the batch size: out of memory is an error, not a backoff
+    progress: Progress | None
+    max_rows: int | None
+
+    def run(self, spec: Spec, stats: BlockStats, begin: int = 0) -> int:
+        """Process the chunks from ``begin``. On out-of-memory a chunk is processed in halves (the
+        grid, hence the split across processes, stays the same), and later chunks use the smaller
+        size; with a fixed batch size it is an error instead. Returns the size last used."""
+        n, world, dev = spec.samples, self.target.world, self.target.dev
+        starts = list(range(begin, n, self.chunk_size))
+        step = self.chunk_size
+        samples_done = begin
+        for start in starts[world.rank :: world.size]:
+            end = min(start + self.chunk_size, round_up(n, BLOCK))
+            pos = start
+            while pos < end:
+                length = min(step, end - pos)
+                try:
+                    chunk.measure_chunk(self.target.forward, spec, self.sampler, stats, dev, pos, length,
+                                        self.target.plan, self.max_rows)
+                except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
+                    if not is_oom(exc) or step <= BLOCK:
+                        raise
+                    if self.fixed:
+                        raise ArgumentError("batch_size", f"out of memory with batch_size {self.chunk_size}",
+                                            hint="use a smaller batch size or omit it") from None
+                    if dev.type == "cuda":
+                        torch.cuda.empty_cache()
+                    step = max(BLOCK, (step // 2 // BLOCK) * BLOCK)
+                    continue
+                pos += length
+                samples_done += min(length, max(0, n - (pos - length)))
+                if self.progress is not None:
+                    self.progress(min(samples_done * world.size, n), n)
+        return step
+
+
+def _next_sample_count(summaries: list[Summary], target: float, n: int, cap: int) -> int | None:
+    """The next sample count of sequential sampling, or None to stop (every half-width <= target,
+    or the cap reached). Grows by the predicted factor (half-width ~ 1/sqrt(n)) with a margin, at
+    least one block and at most 8x per round."""
+    if n >= cap:
+        return None
+    worst = 0.0
+    for s in summaries:
+        if s.n == 0:
+            continue
+        half = s.half_width if math.isfinite(s.half_width) else math.inf
+        worst = max(worst, half / target)
+    if worst <= 1.0:
+        return None
+    want = n * min(64.0, worst * worst * 1.1) if math.isfinite(worst) else 8 * n
+    want = min(max(want, n + BLOCK), 8 * n)
+    return int(min(cap, round_up(math.ceil(want), BLOCK)))
+
+
+def _reduced(local: BlockStats, world: World) -> BlockStats:
+    """The statistics of every process (``local`` itself in a single process)."""
+    if world.size == 1:
+        return local
+    total = local.grown(local.n_samples)
+    reduce_stats(total, world)
+    return total
+
+
+@dataclass
+class _Extras:
+    summaries: list[Summary]
+    floors: list[float] | None
+    hints: dict[int, str]
+
+
+def _extras(target: _Target, measured: _Measured, noise_floor: bool, confidence: float, gate: str) -> _Extras:
+    """The summaries, and beside them the noise floors and the inverse-output hints."""
+    spec = measured.spec
+    floors = noise_floors(target.forward, spec, measured.sampler, target.dev) if noise_floor else None
+    summaries = measured.stats.summaries(confidence)
+    failing = [gated(s, gate) > c.threshold for c, s in zip(spec.checks, summaries)]
+    hints = inverse_hints(target.forward, spec, measured.sampler, target.dev, failing)
+    return _Extras(summaries, floors, hints)
+
+
+def _report(target: _Target, measured: _Measured, extras: _Extras, confidence: float, gate: str,
+            precision: str | float | None, t0: float) -> Report:
+    spec, summaries, floors, plan = measured.spec, extras.summaries, extras.floors, target.plan
+    results = []
+    for j, s in enumerate(summaries[: len(spec.checks)]):
+        refuse_unusable(spec, j, s)
+        results.append(check_result(
+            spec, j, s, summaries, confidence=confidence, gate=gate,
+            noise_floor=floors[j] if floors is not None else math.nan, hint=extras.hints.get(j),
+            layers=plan.results(j, summaries) if plan is not None else None))
+    notes = list(plan.notes()) if plan is not None else []
+    autocast = parse_precision(precision).autocast is not None
+    notes += run_notes(spec, results, world_size=target.world.size, precision_text=str(precision) if autocast else None,
+                       target=measured.target_halfwidth, hints=extras.hints, was_training=target.was_training)
+    return Report(
+        checks=tuple(results),
+        spec=spec.file,
+        checkpoint=target.checkpoint_label,
+        device=str(target.dev),
+        seed=spec.seed,
+        samples=spec.samples,
+        elapsed_s=time.perf_counter() - t0,
+        gate=gate,
+        batch_size=measured.chunk_size,
+        model_was_training=target.was_training,
+        notes=tuple(notes),
+        noise_floor=max_finite(floors),
+        sampling=spec.input.sampling,
+        target_halfwidth=measured.target_halfwidth,
+    )
+
+
+def _display_path(path: Path) -> str:
+    """The path relative to the working directory when it lies below it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)

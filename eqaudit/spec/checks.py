@@ -1,0 +1,147 @@
+"""Parser of one ``checks[i]`` entry: its transforms, distance, thresholds and mode, and the
+user-code references the checks name."""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import transforms_zoo
+from transforms_zoo import Transform, TransformError
+from transforms_zoo._resolve import is_reference
+from transforms_zoo.group import finite_group
+
+from ..audit.distances import Distance, parse_distance
+from ..errors import EqauditError, did_you_mean
+from ..io.yaml_source import YamlSource, join
+from .fields import check_keys, describe_value, expect_mapping, parse_float
+from .model import CheckSpec
+
+CHECK_KEYS = ("name", "input", "output", "both", "epsilon", "threshold", "weight", "distance", "group", "mode", "mask")
+MASKS = ("none", "valid")
+MODES = ("sample", "lie")
+
+
+def _build_transform(src: YamlSource, value: Any, key: str, base_dir: Path) -> Transform:
+    try:
+        return transforms_zoo.build(value, base_dir=str(base_dir))
+    except TransformError as exc:
+        sub = key
+        if exc.key:
+            sub = key + exc.key if exc.key.startswith("[") else f"{key}.{exc.key}"
+        raise src.error(sub, exc.message, exc.hint) from None
+
+
+def parse_check(
+    src: YamlSource, raw: Any, i: int, default_distance: str | float, base_dir: Path
+) -> CheckSpec:
+    where = f"checks[{i}]"
+    c = expect_mapping(src, raw, where)
+    check_keys(src, c, CHECK_KEYS, where)
+    both = "both" in c
+    group = None
+    if both and ("input" in c or "output" in c):
+        raise src.error(
+            f"{where}.both", "'both' replaces 'input' and 'output'", "remove input/output, or remove both"
+        )
+    if "group" in c:
+        for other in ("input", "both"):
+            if other in c:
+                raise src.error(f"{where}.{other}", f"'group' replaces '{other}': every group element is the input "
+                                "transform", "remove one of them")
+        try:
+            group = finite_group(c["group"])
+        except ValueError as exc:
+            raise src.error(f"{where}.group", str(exc)) from None
+        out = c.get("output", "identity")
+        if out not in ("identity", "same"):
+            raise src.error(f"{where}.output", f"with 'group', output is 'identity' (invariance) or 'same' (the same "
+                            f"element on the outputs), got {describe_value(out)}")
+        both = out == "same"
+        t_in = group
+        t_out = group if both else _build_transform(src, "identity", f"{where}.output", base_dir)
+    elif both:
+        t_in = _build_transform(src, c["both"], f"{where}.both", base_dir)
+        t_out = t_in
+    else:
+        if "input" not in c:
+            raise src.error(where, "missing 'input' (or 'both')", "e.g. input: rot90")
+        t_in = _build_transform(src, c["input"], f"{where}.input", base_dir)
+        t_out = _build_transform(src, c.get("output", "identity"), f"{where}.output", base_dir)
+    dist_text = c.get("distance", default_distance)
+    try:
+        dist = parse_distance(dist_text, base_dir)
+    except EqauditError as exc:
+        key = f"{where}.distance" if "distance" in c else "distance"
+        raise src.error(key, exc.message, exc.hint) from None
+    epsilon = parse_float(src, c.get("epsilon", 0.0), f"{where}.epsilon")
+    threshold = parse_float(src, c["threshold"], f"{where}.threshold") if "threshold" in c else epsilon
+    weight = parse_float(src, c.get("weight", 1.0), f"{where}.weight")
+    name = c.get("name")
+    if name is None:
+        name = t_in.describe() if t_out.name == "identity" or both else f"{t_in.describe()} -> {t_out.describe()}"
+    elif not isinstance(name, (str, int, float)) or isinstance(name, bool):
+        raise src.error(f"{where}.name", f"expected a string, got {describe_value(name)}")
+    elif not str(name).strip():
+        raise src.error(f"{where}.name", "the name is empty", "give the check a name, or remove the key")
+    elif any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in str(name)):
+        raise src.error(f"{where}.name", f"the name {str(name)!r} contains control characters (newlines, tabs, "
+                        "escapes), which break the table and the JUnit and Markdown reports", "use printable text")
+    mode = c.get("mode", "sample")
+    if mode not in MODES:
+        raise src.error(f"{where}.mode", f"expected sample or lie, got {describe_value(mode)}", did_you_mean(str(mode), MODES))
+    if mode == "lie":
+        _check_lie(src, c, where, t_in, t_out, both, group, dist)
+    mask = c.get("mask", "none")
+    if mask not in MASKS:
+        raise src.error(f"{where}.mask", f"expected none or valid, got {describe_value(mask)}", did_you_mean(str(mask), MASKS))
+    if mask == "valid" and (group is not None or mode == "lie"):
+        raise src.error(f"{where}.mask", "'mask: valid' applies to sampled transforms, not to 'group' or "
+                        "'mode: lie' checks", "remove mask")
+    return CheckSpec(str(name), t_in, t_out, both, dist, epsilon, threshold, weight, group, mode, mask)
+
+
+def _check_lie(src: YamlSource, c: Mapping, where: str, t_in: Transform, t_out: Transform, both: bool,
+               group: Any, dist: Distance) -> None:
+    """``mode: lie`` needs transforms with a one-parameter path and a norm as the distance."""
+    if group is not None:
+        raise src.error(f"{where}.mode", "'mode: lie' differentiates along a continuous path; a finite 'group' "
+                        "has none", "remove mode or group")
+    side = "both" if both else "input"
+    if getattr(t_in, "lie_path", None) is None:
+        raise src.error(f"{where}.{side}", f"transform {t_in.describe()} declares no one-parameter path, so it has "
+                        "no Lie derivative", "use shift, rotate, scale or rotate3d (with axis)")
+    if not both and t_out.name != "identity" and getattr(t_out, "lie_path", None) is None:
+        raise src.error(f"{where}.output", f"transform {t_out.describe()} declares no one-parameter path")
+    if not (dist.name in ("l1", "l2", "linf") or dist.name.startswith("lp:")):
+        key = f"{where}.distance" if "distance" in c else "distance"
+        raise src.error(key, f"'mode: lie' takes the norm of a derivative: use l1, l2, linf or lp:P, "
+                        f"not {dist.name}")
+
+
+def code_references(raw_checks: list, distance: Any) -> dict[str, str]:
+    """The ``module:attr`` references of a validated spec's checks and distance, by key."""
+    refs: dict[str, str] = {}
+    if _is_code(distance, as_distance=True):
+        refs["distance"] = distance
+    for i, check in enumerate(raw_checks):
+        for side in ("input", "output", "both", "distance"):
+            if side in check:
+                refs.update(_references_in(check[side], f"checks[{i}].{side}", side == "distance"))
+    return refs
+
+
+def _references_in(value: Any, key: str, as_distance: bool) -> dict[str, str]:
+    if isinstance(value, list):
+        found: dict[str, str] = {}
+        for j, item in enumerate(value):
+            found.update(_references_in(item, join(key, j), as_distance))
+        return found
+    return {key: value} if _is_code(value, as_distance=as_distance) else {}
+
+
+def _is_code(value: Any, *, as_distance: bool) -> bool:
+    """Whether a spec value names user code (``lp:P`` is a distance, not code)."""
+    return is_reference(value) and not (as_distance and value.startswith("lp:"))

@@ -1,0 +1,137 @@
+"""Parsers of the spec's ``model``, ``input`` and ``layers`` sections."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from ..errors import did_you_mean
+from ..io.yaml_source import YamlSource, join
+from .fields import check_keys, describe_value, expect_mapping, parse_float, parse_int, resolve_path
+from .model import DataRef, InputSpec, ModelSpec
+
+MODEL_KEYS = ("factory", "kwargs", "checkpoint")
+INPUT_KEYS = ("shape", "bounds", "data", "dtype", "sampling")
+#: At most this many elements in one sample (2^31: ~8 GiB of float32 for a single point).
+MAX_SAMPLE_ELEMENTS = 1 << 31
+DTYPES = ("float16", "bfloat16", "float32", "float64")
+SAMPLINGS = ("random", "sequential", "sobol")
+SOBOL_MAX_DIM = 21201  # torch.quasirandom.SobolEngine.MAXDIM
+
+
+def parse_model(src: YamlSource, raw: Any, base_dir: Path) -> ModelSpec:
+    if raw is None:
+        return ModelSpec()
+    m = expect_mapping(src, raw, "model")
+    check_keys(src, m, MODEL_KEYS, "model")
+    factory = m.get("factory")
+    if factory is not None and (not isinstance(factory, str) or ":" not in factory):
+        raise src.error(
+            "model.factory", f"expected 'package.module:callable' or 'file.py:callable', got {describe_value(factory)}"
+        )
+    kwargs = m.get("kwargs")
+    kwargs = {} if kwargs is None else kwargs
+    if not isinstance(kwargs, dict):
+        raise src.error("model.kwargs", f"expected a mapping of keyword arguments, got {describe_value(kwargs)}")
+    ckpt = m.get("checkpoint")
+    if ckpt is not None and not (isinstance(ckpt, str) and ckpt.strip()):
+        raise src.error("model.checkpoint", f"expected a file path, got {describe_value(ckpt)}",
+                        "give the checkpoint's path, or remove the key to audit the factory's weights")
+    return ModelSpec(factory, dict(kwargs), resolve_path(base_dir, ckpt) if ckpt else None)
+
+
+def _parse_bounds(src: YamlSource, v: Any, key: str) -> Any:
+    def walk(x: Any, k: str) -> Any:
+        if isinstance(x, list):
+            return [walk(item, join(k, i)) for i, item in enumerate(x)]
+        return parse_float(src, x, k, minimum=None)
+
+    if not isinstance(v, list) or not v:
+        raise src.error(key, f"expected [lo, hi] or nested lists ending in [lo, hi] pairs, got {describe_value(v)}")
+    bounds = walk(v, key)
+    import torch
+
+    try:
+        t = torch.tensor(bounds, dtype=torch.float64)
+    except (ValueError, TypeError):
+        raise src.error(key, "nested lists must be rectangular") from None
+    if t.shape[-1] != 2:
+        raise src.error(key, f"the innermost lists must be [lo, hi] pairs, got length {t.shape[-1]}")
+    if bool((t[..., 0] > t[..., 1]).any()):
+        raise src.error(key, "lo > hi in a [lo, hi] pair")
+    return bounds
+
+
+def parse_input(src: YamlSource, raw: Any, base_dir: Path, require: bool) -> InputSpec:
+    if raw is None:
+        if require:
+            raise src.error("input", "missing: the spec needs an input block", "add 'input: {shape: [C, H, W]}'")
+        raw = {}
+    m = expect_mapping(src, raw, "input")
+    check_keys(src, m, INPUT_KEYS, "input")
+    data = None
+    if "data" in m:
+        d = m["data"]
+        if not isinstance(d, str) or ":" not in d:
+            raise src.error("input.data", f"expected 'file.safetensors:key', got {describe_value(d)}")
+        fname, _, key = d.rpartition(":")
+        path = resolve_path(base_dir, fname)
+        if not path.is_file():
+            raise src.error("input.data", f"data file '{path}' not found", "paths resolve against the spec's folder")
+        data = DataRef(path, key)
+        if "bounds" in m:
+            raise src.error("input.bounds", "give either 'bounds' or 'data', not both")
+    shape: tuple[int, ...]
+    if "shape" in m:
+        s = m["shape"]
+        if not isinstance(s, list) or not s:
+            raise src.error("input.shape", f"expected a list of sizes such as [1, 28, 28], got {describe_value(s)}")
+        shape = tuple(parse_int(src, v, f"input.shape[{i}]", minimum=1) for i, v in enumerate(s))
+        if math.prod(shape) > MAX_SAMPLE_ELEMENTS:
+            raise src.error("input.shape", f"one sample of shape {list(shape)} has {math.prod(shape):,} elements, "
+                            f"more than the {MAX_SAMPLE_ELEMENTS:,} allowed",
+                            "give the shape of one sample, without the batch dimension")
+    elif data is not None:
+        shape = ()  # taken from the data file when it is loaded
+    else:
+        raise src.error("input.shape", "missing", "give the shape of one sample, without the batch dimension")
+    bounds: Any = (0.0, 1.0)
+    if "bounds" in m:
+        bounds = _parse_bounds(src, m["bounds"], "input.bounds")
+    dtype = m.get("dtype")
+    if dtype is not None and dtype not in DTYPES:
+        raise src.error("input.dtype", f"unknown dtype {describe_value(dtype)}", did_you_mean(str(dtype), DTYPES))
+    sampling = m.get("sampling", "random")
+    if sampling not in SAMPLINGS:
+        raise src.error("input.sampling", f"expected random, sequential or sobol, got {describe_value(sampling)}",
+                        did_you_mean(str(sampling), SAMPLINGS))
+    if sampling == "sequential" and data is None:
+        raise src.error("input.sampling", "'sequential' only applies to 'input.data'")
+    if sampling == "sobol":
+        if data is not None:
+            raise src.error("input.sampling", "'sobol' (quasi-Monte Carlo) needs a uniform box, not 'input.data'",
+                            "use random or sequential with data")
+        if math.prod(shape) > SOBOL_MAX_DIM:
+            raise src.error("input.sampling", f"'sobol' supports at most {SOBOL_MAX_DIM} input elements, "
+                            f"the input has {math.prod(shape)}", "use sampling: random")
+    return InputSpec(shape, bounds, data, dtype, sampling)
+
+
+def parse_layers(src: YamlSource, raw: Any) -> tuple[str, ...] | str | None:
+    if raw is None:
+        return None
+    if raw == "all":
+        return "all"
+    if not isinstance(raw, list) or not raw:
+        raise src.error("layers", f"expected 'all' or a list of module names, got {describe_value(raw)}",
+                        "e.g. layers: [features.0, features.2]")
+    names = []
+    for i, n in enumerate(raw):
+        if isinstance(n, int) and not isinstance(n, bool) and n >= 0:
+            n = str(n)  # nn.Sequential children are named "0", "1", ...: YAML reads them as integers
+        if not isinstance(n, str) or not n:
+            raise src.error(f"layers[{i}]", f"expected a module name, got {describe_value(n)}",
+                            "names as in model.named_modules(), e.g. features.0")
+        names.append(n)
+    return tuple(names)

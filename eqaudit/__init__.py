@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 _EXPORTS = {
-    "audit": "eqaudit.audit.engine",
+    "audit": "eqaudit.audit.run",
     "Report": "eqaudit.report",
     "CheckResult": "eqaudit.report",
     "load_spec": "eqaudit.spec",
@@ -36,7 +36,7 @@ def __getattr__(name: str) -> Any:
 
 if TYPE_CHECKING:  # pragma: no cover
     from .io.checkpoint import load_model
-    from .audit.engine import audit
+    from .audit.run import audit
     from .errors import EqauditError
     from .regularizer import EquivarianceError, EquivarianceRegularizer
     from .report import CheckResult, Report

@@ -139,7 +139,7 @@ def measure(
     Under torchrun (python -m torch.distributed.run --nproc-per-node N -m eqaudit measure ...)
     the samples are split across processes and rank 0 writes the reports.
     """
-    from ..audit.engine import audit
+    from ..audit.run import audit
 
     if gate not in ("mean", "upper"):
         raise EqauditError(f"unknown gate '{gate}'", key="--gate", hint="use mean or upper")

@@ -49,6 +49,13 @@ class Curve:
         return {"points": self.points, "window": self.window}
 
     def load(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state`."""
-        self.points = list(state["points"])
-        self.window = dict(state["window"])
+        """Restore :meth:`state`; ValueError when it is not one."""
+        points, window = state.get("points"), state.get("window")
+        if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
+            raise ValueError("the learning curve's points are not a list of mappings")
+        empty = self._empty()
+        if not isinstance(window, dict) or set(window) != set(empty) or any(
+                not isinstance(window[k], type(v)) for k, v in empty.items() if not isinstance(v, float)):
+            raise ValueError(f"the learning curve's open window is not {{{', '.join(empty)}}}")
+        self.points = list(points)
+        self.window = dict(window)

@@ -11,17 +11,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import EqauditError
+from ..errors import EqauditError, first_line
 from ..io.atomic import atomic_write
 from ..spec import check_seed
 from .config import FinetuneConfig
 from .curve import Curve
 from .data import Examples, load_data, sample_shape
+from .inputs import check_same_inputs, input_digests
 from .interrupt import FinetuneInterrupted, SigintFlag
 from .landscape import compute_dynamics
 from .losses import evaluate
 from .sections import DynamicsConfig
-from .state import STATE_FORMAT, STATE_VERSION, load_state, remove_stale_temps, save_model_safetensors, save_state
+from .state import (
+    STATE_FORMAT,
+    STATE_VERSION,
+    load_state,
+    remove_stale_temps,
+    save_model_safetensors,
+    save_state,
+    state_error,
+)
 from .summary import FinetuneResult, RunFacts, build_report, report_from_dict
 from .trainer import Trainer
 
@@ -114,6 +123,8 @@ class _Session:
     val: Examples | None
     model: Any
     trainer: Trainer
+    #: sha256 of every file the update reads, by key (saved in the state, checked on resume)
+    inputs: dict[str, str]
 
     @property
     def main(self) -> bool:
@@ -167,6 +178,7 @@ def _open(cfg: FinetuneConfig, device: str | None, trust_checkpoint: bool, model
     resolved, world = _resolve_device(cfg, device)
     if world.is_main:
         remove_stale_temps([cfg.output.checkpoint, cfg.output.report, cfg.output.state])
+    inputs = input_digests(cfg)  # before reading them: what this run's updates depend on
     train, val = load_data(cfg)
     if model is None:
         with torch.random.fork_rng():  # a model built without a checkpoint starts from seeded weights
@@ -188,7 +200,7 @@ def _open(cfg: FinetuneConfig, device: str | None, trust_checkpoint: bool, model
             key = "data.dataset" if cfg.data.dataset else "data.inputs"
             raise cfg.error(key, f"training samples have shape {list(shape)}, input.shape says "
                             f"{list(cfg.spec.input.shape)}", "the penalty uses the training batch (regularizer.points)")
-    return _Session(cfg, resolved, world, train, val, model, trainer)
+    return _Session(cfg, resolved, world, train, val, model, trainer, inputs)
 
 
 def _audit_before(session: _Session, callback: Callback | None) -> _Progress:
@@ -209,20 +221,24 @@ def _resume(session: _Session) -> _Progress:
     """The progress saved in the resumable state, restored into the trainer and torch's generators."""
     import torch
 
-    cfg, trainer = session.cfg, session.trainer
-    state = load_state(cfg, cfg.output.state, session.device)
+    cfg, trainer, path = session.cfg, session.trainer, session.cfg.output.state
+    state = load_state(cfg, path, session.device)
+    check_same_inputs(cfg, state["inputs"], session.inputs, path)
     if int(state["step"]) > trainer.total_steps:
         raise EqauditError(f"the saved state is at step {state['step']}, past the {trainer.total_steps} steps "
                            "configured", file=cfg.file, key="--resume",
                            hint="raise steps, or run with --force to start over")
-    trainer.load_state_dict(state)
     curve = Curve(cfg.log_every)
-    curve.load(state["curve"])
-    torch.set_rng_state(state["rng"]["cpu"].cpu())
-    if session.cuda_devices and state["rng"].get("cuda") is not None:
-        torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), session.device)
-    return _Progress(report_from_dict(state["before"]), dict(state["metrics_before"]), curve,
-                     float(state.get("train_elapsed_s", 0.0)), trainer.step_idx)
+    try:
+        before = report_from_dict(state["before"])
+        curve.load(state["curve"])
+        trainer.load_state_dict(state)
+        torch.set_rng_state(state["rng"]["cpu"].cpu())
+        if session.cuda_devices and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), session.device)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise state_error(path, None, f"cannot be restored: {first_line(exc)}") from None
+    return _Progress(before, dict(state["metrics_before"]), curve, float(state["train_elapsed_s"]), trainer.step_idx)
 
 
 def _snapshot(session: _Session, progress: _Progress, train_elapsed: float) -> dict[str, Any]:
@@ -242,6 +258,7 @@ def _snapshot(session: _Session, progress: _Progress, train_elapsed: float) -> d
         "before": progress.before.to_dict(),
         "metrics_before": progress.metrics_before,
         "train_elapsed_s": train_elapsed,
+        "inputs": session.inputs,
     }
 
 

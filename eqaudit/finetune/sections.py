@@ -4,6 +4,7 @@ located at its key and line."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,19 +245,17 @@ def parse_output(src: YamlSource, raw: Any, base: Path, spec: Spec) -> OutputCon
 
     paths = {"checkpoint": checkpoint, "report": path_of("report", f"{stem}.report.json"),
              "state": path_of("state", f"{stem}.state.pt")}
-    seen: dict[Path, str] = {}
+    seen: dict[str, str] = {}
     for key, path in paths.items():
-        if path.resolve() in seen:
-            raise src.error(f"output.{key}", f"is the same file as output.{seen[path.resolve()]}")
-        seen[path.resolve()] = key
+        real = os.path.realpath(path)  # a link loop stays a path (Path.resolve raises)
+        if real in seen:
+            raise src.error(f"output.{key}", f"is the same file as output.{seen[real]}")
+        seen[real] = key
     return OutputConfig(**paths)
 
 
 def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve()
-    except OSError:
-        return False
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def parse_dynamics(src: YamlSource, raw: Any) -> DynamicsConfig:

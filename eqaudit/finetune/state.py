@@ -9,12 +9,22 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import EqauditError
+from ..errors import EqauditError, first_line
 from ..io.atomic import atomic_write, temp_prefix
+from ..io.files import require_regular_file
 from .config import FinetuneConfig
 
 STATE_FORMAT = "eqaudit.finetune.state"
-STATE_VERSION = 1
+#: 2: the sha256 of every file the update reads ("inputs"), checked on resume
+STATE_VERSION = 2
+
+#: The entries of a state file and their types (checked before any is used).
+STATE_ENTRIES: dict[str, type | tuple[type, ...]] = {
+    "fingerprint": str, "seed": int, "total_steps": int, "step": int, "model": dict, "optimizer": dict,
+    "rng": dict, "curve": dict, "before": dict, "metrics_before": dict, "train_elapsed_s": (int, float),
+    "inputs": dict,
+}
+_TYPE_NAMES = {str: "a string", int: "an integer", dict: "a mapping", list: "a list", (int, float): "a number"}
 
 
 def remove_stale_temps(paths: Iterable[Path]) -> list[Path]:
@@ -38,29 +48,64 @@ def save_state(path: Path, state: Mapping[str, Any]) -> None:
     atomic_write(path, lambda tmp: torch.save(dict(state), tmp))
 
 
+def state_error(path: Path, key: str | None, message: str) -> EqauditError:
+    """A damaged resumable state: exit 2, naming the state file and the entry."""
+    return EqauditError(message, file=path, key=key, hint="the resumable state is damaged; run with --force to start over")
+
+
 def load_state(cfg: FinetuneConfig, path: Path, device: Any) -> dict[str, Any]:
-    """The resumable state at ``path``, refused unless it continues the run that ``cfg`` describes."""
+    """The resumable state at ``path``, refused unless it is a complete eqaudit state of the run
+    that ``cfg`` describes. Read with ``torch.load(weights_only=True)``: tensors and plain Python
+    values only, never code."""
     import torch
 
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise EqauditError(f"no resumable state at '{path}'", file=cfg.file, key="--resume",
                            hint="run without --resume to start from the beginning")
     try:
+        require_regular_file(path, "resumable state")
         state = torch.load(str(path), map_location=device, weights_only=True)
+    except EqauditError as exc:
+        raise EqauditError(exc.message, file=cfg.file, key="--resume", hint=exc.hint) from None
     except Exception as exc:
-        raise EqauditError(f"cannot read the resumable state '{path}': {type(exc).__name__}: {exc}",
+        raise EqauditError(f"cannot read the resumable state '{path}': {first_line(exc)}",
                            file=cfg.file, key="--resume", hint="run with --force to start over") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise EqauditError(f"'{path}' is not an eqaudit fine-tune state", file=cfg.file, key="--resume")
     if state.get("version") != STATE_VERSION:
         raise EqauditError(f"'{path}' has state version {state.get('version')}, this eqaudit reads {STATE_VERSION}",
-                           file=cfg.file, key="--resume")
-    if state.get("fingerprint") != cfg.fingerprint or state.get("seed") != cfg.spec.seed:
+                           file=cfg.file, key="--resume", hint="run with --force to start over")
+    check_state(path, state)
+    if state["fingerprint"] != cfg.fingerprint or state["seed"] != cfg.spec.seed:
         raise EqauditError(
             f"the config changed since the state '{path}' was saved (only steps, epochs, output, "
             "checkpoint_every, log_every, dynamics and device may change)",
             file=cfg.file, key="--resume", hint="restore the config, or run with --force to start over")
     return state
+
+
+def check_state(path: Path, state: Mapping[str, Any]) -> None:
+    """Every entry of a state present and of its type, the step count >= 0 (else exit 2 at the entry)."""
+    import torch
+
+    for key, kind in STATE_ENTRIES.items():
+        if key not in state:
+            raise state_error(path, key, "missing")
+        value = state[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise state_error(path, key, f"expected {_TYPE_NAMES[kind]}, got {type(value).__name__}")
+    if state["step"] < 0:
+        raise state_error(path, "step", f"is {state['step']}, expected a step count >= 0")
+    if not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+        raise state_error(path, "model", "expected a state dict of tensors")
+    rng = state["rng"]
+    if not isinstance(rng.get("cpu"), torch.Tensor) or not (rng.get("cuda") is None or isinstance(rng["cuda"], torch.Tensor)):
+        raise state_error(path, "rng", "expected the generator states {cpu: tensor, cuda: tensor or null}")
+    curve = state["curve"]
+    if not isinstance(curve.get("points"), list) or not isinstance(curve.get("window"), dict):
+        raise state_error(path, "curve", "expected {points: [...], window: {...}}")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in state["inputs"].items()):
+        raise state_error(path, "inputs", "expected a mapping of keys to sha256 digests")
 
 
 def save_model_safetensors(model: Any, path: Path, metadata: Mapping[str, str]) -> None:

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from transforms_zoo.errors import TransformError
 from transforms_zoo.image_ops import check_rows, fourier_translate, need_2d
 from transforms_zoo.params import Param, int_or_range, integer, one_of
 from transforms_zoo.protocol import Inverted, Transform
@@ -29,7 +30,12 @@ class Identity(Transform):
         return self
 
     def lie_path(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The path that stands still (the output side of an invariance check)."""
         return x
+
+    def lie_generator_error(self) -> TransformError:
+        return TransformError("'identity' does not move, so the derivative along it is zero",
+                              hint="differentiate along shift, rotate, scale or rotate3d with an axis")
 
 
 @register
@@ -179,11 +185,18 @@ class Shift(Transform):
 
         return Inverted(self, undo)
 
+    def lie_generator_error(self) -> TransformError | None:
+        if self.is_random or self.dx[0] or self.dy[0]:
+            return None
+        return TransformError("a shift by (0, 0) has no direction, so its Lie derivative would be taken "
+                              "along a made-up one", hint="give the direction, e.g. dx: 1; its length does not matter")
+
     def lie_path(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Continuous translation by ``t`` pixels (``(n,)``) along the unit direction of (dx, dy)
-        ((1, 0) when both are 0 or ranges): band-limited (Fourier) interpolation, circular; equal
+        ((1, 0) for ranges; a fixed (0, 0) is refused): band-limited (Fourier) interpolation, circular; equal
         to ``torch.roll`` at integer steps along an axis."""
         need_2d(x, self.name)
+        self._require_lie_generator()
         d = (float(self.dx[0]), float(self.dy[0])) if not self.is_random else (1.0, 0.0)
         norm = math.hypot(*d) or 1.0
         ux, uy = (d[0] / norm, d[1] / norm) if any(d) else (1.0, 0.0)

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from transforms_zoo.errors import TransformError
 from transforms_zoo.image_ops import need_2d, per_sample, rotation_theta, warp, warp_ad
 from transforms_zoo.params import Param, boolean, number_or_range, one_of
 from transforms_zoo.protocol import Inverted, Transform
@@ -78,8 +79,17 @@ class Rotate(Transform):
 
         return Inverted(self, undo)
 
+    def lie_generator_error(self) -> TransformError | None:
+        if self.degrees != (0.0, 0.0):
+            return None
+        return TransformError("a rotation by 0 degrees does not move, so its Lie derivative would be taken "
+                              "along a made-up direction", hint="give any nonzero angle, e.g. degrees: 1; its size "
+                              "does not matter")
+
     def lie_path(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Rotation by ``t`` radians (``(n,)``) counter-clockwise, bilinear (``degrees`` is not used)."""
+        """Rotation by ``t`` radians (``(n,)``) counter-clockwise, bilinear (the size of ``degrees`` is
+        not used; 0 is refused)."""
+        self._require_lie_generator()
         h, w = x.shape[-2], x.shape[-1]
         c, s = torch.cos(t), torch.sin(t)
         z = torch.zeros_like(t)
@@ -152,8 +162,17 @@ class Scale(Transform):
 
         return Inverted(self, undo)
 
+    def lie_generator_error(self) -> TransformError | None:
+        if self.factor != (1.0, 1.0):
+            return None
+        return TransformError("a zoom by factor 1 does not move, so its Lie derivative would be taken along a "
+                              "made-up direction", hint="give any factor other than 1, e.g. factor: 1.1; its size "
+                              "does not matter")
+
     def lie_path(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Zoom by the factor ``exp(t)`` (``(n,)``), bilinear (``factor`` is not used)."""
+        """Zoom by the factor ``exp(t)`` (``(n,)``), bilinear (the size of ``factor`` is not used; 1
+        is refused)."""
+        self._require_lie_generator()
         inv = torch.exp(-t)
         z = torch.zeros_like(inv)
         theta = torch.stack([torch.stack([inv, z, z], -1), torch.stack([z, inv, z], -1)], -2)

@@ -145,11 +145,20 @@ class Rotate3d(Transform):
 
         return Inverted(self, undo)
 
-    def lie_path(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Rotation by ``t`` radians (``(n,)``) about the fixed ``axis`` (right-handed)."""
+    def lie_generator_error(self) -> TransformError | None:
         if self.axis is None:
-            raise TransformError("a Lie derivative of 'rotate3d' needs a fixed 'axis' (the path's generator)",
-                                 key="axis")
+            return TransformError("a Lie derivative of 'rotate3d' needs a fixed 'axis' (the path's generator)",
+                                  key="axis")
+        if self.degrees == (0.0, 0.0):
+            return TransformError("a rotation by 0 degrees does not move, so its Lie derivative would be taken "
+                                  "along a made-up direction", key="degrees",
+                                  hint="give any nonzero angle, e.g. degrees: 1; its size does not matter")
+        return None
+
+    def lie_path(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Rotation by ``t`` radians (``(n,)``) about the fixed ``axis`` (right-handed; 0 degrees is
+        refused)."""
+        self._require_lie_generator()
         a = torch.tensor(self.axis, dtype=x.dtype, device=x.device)
         a = a / torch.linalg.vector_norm(a)
         k = torch.zeros(3, 3, dtype=x.dtype, device=x.device)

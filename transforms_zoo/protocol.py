@@ -74,8 +74,15 @@ class Transform:
 
     def lie_generator_error(self) -> TransformError | None:
         """For transforms with a ``lie_path``: why its generator is zero (a path that stands still,
-        such as a shift by (0, 0)), as an error at the parameter that says so; None otherwise."""
+        such as a shift by (0, 0), whose derivative would be 0 or taken along a made-up direction),
+        as an error to raise; None when the path moves."""
         return None
+
+    def _require_lie_generator(self) -> None:
+        """Guard of ``lie_path``: refuse a path whose generator is zero."""
+        error = self.lie_generator_error()
+        if error is not None:
+            raise error
 
     def _require_fixed(self) -> None:
         """Guard of ``apply(x, None)``: a random transform has no fixed parameters to act with

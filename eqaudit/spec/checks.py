@@ -115,10 +115,27 @@ def _check_lie(src: YamlSource, c: Mapping, where: str, t_in: Transform, t_out: 
                         "no Lie derivative", "use shift, rotate, scale or rotate3d (with axis)")
     if not both and t_out.name != "identity" and getattr(t_out, "lie_path", None) is None:
         raise src.error(f"{where}.output", f"transform {t_out.describe()} declares no one-parameter path")
+    _check_generator(src, c, f"{where}.{side}", c.get(side), t_in)
+    if not both and t_out.name != "identity":
+        _check_generator(src, c, f"{where}.output", c.get("output"), t_out)
     if not (dist.name in ("l1", "l2", "linf") or dist.name.startswith("lp:")):
         key = f"{where}.distance" if "distance" in c else "distance"
         raise src.error(key, f"'mode: lie' takes the norm of a derivative: use l1, l2, linf or lp:P, "
                         f"not {dist.name}")
+
+
+def _check_generator(src: YamlSource, c: Mapping, key: str, raw: Any, t: Transform) -> None:
+    """A Lie path whose generator is zero (shift by (0, 0), rotate by 0 degrees, scale by 1) is an
+    error at the transform's key: its derivative is 0 or taken along a made-up direction."""
+    find = getattr(t, "lie_generator_error", None)
+    error = find() if callable(find) else None
+    if error is None:
+        return
+    if isinstance(raw, dict) and len(raw) == 1:  # {name: {params}}: below the name, at the parameter
+        key = join(key, next(iter(raw)))
+        if error.key:
+            key = join(key, error.key)
+    raise src.error(key, error.message, error.hint)
 
 
 def code_references(raw_checks: list, distance: Any) -> dict[str, str]:

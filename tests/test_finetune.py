@@ -51,6 +51,8 @@ def proj(tmp_path: Path) -> Path:
         ("  checkpoint: out/tuned.safetensors", "  checkpoint: tiny.safetensors", "output.checkpoint",
          "being fine-tuned"),
         ("log_every: 5", "log_every: 5\ndynamics: {direction: 3}", "dynamics.direction", "did you mean 'directions'"),
+        ("log_every: 5", "log_every: 5\nthreads: 20000", "threads", "20000 is too large (at most 1024)"),
+        ("log_every: 5", "log_every: 5\nthreads: 0", "threads", "must be >= 1"),
     ],
 )
 def test_config_errors_exit_2_with_file_key_line(proj, old, new, where, words):
@@ -67,6 +69,17 @@ def test_config_errors_exit_2_with_file_key_line(proj, old, new, where, words):
     assert len(msg.splitlines()) == 1 and "Traceback" not in r.output, msg
     assert f"{path}:{line}: {where}:" in msg, msg
     assert words in msg, msg
+
+
+@pytest.mark.parametrize("threads", [20000, 1000000])
+def test_threads_are_bounded_at_the_key(proj, threads):
+    # threads: 1000000 segfaulted (exit 139) and 20000 exited 1, the gate's code
+    d = {"model": {"factory": "models.py:Tiny"}, "input": {"shape": [1, 4, 4]},
+         "checks": [{"name": "hflip", "input": "hflip"}], "data": {"path": "data.safetensors", "inputs": "x",
+         "targets": "y"}, "steps": 1, "output": {"checkpoint": "o.safetensors"}, "threads": threads}
+    with pytest.raises(EqauditError, match=rf"threads: {threads} is too large \(at most 1024\)"):
+        config_from_dict(d, proj)
+    assert config_from_dict(dict(d, threads=1024), proj).threads == 1024
 
 
 def test_missing_sections_are_named(proj):

@@ -29,7 +29,7 @@ config's folder; unknown keys are errors.
     # epochs: 5                  #   passes over the training data (exactly one of the two)
     batch_size: 64               # default 64; the last incomplete batch of an epoch is dropped
     device: auto                 # auto | cpu | cuda | cuda:K (--device overrides)
-    threads: 1                   # CPU threads for the run (torch.set_num_threads); default: torch's.
+    threads: 1                   # CPU threads for the run (torch.set_num_threads), 1 to 1024; default: torch's.
                                  #   One thread is fastest for small models on a busy machine.
     regularizer:
       points: data               # data: the training batch is the Monte Carlo sample and its
@@ -97,6 +97,12 @@ FINETUNE_KEYS = (
 )
 TASK_LOSSES = ("cross_entropy", "mse")
 
+#: The most CPU threads a config may ask for. A fixed cap rather than a multiple of this
+#: machine's cores, so that a config valid on a workstation stays valid in CI: 1024 is beyond the
+#: hardware threads of any one machine (more only oversubscribes), while 20000 made thread creation
+#: fail mid-run (exit 1) and 1000000 crashed the process (segfault).
+MAX_THREADS = 1024
+
 #: keys that may change between a run and its resumption (they do not change step s's update)
 RESUMABLE_CHANGES = ("steps", "epochs", "output", "checkpoint_every", "log_every", "dynamics", "device")
 
@@ -162,7 +168,9 @@ def parse_config(src: YamlSource, *, base_dir: Path | None = None) -> FinetuneCo
     device = document.get("device", "auto")
     if not isinstance(device, str):
         raise src.error("device", f"expected auto, cpu, cuda or cuda:K, got {_kind(device)}")
-    threads = _int(src, document["threads"], "threads", minimum=1) if "threads" in document else None
+    threads = None
+    if "threads" in document:
+        threads = _int(src, document["threads"], "threads", minimum=1, maximum=MAX_THREADS)
     penalized = sum(1 for c in spec.checks if c.weight > 0)
     regularizer = parse_regularizer(src, document.get("regularizer"), penalized)
     if regularizer.points in ("random", "both") and spec.input.data is None and not spec.input.shape:

@@ -96,3 +96,12 @@ def test_read_tensor_refuses_a_fifo(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "d.safetensors")
     with pytest.raises(EqauditError, match="FIFO"):
         read_tensor(tmp_path / "d.safetensors", "x")
+
+
+def test_a_spec_that_is_a_fifo_is_refused(tmp_path: Path) -> None:
+    from eqaudit.io.yaml_source import load_yaml
+
+    os.mkfifo(tmp_path / "spec.yaml")
+    with pytest.raises(EqauditError, match="FIFO") as info:
+        load_yaml(tmp_path / "spec.yaml")
+    assert info.value.file == str(tmp_path / "spec.yaml")

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 
 from ..errors import EqauditError
-from ..io.outputs import check_output, output_error, write_output
+from ..io.outputs import check_distinct, check_output, output_error, write_output
 
 app = typer.Typer(
     name="eqaudit",
@@ -149,9 +149,8 @@ def measure(
     if checkpoint is not None and not checkpoint.exists():
         raise EqauditError("checkpoint file not found", file=str(checkpoint), hint="check the path")
     json_to_stdout = json_path == "-"
-    for flag, target in (("--json", None if json_to_stdout else json_path), ("--junit", junit),
-                         ("--markdown", markdown)):
-        check_output(target, flag)  # before the run, which may be long
+    check_outputs({"--json": json_path, "--junit": junit, "--markdown": markdown},
+                  run_inputs(spec, the_spec, checkpoint, "CHECKPOINT"))  # before the run, which may be long
     show_progress = not quiet and not json_to_stdout and err.is_terminal
     report = _with_progress(
         show_progress,
@@ -200,6 +199,20 @@ def measure(
             failed = ", ".join(c.name for c in report.checks if not c.passed)
             err.print(f"[bold red]FAILED[/]: {_escape(failed)} exceed their thresholds")
     raise typer.Exit(report.exit_code)
+
+
+def check_outputs(outputs: dict[str, Any], inputs: dict[str, Any]) -> None:
+    """Refuse, before the run, outputs that cannot be written, that would replace one of the run's
+    inputs, or that two options would both write (``-`` is stdout, not a file)."""
+    outputs = {flag: None if str(path) == "-" else path for flag, path in outputs.items() if path is not None}
+    for flag, path in outputs.items():
+        check_output(path, flag)
+    check_distinct(outputs, inputs)
+
+
+def run_inputs(spec_path: Path, the_spec: Any, checkpoint: Optional[Path], checkpoint_key: str) -> dict[str, Any]:
+    """Every file a run of ``the_spec`` reads, by the key or option that names it."""
+    return {"spec": spec_path, **the_spec.input_files(), checkpoint_key: checkpoint}
 
 
 def _load_spec_file(path: Path) -> Any:
@@ -341,8 +354,7 @@ def sweep(
 
     the_spec = _load_spec_file(spec)
     vals = parse_values(values)
-    check_output(None if json_path == "-" else json_path, "--json")
-    check_output(plot, "--plot")
+    check_outputs({"--json": json_path, "--plot": plot}, run_inputs(spec, the_spec, checkpoint, "--checkpoint"))
     if plot is not None:
         try:
             import matplotlib  # noqa: F401

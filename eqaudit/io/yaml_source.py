@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .files import file_kind
 from ..errors import EqauditError
 
 
@@ -47,6 +50,13 @@ def join(prefix: str, key: object) -> str:
 def load_yaml(path: str | Path, display: str | None = None) -> YamlSource:
     """Read and parse ``path``; unreadable files and YAML syntax errors become EqauditError."""
     name = display or str(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = None  # reported by the read below
+    if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        raise EqauditError(f"is {file_kind(mode)}, not a YAML file", file=name,
+                           hint="name the file itself; a pipe or device would block the run")
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:

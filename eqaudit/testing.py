@@ -91,8 +91,8 @@ def _check_options(values: Mapping[str, Any], where: str) -> dict[str, Any]:
             if isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "samples" else 0):
                 raise TypeError(f"{where}: {key} must be an integer >= {1 if key == 'samples' else 0}, got {value!r}")
         elif key in ("atol", "rtol"):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise TypeError(f"{where}: {key} must be a number >= 0, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise TypeError(f"{where}: {key} must be a finite number >= 0, got {value!r}")
         out[key] = value
     return out
 
@@ -274,7 +274,8 @@ def _with_default_thresholds(
     """Give the checks without a threshold ``atol + rtol * scale``; return the explanations."""
     import torch
 
-    from .audit.device import model_dtype, resolve_device
+    from .audit.device import Autocast, model_dtype, resolve_device
+    from .audit.options import parse_precision
     from .audit.sampling import PointSampler
     from transforms_zoo import SampleRNG
 
@@ -287,17 +288,12 @@ def _with_default_thresholds(
     n = min(spec.samples, _SCALE_SAMPLES)
     x = sampler.draw(SampleRNG.for_range(spec.seed, 0, n, dev))
     was_training = bool(is_module and model.training)
+    autocast = parse_precision(audit_kwargs.get("precision")).autocast
     try:
         if is_module:
             model.eval()
         with torch.inference_mode():
-            precision = audit_kwargs.get("precision")
-            if precision in ("bf16", "bfloat16", "fp16", "float16"):
-                half = torch.bfloat16 if precision.startswith("b") else torch.float16
-                with torch.autocast(dev.type, dtype=half):
-                    y = model(x)
-            else:
-                y = model(x)
+            y = Autocast(model, dev, autocast)(x) if autocast is not None else model(x)
     except Exception as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise spec.error("input.shape", f"the model failed on a batch of shape {list(x.shape)}: "

@@ -513,11 +513,11 @@ def test_bounds_are_copied_when_assigned() -> None:
 
 
 def test_transforms_are_parsed_again_only_when_they_change(monkeypatch) -> None:
-    import eqaudit.regularizer as regularizer
+    import eqaudit.regularizer.arguments as arguments
 
     calls = []
-    inner = regularizer._parse_check
-    monkeypatch.setattr(regularizer, "_parse_check", lambda i, t: calls.append(i) or inner(i, t))
+    inner = arguments._parse_check
+    monkeypatch.setattr(arguments, "_parse_check", lambda i, t: calls.append(i) or inner(i, t))
     checks = [[ident, rot90, 0.0, 1.0], (hflip, 0.0, 1.0)]
     reg = EquivarianceError(linear_model(), (1, 4, 4), checks, num_funcs=2)
     reg()

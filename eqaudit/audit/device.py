@@ -41,13 +41,23 @@ def resolve_device(device: str | torch.device | None, model: torch.nn.Module | N
     return dev
 
 
+def model_device_dtype(model: Any) -> tuple[torch.device, torch.dtype]:
+    """The device and dtype of the model's first floating-point parameter (else buffer); a model
+    without one: the device of its first tensor (else the CPU) and the default dtype."""
+    device: torch.device | None = None
+    if isinstance(model, torch.nn.Module):
+        for t in list(model.parameters()) + list(model.buffers()):
+            if device is None:
+                device = t.device
+            if t.is_floating_point():
+                return t.device, t.dtype
+    return (device or torch.device("cpu")), torch.get_default_dtype()
+
+
 def model_dtype(model: torch.nn.Module) -> torch.dtype:
     """The dtype of the model's first floating-point parameter (else buffer); the default dtype
     for a model without any."""
-    for t in list(model.parameters()) + list(model.buffers()):
-        if t.is_floating_point():
-            return t.dtype
-    return torch.get_default_dtype()
+    return model_device_dtype(model)[1]
 
 
 class Autocast:

@@ -326,8 +326,9 @@ class _Context:
         return out  # type: ignore[return-value]
 
     def apply(self, t: Any, x: torch.Tensor, params: Any, key: str) -> torch.Tensor:
+        """``t.apply(x, params)``, checked: a tensor with one row per row of ``x``."""
         try:
-            return t.apply(x, params)
+            out = t.apply(x, params)
         except TransformError as exc:
             raise self.locate.error(key, exc.message, exc.hint) from None
         except Exception as exc:
@@ -335,6 +336,12 @@ class _Context:
                 raise
             raise self.locate.error(
                 key, f"transform {t.describe()} failed on shape {list(x.shape)}: {first_line(exc)}") from None
+        if not isinstance(out, torch.Tensor):
+            raise self.locate.error(key, f"transform {t.describe()} returned {type(out).__name__}, expected a tensor")
+        if out.dim() == 0 or out.shape[0] != x.shape[0]:
+            raise self.locate.error(key, f"transform {t.describe()} returned shape {list(out.shape)} for a batch of "
+                                    f"{x.shape[0]}", "a transform keeps one row per sample, the batch dimension first")
+        return out
 
     def sample(self, t: Any, rng: SampleRNG, key: str) -> Any:
         try:

@@ -67,21 +67,20 @@ def noise_floors(model: Any, spec: Spec, sampler: PointSampler, dev: torch.devic
     return [next(values) if m is not None else math.nan for m in means]
 
 
-def first_block_mean(model: Any, spec: Spec, sampler: PointSampler, dev: torch.device, j: int,
-                     outputs: list[Any]) -> list[float]:
-    """Mean error of check ``j`` on the first 64 samples (the audit's draws) with each of
+def first_block_errors(model: Any, spec: Spec, sampler: PointSampler, dev: torch.device, j: int,
+                       outputs: list[Any]) -> list[torch.Tensor]:
+    """Check ``j``'s per-sample errors on the first 64 samples (the audit's draws) with each of
     ``outputs`` as its output transform."""
     n0 = min(spec.samples, BLOCK)
     rng = SampleRNG.for_range(spec.seed, 0, n0, dev)
     x = sampler.draw(rng)
     y = model(x)
-    means = []
+    errors = []
     for output in outputs:
         checks = list(spec.checks)
         checks[j] = dataclasses.replace(checks[j], output=output)
-        ev = evaluate_checks(model, checks, x, y, rng, spec, chosen=[j])
-        means.append(float(ev.checks[0].errors.mean()))
-    return means
+        errors.append(evaluate_checks(model, checks, x, y, rng, spec, chosen=[j]).checks[0].errors)
+    return errors
 
 
 def inverse_hints(model: Any, spec: Spec, sampler: PointSampler, dev: torch.device,
@@ -101,7 +100,8 @@ def inverse_hints(model: Any, spec: Spec, sampler: PointSampler, dev: torch.devi
             inv_text = inv.describe()
             if inv_text == check.output.describe():
                 continue  # self-inverse: nothing to learn
-            base, flipped = first_block_mean(model, spec, sampler, dev, j, [check.output, inv])
+            base, flipped = (float(e.mean()) for e in first_block_errors(model, spec, sampler, dev, j,
+                                                                          [check.output, inv]))
         except Exception:
             continue
         if math.isfinite(base) and math.isfinite(flipped) and base > 0 and flipped * 10 <= base:

@@ -176,7 +176,7 @@ def test_an_empty_value_list_is_refused(values):
 def test_huge_ranges_give_the_at_most_message(values):
     with pytest.raises(EqauditError) as info:
         parse_values(values)
-    assert info.value.key == "--values" and f"at most {2000}" in str(info.value)
+    assert info.value.argument == "values" and f"at most {2000}" in str(info.value)  # the CLI maps it to --values
 
 
 def test_run_sweep_refuses_no_values():

@@ -109,7 +109,7 @@ def run_notes(spec: Spec, results: list[CheckResult], *, world_size: int, precis
     if target is not None:
         worst = max((r.ci_high - r.ci_low) / 2 for r in results)
         reached = "reached" if worst <= target else f"NOT reached (sample cap {spec.samples})"
-        notes.append(f"--precision {target:g}: {spec.samples} samples, largest half-width {worst:.3g}: {reached}")
+        notes.append(f"target half-width {target:g}: {spec.samples} samples, largest half-width {worst:.3g}: {reached}")
     for check in spec.checks:
         if check.group is not None and not check.group.exact:
             notes.append(f"check '{check.name}': {check.group.label} rotates by angles that are not multiples of 90 "

@@ -14,7 +14,7 @@ from typing import Any
 from transforms_zoo import Compose, TransformError
 
 from ..io.atomic import writes_in_place
-from ..errors import EqauditError, did_you_mean
+from ..errors import ArgumentError, did_you_mean
 from ..report import Report
 from ..spec import Spec
 
@@ -64,33 +64,33 @@ def parse_values(text: str) -> list[float | int]:
     """``start:stop:step`` (inclusive of stop when it lies on the grid) or a comma list."""
     text = text.strip()
     if not text:
-        raise EqauditError("no values given", key="--values", hint="e.g. -180:180:15 or 0,90,180")
+        raise ArgumentError("values", "no values given", hint="e.g. -180:180:15 or 0,90,180")
     if ":" in text:
         parts = text.split(":")
         if len(parts) != 3:
-            raise EqauditError(f"'{text}' is not start:stop:step", key="--values", hint="e.g. -180:180:15")
+            raise ArgumentError("values", f"'{text}' is not start:stop:step", hint="e.g. -180:180:15")
         start, stop, step = (_number(p) for p in parts)
         if step == 0 or (stop - start) * step < 0:
-            raise EqauditError(f"'{text}': the step must move from start toward stop", key="--values")
+            raise ArgumentError("values", f"'{text}': the step must move from start toward stop")
         try:
             span = (stop - start) / step
         except OverflowError:  # integers too large for a float
             span = math.inf
         if not span < MAX_VALUES:  # also an infinite span (1e308:-1e308:-1e307)
             many = f"{int(span) + 1}" if span < 1e9 else "too many"
-            raise EqauditError(f"'{text}' gives {many} values (at most {MAX_VALUES})", key="--values")
+            raise ArgumentError("values", f"'{text}' gives {many} values (at most {MAX_VALUES})")
         count = int(math.floor(span + 1e-9)) + 1
         if count > MAX_VALUES:
-            raise EqauditError(f"'{text}' gives {count} values (at most {MAX_VALUES})", key="--values")
+            raise ArgumentError("values", f"'{text}' gives {count} values (at most {MAX_VALUES})")
         values = [start + i * step for i in range(count)]
         if all(isinstance(v, int) for v in (start, stop, step)):
             return [int(v) for v in values]
         return [float(round(v, 12)) for v in values]
     values = [_number(p) for p in text.split(",") if p.strip()]
     if not values:
-        raise EqauditError(f"no values given in '{text}'", key="--values", hint="e.g. -180:180:15 or 0,90,180")
+        raise ArgumentError("values", f"no values given in '{text}'", hint="e.g. -180:180:15 or 0,90,180")
     if len(values) > MAX_VALUES:
-        raise EqauditError(f"{len(values)} values (at most {MAX_VALUES})", key="--values")
+        raise ArgumentError("values", f"{len(values)} values (at most {MAX_VALUES})")
     return values
 
 
@@ -103,30 +103,30 @@ def _number(text: str) -> float | int:
     try:
         v = float(t)
     except ValueError:
-        raise EqauditError(f"'{t}' is not a number", key="--values") from None
+        raise ArgumentError("values", f"'{t}' is not a number") from None
     if not math.isfinite(v):
-        raise EqauditError(f"'{t}' is not a finite number", key="--values")
+        raise ArgumentError("values", f"'{t}' is not a finite number")
     return v
 
 
 def sweep_spec(spec: Spec, check_name: str, param: str, values: list[float | int]) -> tuple[Spec, list[str]]:
     """A spec with one copy of the named check per value of ``param`` (names ``param=value``)."""
     if not values:
-        raise EqauditError("no values given", key="--values", hint="e.g. -180:180:15 or 0,90,180")
+        raise ArgumentError("values", "no values given", hint="e.g. -180:180:15 or 0,90,180")
     names = [c.name for c in spec.checks]
     if check_name not in names:
-        raise EqauditError(f"no check named '{check_name}'", key="--check",
+        raise ArgumentError("check_name", f"no check named '{check_name}'",
                            hint=did_you_mean(check_name, names))
     check = spec.checks[names.index(check_name)]
     t = check.input
     if isinstance(t, Compose) or not type(t).params:
-        raise EqauditError(
-            f"check '{check_name}' uses {t.describe()}, which has no parameter to sweep",
-            key="--check", hint="sweep a check whose input is a single zoo transform such as rotate or shift",
+        raise ArgumentError(
+            "check_name", f"check '{check_name}' uses {t.describe()}, which has no parameter to sweep",
+            hint="sweep a check whose input is a single zoo transform such as rotate or shift",
         )
     declared = [p.name for p in type(t).params]
     if param not in declared:
-        raise EqauditError(f"transform '{t.name}' has no parameter '{param}'", key="--param",
+        raise ArgumentError("param", f"transform '{t.name}' has no parameter '{param}'",
                            hint=did_you_mean(param, declared))
     given = dict(getattr(t, "_given", {}))
     # An output written out as the same transform as the input follows the swept value too.
@@ -136,7 +136,7 @@ def sweep_spec(spec: Spec, check_name: str, param: str, values: list[float | int
         try:
             new = type(t)(**{**given, param: v})
         except TransformError as exc:
-            raise EqauditError(f"{param}={v}: {exc.message}", key="--values", hint=exc.hint) from None
+            raise ArgumentError("values", f"{param}={v}: {exc.message}", hint=exc.hint) from None
         label = f"{param}={v}"
         labels.append(label)
         # stream: every value draws its other random parameters from the swept check's stream, so a
@@ -169,7 +169,7 @@ def plot_sweep(sweep: Sweep, path: str) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise EqauditError("--plot needs matplotlib", key="--plot",
+        raise ArgumentError("path", "plotting a sweep needs matplotlib",
                            hint="pip install 'eqaudit[plot]' (or matplotlib)") from None
     from ..io.atomic import atomic_write
 

@@ -463,3 +463,23 @@ def test_ctrl_c_saves_a_resumable_state_and_exits_130(proj, reference):
     assert r.returncode in (0, 1)
     tuned = weights(out / "tuned.safetensors")
     assert all(torch.equal(tuned[k], reference[k]) for k in tuned)
+
+
+def test_two_identical_runs_write_identical_bytes(proj):
+    # safetensors wrote its metadata in hash-map order: the fine-tuned checkpoints of two
+    # identical runs differed byte for byte
+    from safetensors import safe_open
+
+    cfg = write(proj, steps=3)
+    outputs = []
+    for _ in range(2):
+        r = cli(cfg, "--quiet", "--force")
+        assert r.exit_code == 0, r.output
+        outputs.append((proj / "out" / "tuned.safetensors").read_bytes())
+    assert outputs[0] == outputs[1]
+    size = int.from_bytes(outputs[0][:8], "little")
+    header = json.loads(outputs[0][8 : 8 + size])
+    assert list(header["__metadata__"]) == sorted(header["__metadata__"])
+    with safe_open(str(proj / "out" / "tuned.safetensors"), framework="pt") as fh:  # still a valid file
+        assert fh.metadata()["eqaudit"] == "finetune" and fh.metadata()["steps"] == "3"
+        assert fh.get_tensor("fc.weight").shape == (2, 16)

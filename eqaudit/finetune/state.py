@@ -4,6 +4,7 @@ the fine-tuned model as safetensors, and temporary files a killed run left behin
 from __future__ import annotations
 
 import glob
+import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -109,7 +110,25 @@ def check_state(path: Path, state: Mapping[str, Any]) -> None:
 
 
 def save_model_safetensors(model: Any, path: Path, metadata: Mapping[str, str]) -> None:
-    """Write the model's state dict as safetensors, atomically."""
+    """Write the model's state dict as safetensors, atomically; the same model and metadata give
+    the same bytes (safetensors writes its metadata in hash-map order, so the header is sorted)."""
     from safetensors.torch import save_model
 
-    atomic_write(path, lambda tmp: save_model(model, tmp, metadata=dict(metadata), force_contiguous=True))
+    def write(tmp: str) -> None:
+        save_model(model, tmp, metadata=dict(metadata), force_contiguous=True)
+        sort_safetensors_metadata(Path(tmp))
+
+    atomic_write(path, write)
+
+
+def sort_safetensors_metadata(path: Path) -> None:
+    """Rewrite the header of the safetensors file ``path`` with its ``__metadata__`` keys sorted
+    (the tensor entries keep their order; the header is padded to 8 bytes with spaces)."""
+    raw = path.read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + size])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + size :])

@@ -233,16 +233,26 @@ def test_the_key_tables_cover_the_bundled_samples() -> None:
         assert used <= known, f"{path.name}: {sorted(used - known)} not in the parser's key tables"
 
 
+def reference_section(page: str, path: str) -> str:
+    """The section of ``page`` that documents key ``path``: its block's (``model``, ``checks``,
+    ``data``...), or the page's top-level key table."""
+    block = path.split(".")[0].removesuffix("[]")
+    text = read(page)
+    if "." in path:
+        return section(text, f"`{block}`")
+    return section(text, "Top-level keys" if page == "spec.md" else "Training keys")
+
+
 def test_every_spec_key_is_documented() -> None:
-    text = read("spec.md")
     for path in sorted(spec_key_paths()):
-        assert mentions(text, path), f"spec key {path} is not documented in docs/spec.md"
+        text = reference_section("spec.md", path)
+        assert mentions(text, path), f"spec key {path} is not documented in its section of docs/spec.md"
 
 
 def test_every_finetune_key_is_documented() -> None:
-    text = read("finetune.md")
     for path in sorted(finetune_key_paths()):
-        assert mentions(text, path), f"fine-tune key {path} is not documented in docs/finetune.md"
+        text = reference_section("finetune.md", path)
+        assert mentions(text, path), f"fine-tune key {path} is not documented in its section of docs/finetune.md"
 
 
 def test_every_zoo_transform_and_parameter_is_documented() -> None:

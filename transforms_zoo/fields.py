@@ -29,12 +29,12 @@ def _spatial(x: torch.Tensor, move: str, k: int) -> torch.Tensor:
 def _fields(x: torch.Tensor, g: int, layout: str, name: str) -> tuple[torch.Tensor, int]:
     """View the channel axis (-3) as (fields, g) (layout field) or (g, fields) (layout group)."""
     if x.dim() < 4:
-        raise TransformError(f"'{name}' acts on feature maps (n, ..., C, H, W), but the batch has shape "
-                             f"{list(x.shape)}")
+        raise TransformError(f"'{name}' acts on feature maps (..., C, H, W), but one sample has shape "
+                             f"{list(x.shape[1:])}")
     c = x.shape[-3]
     if c % g:
         raise TransformError(f"'{name}' needs a channel count that is a multiple of {g} (fields of {g} "
-                             f"channels), got {c} channels in shape {list(x.shape)}",
+                             f"channels), got {c} channels in a sample of shape {list(x.shape[1:])}",
                              hint="is this side of the check a regular feature map?")
     m = c // g
     lead, hw = x.shape[:-3], x.shape[-2:]
@@ -83,6 +83,10 @@ class RegularC4(Transform):
             return RegularC4(k=-self.k[0], roll=self.roll, layout=self.layout)
         return Inverted(self, lambda x, params: self.apply(x, None if params is None else -params))
 
+    def _mixed_shapes(self, x: torch.Tensor) -> TransformError:
+        return TransformError(f"odd and even quarter turns of non-square maps {list(x.shape[-2:])} give "
+                              "different shapes, so one batch cannot mix them", hint="use square inputs, or a fixed k")
+
     def _one(self, x: torch.Tensor, k: int) -> torch.Tensor:
         v, axis = _fields(x, 4, self.layout, self.name)
         shift = (self.roll * k) % 4
@@ -96,6 +100,8 @@ class RegularC4(Transform):
             self._require_fixed()
             return self._one(x, self.k[0])
         _fields(x, 4, self.layout, self.name)
+        if self.k[1] > self.k[0] and x.shape[-2] != x.shape[-1]:  # whatever this batch drew, others mix
+            raise self._mixed_shapes(x)
         ks = params.to(x.device).remainder(4)
         if ks.shape[0] != x.shape[0]:
             raise TransformError(f"'regular_c4' got {ks.shape[0]} turns for a batch of shape {list(x.shape)}")
@@ -108,9 +114,7 @@ class RegularC4(Transform):
             if out is None:
                 out = part.new_empty((x.shape[0], *part.shape[1:]))
             elif out.shape[1:] != part.shape[1:]:
-                raise TransformError(f"odd and even quarter turns of non-square maps {list(x.shape[-2:])} give "
-                                     "different shapes, so one batch cannot mix them",
-                                     hint="use square inputs, or a fixed k")
+                raise self._mixed_shapes(x)
             out[rows] = part
         return out if out is not None else x
 
@@ -185,8 +189,8 @@ class Field(Transform):
 
     def apply(self, x: torch.Tensor, params: Any) -> torch.Tensor:
         if x.dim() < 3:
-            raise TransformError(f"'field' acts on the last two dimensions (H, W), but the batch has shape "
-                                 f"{list(x.shape)}")
+            raise TransformError(f"'field' acts on the last two dimensions (H, W), but one sample has shape "
+                                 f"{list(x.shape[1:])}")
         y = _spatial(x, self.spatial, self.k)
         if self.perm is None and self.matrix is None:
             return y

@@ -128,7 +128,13 @@ class GroupTransform(Transform):
         for i, e in enumerate(self.elements):
             rows = (idx == i).nonzero().squeeze(1)
             if rows.numel():
-                out[rows] = e.apply(x[rows], None)
+                moved = e.apply(x[rows], None)
+                if moved.shape[1:] != x.shape[1:]:
+                    raise TransformError(
+                        f"element {e.describe()} of group {self.label} turns samples of shape {list(x.shape[1:])} "
+                        f"into {list(moved.shape[1:])}, so one batch cannot hold every element",
+                        hint="use square (H, W) inputs for rotation groups")
+                out[rows] = moved
         return out
 
     def describe(self) -> str:

@@ -17,7 +17,7 @@ def need_2d(x: torch.Tensor, name: str) -> None:
     if x.dim() < 3:
         raise TransformError(
             f"'{name}' acts on the last two dimensions (H, W) of each sample, "
-            f"but the batch has shape {tuple(x.shape)}"
+            f"but one sample has shape {list(x.shape[1:])}"
         )
 
 
@@ -131,10 +131,16 @@ def rotation_theta(degrees: torch.Tensor, h: int, w: int) -> torch.Tensor:
     R = [[cos, -sin], [sin, cos]] in (column, row) coordinates (rows grow downwards), which is what
     ``torch.rot90`` does for a = 90. Normalised coordinates rescale it by the aspect ratio.
     """
-    a = torch.deg2rad(degrees.to(torch.float64))
+    return rotation_theta_radians(torch.deg2rad(degrees.to(torch.float64)), h, w)
+
+
+def rotation_theta_radians(a: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """:func:`rotation_theta` of angles ``a`` in radians, differentiable in ``a`` (Lie paths). An
+    empty image (``h`` or ``w`` 0) has no aspect ratio: any is right, 1 is taken."""
     c, s = torch.cos(a), torch.sin(a)
     z = torch.zeros_like(a)
-    row0 = torch.stack([c, -s * (h / w), z], dim=-1)
-    row1 = torch.stack([s * (w / h), c, z], dim=-1)
+    wide, tall = (h / w, w / h) if h and w else (1.0, 1.0)
+    row0 = torch.stack([c, -s * wide, z], dim=-1)
+    row1 = torch.stack([s * tall, c, z], dim=-1)
     return torch.stack([row0, row1], dim=-2)
 

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from transforms_zoo.errors import TransformError
-from transforms_zoo.image_ops import need_2d, per_sample, rotation_theta, warp, warp_ad
+from transforms_zoo.image_ops import need_2d, per_sample, rotation_theta, rotation_theta_radians, warp, warp_ad
 from transforms_zoo.params import Param, boolean, number_or_range, one_of
 from transforms_zoo.protocol import Inverted, Transform
 from transforms_zoo.random import SampleRNG
@@ -90,10 +90,7 @@ class Rotate(Transform):
         """Rotation by ``t`` radians (``(n,)``) counter-clockwise, bilinear (the size of ``degrees`` is
         not used; 0 is refused)."""
         self._require_lie_generator()
-        h, w = x.shape[-2], x.shape[-1]
-        c, s = torch.cos(t), torch.sin(t)
-        z = torch.zeros_like(t)
-        theta = torch.stack([torch.stack([c, -s * (h / w), z], -1), torch.stack([s * (w / h), c, z], -1)], -2)
+        theta = rotation_theta_radians(t, x.shape[-2], x.shape[-1])
         return warp_ad(x, theta, self.padding, self.name)
 
 

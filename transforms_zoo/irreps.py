@@ -206,6 +206,6 @@ class IrrepsRotation(Transform):
             return self.irreps.act(x, rot)
         raise TransformError(
             f"'irreps' acts on a last dimension of size {self.input.dim} (input: {self.input.text}) or "
-            f"{self.irreps.dim} (irreps: {self.irreps.text}), but the batch has shape {list(x.shape)}",
+            f"{self.irreps.dim} (irreps: {self.irreps.text}), but one sample has shape {list(x.shape[1:])}",
             hint="check the irreps strings against the model's input and output",
         )

@@ -118,7 +118,7 @@ class Rotate3d(Transform):
         if x.dim() < 2 or x.shape[-1] != 3:
             raise TransformError(
                 f"'rotate3d' acts on a last dimension of size 3 (points or vectors), "
-                f"but the batch has shape {list(x.shape)}"
+                f"but one sample has shape {list(x.shape[1:])}"
             )
         if not x.is_floating_point():
             raise TransformError(f"'rotate3d' needs a floating-point tensor, got {x.dtype}")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from eqaudit.audit.engine import audit
+from eqaudit.audit.run import audit
 from eqaudit.spec import load_spec
 
 from conftest import write_spec
@@ -111,3 +111,24 @@ def test_factory_weights_are_those_finetune_starts_from(project):
     assert torch.equal(built.fc.weight, reference.weight)
     assert torch.equal(spec.replace(seed=12).build_model().fc.weight, spec.replace(seed=12).build_model().fc.weight)
     assert not torch.equal(spec.replace(seed=12).build_model().fc.weight, built.fc.weight)
+
+
+def test_measure_and_assert_equivariant_build_the_same_seeded_model(project, tmp_path):
+    """The command line and the pytest helper build a factory-only model as ``audit()`` does."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from eqaudit.cli import app
+    from eqaudit.testing import assert_equivariant
+
+    path = write_spec(project, SEEDED)
+    means = []
+    for name in ("a.json", "b.json"):
+        out = tmp_path / name
+        result = CliRunner().invoke(app, ["measure", "--spec", str(path), "--json", str(out), "--quiet"])
+        assert result.exit_code in (0, 1), result.output
+        means.append(json.loads(out.read_text())["checks"][0]["mean"])
+    assert means[0] == means[1] == audit(None, path).checks[0].mean
+    report = assert_equivariant(None, str(path), atol=1e9)
+    assert report.checks[0].mean == means[0]

@@ -86,6 +86,19 @@ def test_every_cli_option_is_documented(name: str) -> None:
             assert f"`{param.default}`" in default_cell, f"eqaudit {name} {param.opts[0]}: default {param.default!r}"
 
 
+@pytest.mark.parametrize("name", sorted(commands()))
+def test_no_documented_option_is_stale(name: str) -> None:
+    """Each option in the first column of a command's option table exists (a renamed or removed
+    option must leave docs/cli.md too)."""
+    text = section(read("cli.md"), f"`eqaudit {name}`")
+    real = {opt for param in commands()[name].params for opt in [*param.opts, *param.secondary_opts]}
+    rows = [line.split("|")[1] for line in text.splitlines() if line.startswith("| `")]
+    assert rows, f"no option table for eqaudit {name}"
+    for cell in rows:
+        for opt in re.findall(r"`(-[\w-]+)", cell):
+            assert opt in real, f"docs/cli.md documents {opt} for eqaudit {name}, which has no such option"
+
+
 def test_every_pytest_plugin_option_is_documented() -> None:
     from eqaudit import pytest_plugin
 

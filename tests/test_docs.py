@@ -268,6 +268,17 @@ def test_every_finetune_key_is_documented() -> None:
         assert mentions(text, path), f"fine-tune key {path} is not documented in its section of docs/finetune.md"
 
 
+@pytest.mark.parametrize("page", ["spec.md", "finetune.md"])
+def test_no_documented_key_is_stale(page: str) -> None:
+    """Every key path a reference page's tables document (first column) is accepted by the parser."""
+    known = spec_key_paths() | finetune_key_paths()
+    blocks = "|".join(sorted({path.split(".")[0].removesuffix("[]") for path in known if "." in path}))
+    for line in read(page).splitlines():
+        if line.startswith("| `"):
+            for path in re.findall(rf"`((?:{blocks})(?:\[\])?\.\w+)`", line.split("|")[1]):
+                assert path in known, f"docs/{page} documents {path}, which the parser does not accept"
+
+
 def test_every_zoo_transform_and_parameter_is_documented() -> None:
     import transforms_zoo
 

@@ -1,5 +1,5 @@
 """``python -m eqaudit`` (also what ``torchrun -m eqaudit`` runs)."""
 
-from .cli.main import main
+from .cli.app import main
 
 main()

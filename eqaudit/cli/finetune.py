@@ -8,17 +8,19 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
+from .errors import handles_errors
+from .options import DebugOpt, QuietOpt, SeedOpt, TrustOpt
+from .output import check_outputs, emit, err, escape, out, run_inputs
 from ..errors import EqauditError
-from ..io.outputs import check_output, write_output
 
 
+@handles_errors()
 def finetune_command(
     config: Annotated[Path, typer.Argument(help="The fine-tune config YAML (a spec plus training keys).")],
     resume: Annotated[
@@ -36,13 +38,10 @@ def finetune_command(
         Optional[str], typer.Option("--json", help="Also write the JSON report here ('-': stdout, no tables).")
     ] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Optimizer steps (overrides steps/epochs).")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed (overrides the config).")] = None,
-    trust_checkpoint: Annotated[
-        bool,
-        typer.Option("--trust-checkpoint", help="Allow loading a pickled whole model (executes code stored in the file)."),
-    ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors; the exit code tells.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    seed: SeedOpt = None,
+    trust_checkpoint: TrustOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Fine-tune a model with the equivariance penalty added to its task loss.
 
@@ -50,69 +49,54 @@ def finetune_command(
 
     Exit code: the final audit's gate (0 / 1); 2 when it could not run; 130 when interrupted (continue with --resume).
     """
-    from .main import err, out
     from ..finetune import FinetuneInterrupted, load_config, run_finetune
 
     if resume and force:
         raise EqauditError("--resume and --force exclude each other", key="--force",
                            hint="--resume continues a run, --force starts it over")
     cfg = load_config(config)
-    json_to_stdout = json_path == "-"
-    check_output(None if json_to_stdout else json_path, "--json")  # before the run, which may be long
+    check_outputs({"--json": json_path}, _config_inputs(config, cfg))  # before the run, which may be long
     from ..audit.distributed import launched_by_torchrun
 
     if launched_by_torchrun() and os.environ.get("RANK", "0") != "0":
-        quiet, json_path, json_to_stdout = True, None, False  # rank 0 speaks for the run
-    show = not quiet
-    view = _View(err, show=show, terminal=err.is_terminal)
+        quiet, json_path = True, None  # rank 0 speaks for the run
+    view = _View(err, show=not quiet, terminal=err.is_terminal)
     try:
         with view:
-            result = run_finetune(
-                cfg,
-                resume=resume,
-                force=force,
-                device=device,
-                dynamics=True if dynamics else None,
-                steps=steps,
-                seed=seed,
-                trust_checkpoint=trust_checkpoint,
-                callback=view.event,
-            )
+            result = run_finetune(cfg, resume=resume, force=force, device=device, dynamics=True if dynamics else None,
+                                  steps=steps, seed=seed, trust_checkpoint=trust_checkpoint, callback=view.event)
     except FinetuneInterrupted as exc:
         again = f"eqaudit finetune {shlex.quote(str(config))} --resume"
-        err.print(
-            f"[bold yellow]interrupted[/] at step {exc.step}/{exc.total}; resumable state saved to "
-            f"{_esc(str(exc.state))}\ncontinue with: {_esc(again)}",
-            highlight=False,
-        )
+        err.print(f"[bold yellow]interrupted[/] at step {exc.step}/{exc.total}; resumable state saved to "
+                  f"{escape(str(exc.state))}\ncontinue with: {escape(again)}", highlight=False)
         raise typer.Exit(130) from None
-
-    if json_path is not None:
-        text = json.dumps(result.report, indent=2, allow_nan=False) + "\n"
-        if json_to_stdout:
-            sys.stdout.write(text)
-            sys.stdout.flush()
-        else:
-            write_output(json_path, "--json", text)
-    if show and not json_to_stdout:
-        before, after = result.before, result.after
-        before_table = _table(before, out.width)
-        before_table.title = "before fine-tuning" + (f" — {before.spec}" if before.spec else "")
-        after_table = _table(after, out.width)
-        after_table.title = "after fine-tuning" + (f" — {after.spec}" if after.spec else "")
-        out.print(before_table)
-        out.print(after_table)
-        out.print(_metrics_table(result))
-        paths = result.paths
-        out.print(
-            f"model: {_esc(str(paths.checkpoint))}\nreport: {_esc(str(paths.report))}\n"
-            f"resumable state: {_esc(str(paths.state))}",
-            highlight=False,
-        )
-        if not after.passed:
-            failed = ", ".join(c.name for c in after.checks if not c.passed)
-            err.print(f"[bold red]FAILED[/]: {_esc(failed)} exceed their thresholds after fine-tuning")
+    emit(json_path, "--json", json.dumps(result.report, indent=2, allow_nan=False) + "\n")
+    if not quiet and json_path != "-":
+        _print_result(result)
     raise typer.Exit(result.exit_code)
+
+
+def _config_inputs(path: Path, cfg: Any) -> dict[str, Any]:
+    """Every file a fine-tune run reads: the spec's, and the training and validation data."""
+    data = cfg.data
+    return {**run_inputs(path, cfg.spec, None, "model.checkpoint"), "data.path": data.path,
+            "data.val_path": data.val_path}
+
+
+def _print_result(result: Any) -> None:
+    """The before/after tables, the metrics and where the outputs went."""
+    before, after = result.before, result.after
+    for report, title in ((before, "before fine-tuning"), (after, "after fine-tuning")):
+        table = _table(report, out.width)
+        table.title = title + (f" — {report.spec}" if report.spec else "")
+        out.print(table)
+    out.print(_metrics_table(result))
+    paths = result.paths
+    out.print(f"model: {escape(str(paths.checkpoint))}\nreport: {escape(str(paths.report))}\n"
+              f"resumable state: {escape(str(paths.state))}", highlight=False)
+    if not after.passed:
+        failed = ", ".join(c.name for c in after.checks if not c.passed)
+        err.print(f"[bold red]FAILED[/]: {escape(failed)} exceed their thresholds after fine-tuning")
 
 
 def _table(report: Any, width: int) -> Any:
@@ -120,12 +104,6 @@ def _table(report: Any, width: int) -> Any:
         return report.rich_table(width)  # compact below ~110 columns
     except TypeError:
         return report.rich_table()
-
-
-def _esc(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
 
 
 def _g(x: Any) -> str:
@@ -202,7 +180,7 @@ class _View:
             step = int(data["step"])
             if data.get("resumed"):
                 self.console.print(
-                    f"resuming from step {step}/{self.total} (state: {_esc(str(data['state']))})", highlight=False)
+                    f"resuming from step {step}/{self.total} (state: {escape(str(data['state']))})", highlight=False)
             self.console.print(
                 f"[dim]fine-tuning: {self.total} steps, batch {data['batch_size']}, "
                 f"{data['steps_per_epoch']} steps per epoch[/]", highlight=False)

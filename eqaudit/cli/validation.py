@@ -1,10 +1,20 @@
-"""Checks of a spec's references (files, factory, data keys) that need no model run."""
+"""What ``eqaudit validate`` checks beyond parsing, without building the model: the files and
+factory a spec names, every named tensor (``input.data``; a fine-tune config's ``data`` keys), and
+a dry run of every check's input transforms (parameters drawn with seed 0) on a zero sample of
+the declared shape, so that what validate accepts, measure does not refuse for a spec reason."""
 
 from __future__ import annotations
 
-from transforms_zoo._resolve import ReferenceError_, resolve_reference
+from typing import Any
 
-from ..errors import did_you_mean
+import torch
+
+from transforms_zoo import TransformError
+from transforms_zoo._resolve import ReferenceError_, resolve_reference
+from transforms_zoo.random import SampleRNG
+
+from ..errors import EqauditError, first_line
+from ..io.tensors import tensor_shape
 from ..spec import Spec
 
 
@@ -25,17 +35,80 @@ def check_files(spec: Spec) -> None:
                          "set model.factory and/or model.checkpoint")
     data = spec.input.data
     if data is not None:
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(data.path), framework="pt") as fh:
-                keys = list(fh.keys())
-                if data.key not in keys:
-                    raise spec.error("input.data", f"no tensor '{data.key}' in {data.path.name}",
-                                     did_you_mean(data.key, keys) or "keys: " + ", ".join(keys[:10]))
-                shape = list(fh.get_slice(data.key).get_shape())
-        except (SafetensorError, OSError) as exc:
-            raise spec.error("input.data", f"cannot read '{data.path}' as safetensors: {exc}") from None
+        shape = _shape(spec, data.path, data.key, "input.data")
         if spec.input.shape and list(spec.input.shape) != shape[1:]:
             raise spec.error("input.shape", f"data '{data.key}' holds samples of shape {shape[1:]}, "
                              f"the spec says {list(spec.input.shape)}")
+
+
+def check_config_data(config: Any) -> None:
+    """Open every tensor a fine-tune config names (``data.inputs``/``targets`` and the validation
+    keys) and compare their rows; a dataset callable is left to the run."""
+    data, spec = config.data, config.spec
+    if data.path is None:
+        return
+    inputs = _shape(spec, data.path, data.inputs, "data.inputs")
+    targets = _shape(spec, data.path, data.targets, "data.targets")
+    if inputs[:1] != targets[:1]:
+        raise spec.error("data.targets", f"'{data.targets}' has {targets[:1]} rows, '{data.inputs}' has {inputs[:1]}")
+    if data.val_inputs is not None and data.val_targets is not None:
+        path = data.val_path or data.path
+        _shape(spec, path, data.val_inputs, "data.val_inputs")
+        _shape(spec, path, data.val_targets, "data.val_targets")
+
+
+def _shape(spec: Spec, path: Any, name: str, key: str) -> list[int]:
+    try:
+        return tensor_shape(path, name)
+    except EqauditError as exc:
+        raise spec.error(key, exc.message, exc.hint) from None
+
+
+def sample_shape(spec: Spec) -> list[int]:
+    """The shape of one sample: ``input.shape``, or the data's rows."""
+    if spec.input.shape:
+        return list(spec.input.shape)
+    data = spec.input.data
+    return _shape(spec, data.path, data.key, "input.data")[1:] if data is not None else []
+
+
+def dry_run_transforms(spec: Spec) -> None:
+    """Apply every check's input transforms, parameters drawn with seed 0, to one zero sample of
+    the declared shape (group checks: every element). Lie checks differentiate along a path
+    through the model and are left to the run."""
+    dtype = getattr(torch, spec.input.dtype) if spec.input.dtype else torch.float32
+    x = torch.zeros(1, *sample_shape(spec), dtype=dtype)
+    rng = SampleRNG(0, torch.arange(1))
+    for j, check in enumerate(spec.checks):
+        where = f"checks[{j}]"
+        if check.mode == "lie":
+            continue
+        if check.group is not None:
+            for element in check.group.elements:
+                _apply(spec, element, x, None, f"{where}.group")
+            continue
+        key = f"{where}.both" if check.both else f"{where}.input"
+        try:
+            params = check.input.sample(rng.child(f"check:{check.stream_name}"))
+        except TransformError as exc:
+            raise spec.error(key, exc.message, exc.hint) from None
+        moved = _apply(spec, check.input, x, params, key)
+        if check.mask == "valid" and not check.both and check.output.name == "identity" \
+                and moved.shape[-2:] != x.shape[-2:]:
+            raise spec.error(f"{where}.mask", f"'mask: valid' needs an input transform that keeps the image size; "
+                             f"{check.input.describe()} maps {list(x.shape[-2:])} to {list(moved.shape[-2:])}",
+                             "drop the mask, or give the check an output transform (or both: true)")
+
+
+def _apply(spec: Spec, transform: Any, x: torch.Tensor, params: Any, key: str) -> torch.Tensor:
+    """``transform.apply(x, params)``; a failure is an error at ``key``."""
+    try:
+        out = transform.apply(x, params)
+    except TransformError as exc:
+        raise spec.error(key, exc.message, exc.hint) from None
+    except Exception as exc:  # noqa: BLE001 - the transform's own failure on this shape
+        raise spec.error(key, f"transform {transform.describe()} failed on shape {list(x.shape[1:])}: "
+                         f"{first_line(exc)}") from None
+    if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != x.shape[0]:
+        raise spec.error(key, f"transform {transform.describe()} does not return one tensor row per sample")
+    return out

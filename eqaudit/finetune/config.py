@@ -172,6 +172,10 @@ def parse_config(src: YamlSource, *, base_dir: Path | None = None) -> FinetuneCo
     if "threads" in document:
         threads = _int(src, document["threads"], "threads", minimum=1, maximum=MAX_THREADS)
     penalized = sum(1 for c in spec.checks if c.weight > 0)
+    for index, check in enumerate(spec.checks):
+        if check.mode == "lie" and check.weight > 0:
+            raise src.error(f"checks[{index}].mode", "a Lie-derivative check cannot be penalized: its errors carry "
+                            "no gradient", "give it weight: 0 to audit it only, or use mode: sample")
     regularizer = parse_regularizer(src, document.get("regularizer"), penalized)
     if regularizer.points in ("random", "both") and spec.input.data is None and not spec.input.shape:
         raise src.error("input.shape", "random penalty points need the input shape")

@@ -11,30 +11,12 @@ from .config import FinetuneConfig
 from .data import Examples, move_batch
 
 
-def is_oom(exc: BaseException) -> bool:
-    """True for an out-of-memory error (let through: it is not the user's input)."""
-    return "out of memory" in str(exc).lower()
-
-
 def call_model(model: Any, inputs: Any, cfg: FinetuneConfig, key: str) -> Any:
-    """``model(inputs)``; a failure or an output without the batch dimension is an error at ``key``."""
-    import torch
+    """``model(inputs)`` checked by the evaluation core's forward: a failure, or an output without
+    the batch dimension, is an error at the config key ``key`` (out-of-memory passes through)."""
+    from ..audit.forward import forward_once
 
-    try:
-        outputs = model(inputs)
-    except (torch.cuda.OutOfMemoryError, MemoryError, KeyboardInterrupt):
-        raise
-    except Exception as exc:
-        if is_oom(exc):
-            raise
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise cfg.error(key, f"the model failed on a batch of shape {list(inputs.shape)}: "
-                        f"{type(exc).__name__}: {msg}") from None
-    if not isinstance(outputs, torch.Tensor) or outputs.dim() == 0 or outputs.shape[0] != inputs.shape[0]:
-        what = list(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
-        raise cfg.error(key, f"the model returned {what} for a batch of {inputs.shape[0]}",
-                        "the model must return a tensor with the batch dimension first")
-    return outputs
+    return forward_once(model, inputs, cfg, key)
 
 
 def make_task_loss(cfg: FinetuneConfig) -> Callable[[Any, Any], Any]:
@@ -79,6 +61,8 @@ def loss_value(loss_fn: Callable, outputs: Any, targets: Any, cfg: FinetuneConfi
     except EqauditError:
         raise
     except Exception as exc:
+        from ..audit.forward import is_oom
+
         if is_oom(exc):
             raise
         raise cfg.error("task_loss", f"{cfg.task_loss} failed on outputs {list(outputs.shape)} and targets "

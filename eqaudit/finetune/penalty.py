@@ -6,47 +6,29 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import EqauditError
 from .config import FinetuneConfig
-from .losses import call_model
 
 
 def step_penalty(cfg: FinetuneConfig, model: Any, checks: Sequence[int], inputs: Any, outputs: Any,
                  rng: Any) -> tuple[Any, dict[str, Any]]:
     """The penalty at the points ``inputs`` whose model outputs are ``outputs``, over the checks
-    ``checks`` (indices into the spec), each drawing its parameters from ``rng.child("check:NAME")``.
+    ``checks`` (indices into the spec), each drawing its parameters from
+    ``rng.child("check:NAME")``. The per-sample errors come from the evaluation core
+    (:func:`eqaudit.audit.evaluate.evaluate_checks`), one check after the other (a fused model call
+    would change batch-norm statistics in training mode) in the outputs' dtype, with gradients.
 
     Returns the penalty (a 0-d tensor with gradients) and each check's mean error (detached)."""
     import torch
 
-    from transforms_zoo import TransformError
+    from ..audit.evaluate import evaluate_checks
 
+    evaluation = evaluate_checks(model, cfg.spec.checks, inputs, outputs, rng, cfg, chosen=list(checks),
+                                 fuse=False, distance_dtype=None)
     total = torch.zeros((), dtype=outputs.dtype, device=outputs.device)
     errors: dict[str, Any] = {}
-    for index in checks:
-        check = cfg.spec.checks[index]
-        where = f"checks[{index}]"
-        in_key = f"{where}.both" if check.both else f"{where}.input"
-        out_key = f"{where}.both" if check.both else f"{where}.output"
-        check_rng = rng.child(f"check:{check.name}")
-        try:
-            params_in = check.input.sample(check_rng)
-            params_out = params_in if check.both else check.output.sample(check_rng.child("output"))
-            moved_inputs = check.input.apply(inputs, params_in)
-        except TransformError as exc:
-            raise cfg.error(in_key, exc.message, exc.hint) from None
-        outputs_of_moved = call_model(model, moved_inputs, cfg, in_key)
-        try:
-            moved_outputs = check.output.apply(outputs, params_out)
-        except TransformError as exc:
-            raise cfg.error(out_key, exc.message, exc.hint) from None
-        if moved_outputs.shape != outputs_of_moved.shape:
-            raise cfg.error(out_key, f"output transform gives shape {list(moved_outputs.shape[1:])} but the "
-                            f"model's output on transformed inputs has shape {list(outputs_of_moved.shape[1:])}")
-        try:
-            error = check.distance(moved_outputs, outputs_of_moved.to(moved_outputs.dtype)).reshape(-1).mean()
-        except EqauditError as exc:
-            raise exc.located(file=cfg.file, key=f"{where}.distance") from None
+    for result in evaluation.checks:
+        check = cfg.spec.checks[result.check_index]
+        error = result.errors.mean()
         errors[check.name] = error.detach()
         total = total + check.weight * torch.clamp_min(error - check.epsilon, 0.0)
     return total, errors

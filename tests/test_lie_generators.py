@@ -56,3 +56,16 @@ def test_the_transforms_refuse_a_zero_path_themselves():
             tz.build(config).lie_path(x, t)
     moved = tz.build({"shift": {"dy": 3}}).lie_path(x, torch.ones(2))
     assert torch.allclose(moved, torch.roll(x, 1, dims=-2), atol=1e-5)
+
+
+def test_a_shift_range_differentiates_along_its_own_axis():
+    """``shift: {dy: [-2, 2]}`` was differentiated along x, a direction the spec never named."""
+    x = torch.rand(3, 1, 8, 8, dtype=torch.float64)
+    t = torch.full((3,), 1.0, dtype=torch.float64)
+    along_y = tz.build({"shift": {"dy": [-2, 2]}}).lie_path(x, t)
+    assert torch.allclose(along_y, torch.roll(x, 1, dims=-2), atol=1e-9)
+    along_x = tz.build({"shift": {"dx": [-2, 2]}}).lie_path(x, t)
+    assert torch.allclose(along_x, torch.roll(x, 1, dims=-1), atol=1e-9)
+    with pytest.raises(EqauditError) as info:
+        _spec({"both": {"shift": {"dx": [-1, 1], "dy": [-1, 1]}}})
+    assert info.value.key == "checks[0].both.shift" and "no single direction" in info.value.message

@@ -185,20 +185,35 @@ class Shift(Transform):
 
         return Inverted(self, undo)
 
+    def _lie_direction(self) -> tuple[float, float] | None:
+        """The direction of the Lie path: that of a fixed (dx, dy), or the axis of the one range
+        when the other axis stays at 0; None for (0, 0) or for several directions."""
+        if not self.is_random:
+            d = (float(self.dx[0]), float(self.dy[0]))
+        else:
+            moves = (self.dx != (0, 0), self.dy != (0, 0))
+            if all(moves):
+                return None
+            d = (1.0, 0.0) if moves[0] else (0.0, 1.0)
+        return d if any(d) else None
+
     def lie_generator_error(self) -> TransformError | None:
-        if self.is_random or self.dx[0] or self.dy[0]:
+        if self._lie_direction() is not None:
             return None
+        if self.is_random:
+            return TransformError("a shift with ranges moving along both dx and dy has no single direction for "
+                                  "a Lie derivative", hint="give one direction, e.g. dx: 1 (or dx: 1, dy: 1)")
         return TransformError("a shift by (0, 0) has no direction, so its Lie derivative would be taken "
                               "along a made-up one", hint="give the direction, e.g. dx: 1; its length does not matter")
 
     def lie_path(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Continuous translation by ``t`` pixels (``(n,)``) along the unit direction of (dx, dy)
-        ((1, 0) for ranges; a fixed (0, 0) is refused): band-limited (Fourier) interpolation, circular; equal
-        to ``torch.roll`` at integer steps along an axis."""
+        """Continuous translation by ``t`` pixels (``(n,)``) along the unit direction of (dx, dy) (of
+        the ranged axis for a range; (0, 0) and ranges along both axes are refused): band-limited
+        (Fourier) interpolation, circular; equal to ``torch.roll`` at integer steps along an axis."""
         need_2d(x, self.name)
         self._require_lie_generator()
-        d = (float(self.dx[0]), float(self.dy[0])) if not self.is_random else (1.0, 0.0)
-        norm = math.hypot(*d) or 1.0
-        ux, uy = (d[0] / norm, d[1] / norm) if any(d) else (1.0, 0.0)
-        return fourier_translate(x, t * ux, t * uy)
+        d = self._lie_direction()
+        assert d is not None
+        norm = math.hypot(*d)
+        return fourier_translate(x, t * (d[0] / norm), t * (d[1] / norm))
 

@@ -10,7 +10,7 @@ import typer
 
 from .errors import handles_errors
 from .options import DebugOpt, DeviceOpt, QuietOpt, SeedOpt, TrustOpt, load_spec_file
-from .output import check_outputs, emit, err, escape, note, out, run_inputs, with_progress
+from .output import check_outputs, emit, err, escape, fail, note, out, run_inputs, with_progress
 
 CheckpointArg = Annotated[Optional[Path], typer.Argument(help="Checkpoint file; overrides model.checkpoint in the spec.")]
 SpecOpt = Annotated[Path, typer.Option("--spec", "-s", help="The spec YAML (model, input, checks).")]
@@ -81,11 +81,14 @@ def measure(
         emit(markdown, "--markdown", report.to_markdown())
         if not quiet and not to_stdout:
             _print(report, quantiles, layers)
+        for check in report.errors:  # a check that could not be measured: its own error line, exit 2
+            fail(escape(check.error))
     raise typer.Exit(report.exit_code)
 
 
 def _print(report: Any, quantiles: bool, layers: bool) -> None:
-    """The tables on stdout; notes and the failed checks on stderr."""
+    """The tables on stdout; notes and the failed checks on stderr (when some check could not be
+    measured, its error line alone speaks on stderr: exit 2)."""
     out.print(report.rich_table(out.width, quantiles=quantiles))
     layer_table = report.layers_table() if layers else None
     if layer_table is not None:
@@ -93,6 +96,8 @@ def _print(report: Any, quantiles: bool, layers: bool) -> None:
     elements = report.elements_table()
     if elements is not None:
         out.print(elements)
+    if report.errors:
+        return
     for text in report.notes:
         note(text)
     if not report.passed:

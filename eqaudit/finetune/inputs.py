@@ -12,7 +12,7 @@ from ..io.files import require_regular_file
 from .config import FinetuneConfig
 
 #: What the file at each key is, for messages (keys of checks' code: "code").
-_WHAT = {"spec": "config", "model.checkpoint": "checkpoint", "model.factory": "model code",
+_WHAT = {"config": "config", "model.checkpoint": "checkpoint", "model.factory": "model code",
          "input.data": "input data file", "data.path": "data file", "data.val_path": "validation data file",
          "data.dataset": "dataset code", "data.val_dataset": "validation dataset code", "task_loss": "task-loss code"}
 
@@ -23,12 +23,12 @@ def describe(key: str) -> str:
 
 
 def input_files(cfg: FinetuneConfig) -> dict[str, Path]:
-    """Every file the fine-tune reads, by the key that names it: the config (``spec``), the spec's
+    """Every file the fine-tune reads, by the key that names it: the config (``config``), the spec's
     files (checkpoint, input data, factory and transform/distance code) and the training data,
     validation data, dataset and task-loss code files."""
     from transforms_zoo._resolve import reference_file
 
-    files = dict(cfg.spec.input_files())
+    files = {("config" if key == "spec" else key): path for key, path in cfg.spec.input_files().items()}
     data = cfg.data
     for key, path in (("data.path", data.path), ("data.val_path", data.val_path)):
         if path is not None:
@@ -56,7 +56,7 @@ def input_digests(cfg: FinetuneConfig) -> dict[str, str]:
     out: its keys that change the update are in ``cfg.fingerprint``, the others may change)."""
     digests = {}
     for key, path in input_files(cfg).items():
-        if key == "spec":
+        if key == "config":
             continue
         try:
             require_regular_file(path, describe(key))

@@ -17,7 +17,7 @@ from ..spec import check_seed
 from .config import FinetuneConfig
 from .curve import Curve
 from .data import Examples, load_data, sample_shape
-from .inputs import check_same_inputs, input_digests
+from .inputs import check_same_inputs, input_digests, input_files
 from .interrupt import FinetuneInterrupted, SigintFlag
 from .landscape import compute_dynamics
 from .losses import evaluate
@@ -42,23 +42,30 @@ def _emit(callback: Callback | None, event: str, **data: Any) -> None:
         callback(event, data)
 
 
-def check_outputs(cfg: FinetuneConfig, *, resume: bool, force: bool) -> None:
-    """Refuse to overwrite an earlier run's outputs (or its resumable state) without ``force``."""
-    from ..io.outputs import check_output
+def check_outputs(cfg: FinetuneConfig, *, resume: bool, force: bool,
+                  other_outputs: Mapping[str, str | Path | None] | None = None) -> None:
+    """Before the run: every output writable, none the same file as an input of the run (the
+    config, data, checkpoint, user code) or as another output (``other_outputs``: the caller's
+    own, e.g. ``{"--json": path}``), even with ``force``; and an earlier run's outputs (or its
+    resumable state) not overwritten without ``force``."""
+    from ..io.outputs import check_distinct, check_output
 
     output = cfg.output
-    outputs = ((output.checkpoint, "output.checkpoint"), (output.report, "output.report"),
-               (output.state, "output.state"))
-    for path, key in outputs:
+    outputs = {"output.checkpoint": output.checkpoint, "output.report": output.report, "output.state": output.state}
+    for key, path in outputs.items():
         try:
             check_output(path, key)  # writable, before the run rather than after it
         except EqauditError as exc:
             raise cfg.error(key, exc.message, exc.hint) from None
+    try:
+        check_distinct({**outputs, **(other_outputs or {})}, input_files(cfg))
+    except EqauditError as exc:
+        raise cfg.error(exc.key, exc.message, exc.hint) from None
     if force or resume:
         return
-    for path, key in outputs[:2]:
-        if path.exists():
-            raise cfg.error(key, f"'{path}' exists; refusing to overwrite it",
+    for key in ("output.checkpoint", "output.report"):
+        if outputs[key].exists():
+            raise cfg.error(key, f"'{outputs[key]}' exists; refusing to overwrite it",
                             "pass --force to overwrite, or --resume to continue that run")
     if output.state.exists():
         raise cfg.error("output.state", f"a resumable state of an unfinished run exists at '{output.state}'",
@@ -78,6 +85,7 @@ def run_finetune(
     model: Any = None,
     callback: Callback | None = None,
     handle_sigint: bool = True,
+    other_outputs: Mapping[str, str | Path | None] | None = None,
 ) -> FinetuneResult:
     """Fine-tune, audit before and after, write the model, the state and the JSON report.
 
@@ -85,7 +93,9 @@ def run_finetune(
     from the spec's ``model`` block. ``callback(event, data)`` receives ``start``, ``audit``
     (phase before/after), ``step``, ``log`` (a learning-curve point), ``checkpoint``,
     ``dynamics`` and ``done``. Ctrl-C (SIGINT, main thread) saves the state after the current
-    step and raises :class:`FinetuneInterrupted`. Every user error is an :class:`EqauditError`.
+    step and raises :class:`FinetuneInterrupted`. ``other_outputs`` (key -> path) are files the
+    caller will write (``{"--json": path}``): refused, like the run's own outputs, when one is an
+    input of the run or another output. Every user error is an :class:`EqauditError`.
     """
     import torch
 
@@ -101,7 +111,7 @@ def run_finetune(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        check_outputs(cfg, resume=resume, force=force)
+        check_outputs(cfg, resume=resume, force=force, other_outputs=other_outputs)
         session = _open(cfg, device, trust_checkpoint, model)
         with torch.random.fork_rng(devices=session.cuda_devices):
             progress = _resume(session) if resume else _audit_before(session, callback)

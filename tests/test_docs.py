@@ -192,6 +192,52 @@ def test_group_element_and_layer_fields_are_documented(report: dict[str, Any]) -
             assert mentions(layers, field), f"layer field {field!r} undocumented"
 
 
+FINETUNE = {
+    "model": {"factory": "tiny_model.py:TinyCNN"},
+    "input": {"shape": [1, 6, 6]},
+    "samples": 64,
+    "checks": [{"name": "rot", "both": "rot90", "threshold": 10.0, "epsilon": 0.0, "weight": 0.1}],
+    "data": {"path": "train.safetensors", "inputs": "x", "targets": "y", "val_inputs": "x", "val_targets": "y"},
+    "task_loss": "mse",
+    "steps": 4,
+    "batch_size": 8,
+    "log_every": 2,
+    "output": {"checkpoint": "tuned.safetensors"},
+    "dynamics": {"directions": 2, "iterations": 3, "examples": 8},
+}
+
+
+@pytest.fixture(scope="module")
+def finetune_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A real fine-tune report (``eqaudit finetune --json``), with the learning curve and dynamics."""
+    import torch
+    from safetensors.torch import save_file
+
+    from eqaudit.cli import app
+
+    folder = tmp_path_factory.mktemp("docs_finetune")
+    (folder / "tiny_model.py").write_text(MODEL_PY, encoding="utf-8")
+    x = torch.rand(16, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    save_file({"x": x, "y": x.clone()}, str(folder / "train.safetensors"))
+    (folder / "ft.yaml").write_text(yaml.safe_dump(FINETUNE), encoding="utf-8")
+    out = folder / "ft.json"
+    result = CliRunner().invoke(app, ["finetune", str(folder / "ft.yaml"), "--json", str(out), "-q",
+                                      "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    return json.loads(out.read_text(encoding="utf-8"))
+
+
+def test_every_finetune_report_field_is_documented(finetune_report: dict[str, Any]) -> None:
+    text = section(read("reports.md"), "Fine-tune JSON report")
+    nested = {"optimizer": finetune_report["optimizer"], "regularizer": finetune_report["regularizer"],
+              "before": finetune_report["before"], "metrics": finetune_report["before"]["metrics"],
+              "curve": finetune_report["curve"][0], "dynamics": finetune_report["dynamics"],
+              "sharpness": finetune_report["dynamics"]["sharpness"], "hessian": finetune_report["dynamics"]["hessian"]}
+    for field in [*finetune_report, *(key for block in nested.values() for key in block)]:
+        assert mentions(text, field) or re.search(rf"[{{,] ?{re.escape(field)}[,}}]", text), (
+            f"fine-tune report field {field!r} missing from reports.md 'Fine-tune JSON report'")
+
+
 # -- spec and fine-tune keys --------------------------------------------------------------------
 def spec_key_paths() -> set[str]:
     """Every key the spec parser accepts, as documented paths (``model.factory``, ``checks[].mask``),

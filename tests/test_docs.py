@@ -192,6 +192,22 @@ def test_group_element_and_layer_fields_are_documented(report: dict[str, Any]) -
             assert mentions(layers, field), f"layer field {field!r} undocumented"
 
 
+def test_every_sweep_field_is_documented(tmp_path: Path) -> None:
+    from eqaudit.cli import app
+
+    (tmp_path / "tiny_model.py").write_text(MODEL_PY, encoding="utf-8")
+    spec = {**SPEC, "layers": None, "checks": [{"name": "sh", "input": {"shift": {"dx": 1}}}]}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump({k: v for k, v in spec.items() if v}), encoding="utf-8")
+    out = tmp_path / "sweep.json"
+    result = CliRunner().invoke(app, ["sweep", "--spec", str(tmp_path / "spec.yaml"), "--check", "sh", "--param", "dx",
+                                      "--values", "0,1", "--json", str(out), "-q", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    curve = json.loads(out.read_text(encoding="utf-8"))
+    text = section(read("reports.md"), "Sweep JSON")
+    for field in [*curve, *curve["points"][0]]:
+        assert mentions(text, field), f"sweep field {field!r} missing from reports.md 'Sweep JSON'"
+
+
 FINETUNE = {
     "model": {"factory": "tiny_model.py:TinyCNN"},
     "input": {"shape": [1, 6, 6]},

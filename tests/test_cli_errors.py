@@ -167,3 +167,13 @@ def test_validate_opens_the_finetune_data_keys(finetune_sample: Path) -> None:
     finetune_sample.write_text(text.replace(f"inputs: {key}", f"inputs: {key}x", 1))
     _one_line_2(runner.invoke(app, ["validate", str(finetune_sample)]), "data.inputs", f"no tensor '{key}x'",
                 f"did you mean '{key}'")
+
+
+def test_validate_refuses_a_checkpoint_that_is_a_fifo(project: Path) -> None:
+    import os
+
+    os.mkfifo(project / "ckpt.pt")
+    spec = write_spec(project, SPEC.replace("{factory: models.py:PixelReader}",
+                                            "{factory: models.py:PixelReader, checkpoint: ckpt.pt}"))
+    _one_line_2(runner.invoke(app, ["validate", str(spec)]), "model.checkpoint", "FIFO")
+    _one_line_2(runner.invoke(app, ["measure", "--spec", str(spec)]), "model.checkpoint", "FIFO")

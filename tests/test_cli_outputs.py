@@ -80,7 +80,7 @@ def test_measure_two_reports_onto_one_file(digits: Path) -> None:
 def test_measure_step_summary_pointing_at_the_spec(digits: Path, monkeypatch) -> None:
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(digits / "digits.yaml"))
     _refused(digits, ["measure", "--spec", "digits.yaml", "--markdown", os.environ["GITHUB_STEP_SUMMARY"]],
-             "digits.yaml", "--markdown", "(spec)")
+             "digits.yaml", "--markdown ($GITHUB_STEP_SUMMARY)", "(spec)")
 
 
 @pytest.mark.parametrize("flag", ["--json", "--plot"])
@@ -105,3 +105,14 @@ def test_streams_are_not_files(digits: Path) -> None:
     """``-`` and /dev/stdout may be named by several options: nothing is replaced."""
     r = runner.invoke(app, ["measure", "--spec", "digits.yaml", "--json", "-", "--junit", "/dev/stdout"])
     assert "the run started before the outputs were checked" in r.stderr, r.output  # it got past the check
+
+
+def test_finetune_json_onto_its_config(tmp_path: Path) -> None:
+    for name in ("finetune_digits.yaml", "digits.safetensors", "digits_cnn.safetensors"):
+        shutil.copy(ROOT / "sample_configs" / name, tmp_path / name)
+    shutil.copytree(ROOT / "sample_configs" / "sample_models", tmp_path / "sample_models")
+    for name in ("finetune_digits.yaml", "digits.safetensors"):
+        before = (tmp_path / name).read_bytes()
+        r = runner.invoke(app, ["finetune", str(tmp_path / "finetune_digits.yaml"), "--json", str(tmp_path / name)])
+        assert r.exit_code == 2 and "--json" in r.stderr and "never replaces an input" in r.stderr, r.output
+        assert (tmp_path / name).read_bytes() == before

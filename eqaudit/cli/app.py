@@ -98,9 +98,10 @@ def _usage_error(exc: Any) -> int:
     from .errors import usage_error_line
     from .output import fail
 
-    ctx = getattr(exc, "ctx", None)
-    if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
-        typer.echo(ctx.get_help())
+    if type(exc).__name__ == "NoArgsIsHelpError":  # the help was rendered when it was raised
+        text = exc.format_message()
+        if text:
+            typer.echo(text, err=True)
     else:
         fail(usage_error_line(exc))
     return 2

@@ -3,6 +3,7 @@ and errors to stderr, report files checked before the run and written atomically
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -41,7 +42,17 @@ def check_outputs(outputs: Mapping[str, Any], inputs: Mapping[str, Any]) -> None
     files = {flag: path for flag, path in outputs.items() if path is not None and str(path) != "-"}
     for flag, path in files.items():
         check_output(path, flag)
-    check_distinct(files, inputs)
+    check_distinct({_summary_label(flag, path): path for flag, path in files.items()}, inputs)
+
+
+def _summary_label(flag: str, path: Any) -> str:
+    """``--markdown ($GITHUB_STEP_SUMMARY)`` for an output that is the job summary (appended to)."""
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    try:
+        same = bool(summary) and Path(path).resolve() == Path(summary).resolve()
+    except (OSError, RuntimeError):
+        same = False
+    return f"{flag} ($GITHUB_STEP_SUMMARY)" if same else flag
 
 
 def run_inputs(spec_path: Path, spec: Any, checkpoint: Path | None, checkpoint_key: str) -> dict[str, Any]:

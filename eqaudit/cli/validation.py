@@ -14,6 +14,7 @@ from transforms_zoo._resolve import ReferenceError_, resolve_reference
 from transforms_zoo.random import SampleRNG
 
 from ..errors import EqauditError, first_line
+from ..io.files import require_regular_file
 from ..io.tensors import tensor_shape
 from ..spec import Spec
 
@@ -21,8 +22,12 @@ from ..spec import Spec
 def check_files(spec: Spec) -> None:
     """Raise EqauditError when the spec names a missing file, factory or data key."""
     ckpt = spec.model.checkpoint
-    if ckpt is not None and not ckpt.is_file():
-        raise spec.error("model.checkpoint", f"file '{ckpt}' not found", "paths resolve against the spec's folder")
+    if ckpt is not None:
+        try:
+            require_regular_file(ckpt, "checkpoint")
+        except EqauditError as exc:
+            raise spec.error("model.checkpoint", exc.message, "paths resolve against the spec's folder"
+                             if not ckpt.exists() else exc.hint) from None
     if spec.model.factory is not None:
         try:
             obj = resolve_reference(spec.model.factory, spec.base_dir)

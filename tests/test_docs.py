@@ -12,6 +12,7 @@ import json
 import re
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -101,26 +102,13 @@ def test_no_documented_option_is_stale(name: str) -> None:
 
 def test_every_pytest_plugin_option_is_documented() -> None:
     from eqaudit import pytest_plugin
-
-    class Group:
-        def __init__(self) -> None:
-            self.options: list[str] = []
-
-        def addoption(self, *names: str, **_: Any) -> None:
-            self.options += names
-
-    class Parser:
-        group = Group()
-
-        def getgroup(self, *_: Any) -> Group:
-            return self.group
-
-    parser = Parser()
-    pytest_plugin.pytest_addoption(parser)  # type: ignore[arg-type]
-    assert parser.group.options
-    text = read("cli.md")
-    for opt in parser.group.options:
-        assert f"`{opt}" in text, f"pytest option {opt} undocumented"
+    options: list[str] = []
+    group = SimpleNamespace(addoption=lambda *names, **_: options.extend(names))
+    pytest_plugin.pytest_addoption(SimpleNamespace(getgroup=lambda *_: group))  # type: ignore[arg-type]
+    assert options
+    text = section(read("cli.md"), "The pytest plugin")
+    for opt in options:
+        assert mentions(text, opt), f"pytest option {opt} undocumented"
 
 
 # -- reports ------------------------------------------------------------------------------------

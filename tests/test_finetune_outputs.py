@@ -73,8 +73,8 @@ def test_the_validation_file_and_dataset_code_are_inputs_too(proj):
 
     save_file({"vx": torch.rand(8, 1, 4, 4), "vy": torch.zeros(8, dtype=torch.long)}, str(proj / "val.safetensors"))
     cfg = write(proj, steps=2)
-    cfg.write_text(cfg.read_text().replace("  val_targets: vy\n", "  val_targets: vy\n  val_path: val.safetensors\n")
-                   .replace("output:\n  checkpoint: out/tuned.safetensors\n", "output:\n  checkpoint: val.safetensors\n"))
+    text = cfg.read_text().replace("  val_targets: vy\n", "  val_targets: vy\n  val_path: val.safetensors\n")
+    cfg.write_text(text.replace("  checkpoint: out/tuned.safetensors\n", "  checkpoint: val.safetensors\n"))
     r = cli(cfg, "--force")
     assert r.exit_code == 2 and "output.checkpoint:" in r.stderr and "(data.val_path)" in r.stderr, r.output
     (proj / "datasets.py").write_text("import torch\n\ndef train():\n    return torch.rand(32, 1, 4, 4), "

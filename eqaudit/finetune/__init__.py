@@ -26,7 +26,16 @@ Nothing here prints: :func:`run_finetune` reports progress through a callback.
 from __future__ import annotations
 
 from ..io.atomic import atomic_write
-from .config import FINETUNE_KEYS, RESUMABLE_CHANGES, TASK_LOSSES, FinetuneConfig, config_from_dict, load_config, parse_config
+from .config import (
+    FINETUNE_KEYS,
+    MAX_THREADS,
+    RESUMABLE_CHANGES,
+    TASK_LOSSES,
+    FinetuneConfig,
+    config_from_dict,
+    load_config,
+    parse_config,
+)
 from .curve import Curve
 from .data import DatasetData, TensorData, load_data
 from .interrupt import FinetuneInterrupted
@@ -52,8 +61,8 @@ from .summary import FinetuneResult, report_from_dict
 from .trainer import StepResult, Trainer, build_optimizer
 
 __all__ = [
-    "DATA_KEYS", "DYNAMICS_KEYS", "FINETUNE_KEYS", "OPTIMIZERS", "OPTIMIZER_KEYS", "OUTPUT_KEYS", "POINTS",
-    "REGULARIZER_KEYS", "RESUMABLE_CHANGES", "STATE_FORMAT", "STATE_VERSION", "TASK_LOSSES",
+    "DATA_KEYS", "DYNAMICS_KEYS", "FINETUNE_KEYS", "MAX_THREADS", "OPTIMIZERS", "OPTIMIZER_KEYS", "OUTPUT_KEYS",
+    "POINTS", "REGULARIZER_KEYS", "RESUMABLE_CHANGES", "STATE_FORMAT", "STATE_VERSION", "TASK_LOSSES",
     "Callback", "Curve", "DataConfig", "DatasetData", "DynamicsConfig", "FinetuneConfig", "FinetuneInterrupted",
     "FinetuneResult", "OptimizerConfig", "OutputConfig", "RegularizerConfig", "StepResult", "TensorData", "Trainer",
     "atomic_write", "build_optimizer", "check_outputs", "compute_dynamics", "config_from_dict", "evaluate",

@@ -66,7 +66,7 @@ from typing import Any
 
 from ..errors import EqauditError, did_you_mean
 from ..io.yaml_source import YamlSource, load_yaml
-from ..spec import Spec, _int, _kind, parse_spec
+from ..spec import Spec, describe_value, parse_int, parse_spec
 from .sections import (
     DataConfig,
     DynamicsConfig,
@@ -160,17 +160,17 @@ def parse_config(src: YamlSource, *, base_dir: Path | None = None) -> FinetuneCo
     data = parse_data(src, document.get("data"), base)
     task_loss = document.get("task_loss", "cross_entropy")
     if not isinstance(task_loss, str) or (task_loss not in TASK_LOSSES and ":" not in task_loss):
-        raise src.error("task_loss", f"unknown task loss {_kind(task_loss)}",
+        raise src.error("task_loss", f"unknown task loss {describe_value(task_loss)}",
                         did_you_mean(str(task_loss), TASK_LOSSES) or "or 'module:callable'")
     optimizer = parse_optimizer(src, document.get("optimizer"))
     steps, epochs = _parse_length(src, document)
-    batch_size = _int(src, document.get("batch_size", 64), "batch_size", minimum=1)
+    batch_size = parse_int(src, document.get("batch_size", 64), "batch_size", minimum=1)
     device = document.get("device", "auto")
     if not isinstance(device, str):
-        raise src.error("device", f"expected auto, cpu, cuda or cuda:K, got {_kind(device)}")
+        raise src.error("device", f"expected auto, cpu, cuda or cuda:K, got {describe_value(device)}")
     threads = None
     if "threads" in document:
-        threads = _int(src, document["threads"], "threads", minimum=1, maximum=MAX_THREADS)
+        threads = parse_int(src, document["threads"], "threads", minimum=1, maximum=MAX_THREADS)
     penalized = sum(1 for c in spec.checks if c.weight > 0)
     for index, check in enumerate(spec.checks):
         if check.mode == "lie" and check.weight > 0:
@@ -180,8 +180,8 @@ def parse_config(src: YamlSource, *, base_dir: Path | None = None) -> FinetuneCo
     if regularizer.points in ("random", "both") and spec.input.data is None and not spec.input.shape:
         raise src.error("input.shape", "random penalty points need the input shape")
     output = parse_output(src, document.get("output"), base, spec)
-    checkpoint_every = _int(src, document.get("checkpoint_every", 100), "checkpoint_every", minimum=0)
-    log_every = _int(src, document.get("log_every", 10), "log_every", minimum=1)
+    checkpoint_every = parse_int(src, document.get("checkpoint_every", 100), "checkpoint_every", minimum=0)
+    log_every = parse_int(src, document.get("log_every", 10), "log_every", minimum=1)
     dynamics = parse_dynamics(src, document.get("dynamics"))
     return FinetuneConfig(
         spec=spec,
@@ -208,8 +208,8 @@ def _parse_length(src: YamlSource, document: Mapping[str, Any]) -> tuple[int | N
         raise src.error("epochs", "give either 'steps' or 'epochs', not both")
     if "steps" not in document and "epochs" not in document:
         raise src.error("steps", "missing: how long to train", "add 'steps: 500' (or 'epochs: 5')")
-    steps = _int(src, document["steps"], "steps", minimum=1) if "steps" in document else None
-    epochs = _int(src, document["epochs"], "epochs", minimum=1) if "epochs" in document else None
+    steps = parse_int(src, document["steps"], "steps", minimum=1) if "steps" in document else None
+    epochs = parse_int(src, document["epochs"], "epochs", minimum=1) if "epochs" in document else None
     return steps, epochs
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import EqauditError, did_you_mean
+from ..errors import EqauditError
 from .config import FinetuneConfig
 
 
@@ -62,18 +62,17 @@ def sample_shape(data: Examples) -> tuple[int, ...]:
     return tuple(data.batch(torch.arange(1))[0].shape[1:])
 
 
-def _read_tensor(cfg: FinetuneConfig, path: Path, name: str, key: str) -> Any:
-    from safetensors import SafetensorError, safe_open
+def _read_tensor(cfg: FinetuneConfig, path: Path, name: str, key: str, path_key: str) -> Any:
+    """Tensor ``name`` of the safetensors file ``path`` (through the one reader, :mod:`eqaudit.io.tensors`):
+    a missing name is an error at ``key``, an unreadable file at ``path_key``."""
+    from ..io.tensors import read_tensor, tensor_names
 
+    names: list[str] | None = None
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            names = list(fh.keys())
-            if name not in names:
-                raise cfg.error(key, f"no tensor '{name}' in {path.name}",
-                                did_you_mean(name, names) or ("keys: " + ", ".join(names[:10])))
-            return fh.get_tensor(name)
-    except (SafetensorError, OSError) as exc:
-        raise cfg.error("data.path", f"cannot read '{path}' as safetensors: {exc}") from None
+        names = tensor_names(path)
+        return read_tensor(path, name)
+    except EqauditError as exc:
+        raise cfg.error(key if names is not None and name not in names else path_key, exc.message, exc.hint) from None
 
 
 def load_data(cfg: FinetuneConfig) -> tuple[Examples, Examples | None]:
@@ -84,14 +83,14 @@ def load_data(cfg: FinetuneConfig) -> tuple[Examples, Examples | None]:
         train = _from_callable(cfg, data.dataset, "data.dataset", "training")
         val = _from_callable(cfg, data.val_dataset, "data.val_dataset", "validation") if data.val_dataset else None
         return train, val
-    inputs = _read_tensor(cfg, data.path, data.inputs, "data.inputs")
-    targets = _read_tensor(cfg, data.path, data.targets, "data.targets")
+    inputs = _read_tensor(cfg, data.path, data.inputs, "data.inputs", "data.path")
+    targets = _read_tensor(cfg, data.path, data.targets, "data.targets", "data.path")
     train = _tensor_pair(cfg, inputs, targets, "data.inputs", "data.targets", "training")
     if data.val_inputs is None or data.val_targets is None:
         return train, None
-    val_file = data.val_path or data.path
-    val_inputs = _read_tensor(cfg, val_file, data.val_inputs, "data.val_inputs")
-    val_targets = _read_tensor(cfg, val_file, data.val_targets, "data.val_targets")
+    val_file, val_key = (data.val_path, "data.val_path") if data.val_path else (data.path, "data.path")
+    val_inputs = _read_tensor(cfg, val_file, data.val_inputs, "data.val_inputs", val_key)
+    val_targets = _read_tensor(cfg, val_file, data.val_targets, "data.val_targets", val_key)
     val = _tensor_pair(cfg, val_inputs, val_targets, "data.val_inputs", "data.val_targets", "validation")
     if tuple(val_inputs.shape[1:]) != tuple(inputs.shape[1:]):
         raise cfg.error("data.val_inputs", f"validation samples have shape {list(val_inputs.shape[1:])}, "

@@ -190,10 +190,8 @@ def _open(cfg: FinetuneConfig, device: str | None, trust_checkpoint: bool, model
         remove_stale_temps([cfg.output.checkpoint, cfg.output.report, cfg.output.state])
     inputs = input_digests(cfg)  # before reading them: what this run's updates depend on
     train, val = load_data(cfg)
-    if model is None:
-        with torch.random.fork_rng():  # a model built without a checkpoint starts from seeded weights
-            torch.manual_seed(cfg.spec.seed)
-            model = cfg.spec.build_model(trust_checkpoint=trust_checkpoint)
+    if model is None:  # a factory-built model starts from weights seeded by the spec's seed
+        model = cfg.spec.build_model(trust_checkpoint=trust_checkpoint)
     if not isinstance(model, torch.nn.Module):
         raise cfg.error("model", f"fine-tuning needs a torch.nn.Module, got {type(model).__name__}")
     model.to(resolved)
@@ -297,7 +295,8 @@ def _train(session: _Session, progress: _Progress, callback: Callback | None, ha
             if sigint.hit:
                 save()
                 raise FinetuneInterrupted(result.step, total, state_path)
-            if cfg.checkpoint_every and result.step % cfg.checkpoint_every == 0 and result.step < total and session.main:
+            periodic = cfg.checkpoint_every and result.step % cfg.checkpoint_every == 0
+            if periodic and result.step < total and session.main:
                 save()
                 _emit(callback, "checkpoint", step=result.step, path=str(state_path))
     save()

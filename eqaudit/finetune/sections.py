@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import did_you_mean
 from ..io.yaml_source import YamlSource
-from ..spec import Spec, _check_keys, _float, _int, _kind, _mapping, _resolve_path
+from ..spec import Spec, check_keys, describe_value, expect_mapping, parse_float, parse_int, resolve_path
 
 DATA_KEYS = ("path", "inputs", "targets", "val_path", "val_inputs", "val_targets", "dataset", "val_dataset", "kwargs")
 OPTIMIZER_KEYS = ("name", "lr", "weight_decay", "betas", "momentum", "nesterov")
@@ -83,7 +83,7 @@ class DynamicsConfig:
 def text_value(src: YamlSource, value: Any, key: str) -> str:
     """A non-empty string at ``key``."""
     if not isinstance(value, str) or not value:
-        raise src.error(key, f"expected a string, got {_kind(value)}")
+        raise src.error(key, f"expected a string, got {describe_value(value)}")
     return value
 
 
@@ -95,8 +95,8 @@ def parse_data(src: YamlSource, raw: Any, base: Path) -> DataConfig:
     shorthand = isinstance(raw, str)
     if shorthand:
         raw = {"dataset": raw} if ":" in raw and not raw.endswith(".safetensors") else {"path": raw}
-    section = _mapping(src, raw, "data")
-    _check_keys(src, section, DATA_KEYS, "data")
+    section = expect_mapping(src, raw, "data")
+    check_keys(src, section, DATA_KEYS, "data")
     if ("path" in section) == ("dataset" in section):
         raise src.error("data", "give either 'path' (a safetensors file) or 'dataset' ('module:callable')",
                         None if "path" in section else "e.g. data: {path: train.safetensors, inputs: x, targets: y}")
@@ -107,7 +107,7 @@ def parse_data(src: YamlSource, raw: Any, base: Path) -> DataConfig:
     def file_key(key: str) -> Path | None:
         if key not in section:
             return None
-        path = _resolve_path(base, text_value(src, section[key], key_path(key)))
+        path = resolve_path(base, text_value(src, section[key], key_path(key)))
         if not path.is_file():
             raise src.error(key_path(key), f"data file '{path}' not found", "paths resolve against the config's folder")
         return path
@@ -125,7 +125,7 @@ def parse_data(src: YamlSource, raw: Any, base: Path) -> DataConfig:
     _check_data_combination(src, section, dataset, val_dataset, val_path)
     kwargs = section.get("kwargs") or {}
     if not isinstance(kwargs, dict):
-        raise src.error("data.kwargs", f"expected a mapping of keyword arguments, got {_kind(kwargs)}")
+        raise src.error("data.kwargs", f"expected a mapping of keyword arguments, got {describe_value(kwargs)}")
     names = {k: text_value(src, section.get(k, k), f"data.{k}") for k in ("inputs", "targets")}
     names.update({k: text_value(src, section[k], f"data.{k}") if k in section else None
                   for k in ("val_inputs", "val_targets")})
@@ -163,33 +163,35 @@ def parse_optimizer(src: YamlSource, raw: Any) -> OptimizerConfig:
     if raw is None:
         return OptimizerConfig()
     name_only = isinstance(raw, str)
-    section = _mapping(src, {"name": raw} if name_only else raw, "optimizer")
-    _check_keys(src, section, OPTIMIZER_KEYS, "optimizer")
+    section = expect_mapping(src, {"name": raw} if name_only else raw, "optimizer")
+    check_keys(src, section, OPTIMIZER_KEYS, "optimizer")
     name = section.get("name", "adam")
     if name not in OPTIMIZERS:
-        raise src.error("optimizer" if name_only else "optimizer.name", f"unknown optimizer {_kind(name)}",
+        raise src.error("optimizer" if name_only else "optimizer.name", f"unknown optimizer {describe_value(name)}",
                         did_you_mean(str(name), OPTIMIZERS))
-    lr = _float(src, section.get("lr", 1e-2 if name == "sgd" else 1e-3), "optimizer.lr")
+    lr = parse_float(src, section.get("lr", 1e-2 if name == "sgd" else 1e-3), "optimizer.lr")
     if lr <= 0:
         raise src.error("optimizer.lr", f"must be > 0, got {lr}")
-    weight_decay = _float(src, section.get("weight_decay", 0.01 if name == "adamw" else 0.0), "optimizer.weight_decay")
+    weight_decay = parse_float(src, section.get("weight_decay", 0.01 if name == "adamw" else 0.0),
+                               "optimizer.weight_decay")
     betas = (0.9, 0.999)
     if "betas" in section:
         if name == "sgd":
             raise src.error("optimizer.betas", "applies to adam and adamw, not sgd", "use momentum")
         given = section["betas"]
         if not isinstance(given, list) or len(given) != 2:
-            raise src.error("optimizer.betas", f"expected [beta1, beta2], got {_kind(given)}")
-        betas = tuple(_float(src, b, f"optimizer.betas[{i}]") for i, b in enumerate(given))  # type: ignore[assignment]
+            raise src.error("optimizer.betas", f"expected [beta1, beta2], got {describe_value(given)}")
+        betas = tuple(parse_float(src, b, f"optimizer.betas[{i}]")  # type: ignore[assignment]
+                      for i, b in enumerate(given))
         if not all(0 <= b < 1 for b in betas):
             raise src.error("optimizer.betas", "each beta must lie in [0, 1)")
     for key in ("momentum", "nesterov"):
         if key in section and name != "sgd":
             raise src.error(f"optimizer.{key}", f"applies to sgd, not {name}")
-    momentum = _float(src, section.get("momentum", 0.0), "optimizer.momentum")
+    momentum = parse_float(src, section.get("momentum", 0.0), "optimizer.momentum")
     nesterov = section.get("nesterov", False)
     if not isinstance(nesterov, bool):
-        raise src.error("optimizer.nesterov", f"expected true or false, got {_kind(nesterov)}")
+        raise src.error("optimizer.nesterov", f"expected true or false, got {describe_value(nesterov)}")
     if nesterov and momentum <= 0:
         raise src.error("optimizer.nesterov", "nesterov needs momentum > 0")
     return OptimizerConfig(str(name), lr, weight_decay, betas, momentum, nesterov)
@@ -199,24 +201,24 @@ def parse_regularizer(src: YamlSource, raw: Any, penalized_checks: int) -> Regul
     """The ``regularizer`` section; ``num_funcs`` may not exceed the number of penalized checks."""
     if raw is None:
         return RegularizerConfig()
-    section = _mapping(src, raw, "regularizer")
-    _check_keys(src, section, REGULARIZER_KEYS, "regularizer")
+    section = expect_mapping(src, raw, "regularizer")
+    check_keys(src, section, REGULARIZER_KEYS, "regularizer")
     points = section.get("points", "data")
     if points not in POINTS:
-        raise src.error("regularizer.points", f"expected data, random or both, got {_kind(points)}",
+        raise src.error("regularizer.points", f"expected data, random or both, got {describe_value(points)}",
                         did_you_mean(str(points), POINTS))
-    samples = _int(src, section["samples"], "regularizer.samples", minimum=1) if "samples" in section else None
+    samples = parse_int(src, section["samples"], "regularizer.samples", minimum=1) if "samples" in section else None
     if samples is not None and points == "data":
         raise src.error("regularizer.samples", "applies to points: random or both",
                         "with points: data the training batch is the sample")
     given = section.get("num_funcs", "all")
     num_funcs = None
     if given != "all":
-        num_funcs = _int(src, given, "regularizer.num_funcs", minimum=1)
+        num_funcs = parse_int(src, given, "regularizer.num_funcs", minimum=1)
         if num_funcs > penalized_checks:
             raise src.error("regularizer.num_funcs", f"{num_funcs} exceeds the number of checks ({penalized_checks})",
                             "use 'all'")
-    every = _int(src, section.get("every", 1), "regularizer.every", minimum=1)
+    every = parse_int(src, section.get("every", 1), "regularizer.every", minimum=1)
     return RegularizerConfig(str(points), samples, num_funcs, every)
 
 
@@ -225,11 +227,11 @@ def parse_output(src: YamlSource, raw: Any, base: Path, spec: Spec) -> OutputCon
     if raw is None:
         raise src.error("output", "missing: where to write the fine-tuned model",
                         "add 'output: {checkpoint: finetuned.safetensors}'")
-    section = _mapping(src, {"checkpoint": raw} if isinstance(raw, str) else raw, "output")
-    _check_keys(src, section, OUTPUT_KEYS, "output")
+    section = expect_mapping(src, {"checkpoint": raw} if isinstance(raw, str) else raw, "output")
+    check_keys(src, section, OUTPUT_KEYS, "output")
     if "checkpoint" not in section:
         raise src.error("output.checkpoint", "missing", "e.g. checkpoint: finetuned.safetensors")
-    checkpoint = _resolve_path(base, text_value(src, section["checkpoint"], "output.checkpoint"))
+    checkpoint = resolve_path(base, text_value(src, section["checkpoint"], "output.checkpoint"))
     if checkpoint.suffix != ".safetensors":
         raise src.error("output.checkpoint", f"the fine-tuned model is written as safetensors; got '{checkpoint.name}'",
                         f"name it {checkpoint.stem}.safetensors")
@@ -241,7 +243,7 @@ def parse_output(src: YamlSource, raw: Any, base: Path, spec: Spec) -> OutputCon
     def path_of(key: str, default: str) -> Path:
         if key not in section:
             return Path(default)
-        return _resolve_path(base, text_value(src, section[key], f"output.{key}"))
+        return resolve_path(base, text_value(src, section[key], f"output.{key}"))
 
     paths = {"checkpoint": checkpoint, "report": path_of("report", f"{stem}.report.json"),
              "state": path_of("state", f"{stem}.state.pt")}
@@ -264,23 +266,23 @@ def parse_dynamics(src: YamlSource, raw: Any) -> DynamicsConfig:
         return DynamicsConfig()
     if isinstance(raw, bool):
         return DynamicsConfig(enabled=raw)
-    section = _mapping(src, raw, "dynamics")
-    _check_keys(src, section, DYNAMICS_KEYS, "dynamics")
+    section = expect_mapping(src, raw, "dynamics")
+    check_keys(src, section, DYNAMICS_KEYS, "dynamics")
     enabled = section.get("enabled", True)
     if not isinstance(enabled, bool):
-        raise src.error("dynamics.enabled", f"expected true or false, got {_kind(enabled)}")
+        raise src.error("dynamics.enabled", f"expected true or false, got {describe_value(enabled)}")
     displacements = section.get("displacements", [0.05, 0.1])
     if isinstance(displacements, (int, float)) and not isinstance(displacements, bool):
         displacements = [displacements]
     if not isinstance(displacements, list) or not displacements:
-        raise src.error("dynamics.displacements", f"expected a list of numbers, got {_kind(displacements)}")
-    ts = tuple(_float(src, t, f"dynamics.displacements[{i}]", minimum=None) for i, t in enumerate(displacements))
+        raise src.error("dynamics.displacements", f"expected a list of numbers, got {describe_value(displacements)}")
+    ts = tuple(parse_float(src, t, f"dynamics.displacements[{i}]", minimum=None) for i, t in enumerate(displacements))
     if any(t == 0 for t in ts):
         raise src.error("dynamics.displacements", "a displacement of 0 measures nothing")
     return DynamicsConfig(
         enabled=enabled,
-        directions=_int(src, section.get("directions", 10), "dynamics.directions", minimum=1),
+        directions=parse_int(src, section.get("directions", 10), "dynamics.directions", minimum=1),
         displacements=ts,
-        iterations=_int(src, section.get("iterations", 50), "dynamics.iterations", minimum=1),
-        examples=_int(src, section.get("examples", 512), "dynamics.examples", minimum=1),
+        iterations=parse_int(src, section.get("iterations", 50), "dynamics.iterations", minimum=1),
+        examples=parse_int(src, section.get("examples", 512), "dynamics.examples", minimum=1),
     )

@@ -51,7 +51,8 @@ def save_state(path: Path, state: Mapping[str, Any]) -> None:
 
 def state_error(path: Path, key: str | None, message: str) -> EqauditError:
     """A damaged resumable state: exit 2, naming the state file and the entry."""
-    return EqauditError(message, file=path, key=key, hint="the resumable state is damaged; run with --force to start over")
+    return EqauditError(message, file=path, key=key,
+                        hint="the resumable state is damaged; run with --force to start over")
 
 
 def load_state(cfg: FinetuneConfig, path: Path, device: Any) -> dict[str, Any]:
@@ -100,7 +101,8 @@ def check_state(path: Path, state: Mapping[str, Any]) -> None:
     if not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
         raise state_error(path, "model", "expected a state dict of tensors")
     rng = state["rng"]
-    if not isinstance(rng.get("cpu"), torch.Tensor) or not (rng.get("cuda") is None or isinstance(rng["cuda"], torch.Tensor)):
+    cuda_ok = rng.get("cuda") is None or isinstance(rng["cuda"], torch.Tensor)
+    if not isinstance(rng.get("cpu"), torch.Tensor) or not cuda_ok:
         raise state_error(path, "rng", "expected the generator states {cpu: tensor, cuda: tensor or null}")
     curve = state["curve"]
     if not isinstance(curve.get("points"), list) or not isinstance(curve.get("window"), dict):

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 import transforms_zoo as tz
 from eqaudit.cli import app
-from eqaudit.audit.engine import audit
+from eqaudit.audit.run import audit
 from eqaudit.errors import EqauditError
 from eqaudit.spec import spec_from_dict
 from transforms_zoo import SampleRNG, TransformError
@@ -221,9 +221,10 @@ def test_a_tensor_of_neither_size_is_an_error():
     _e3nn()
     spec = spec_from_dict({"input": {"shape": [5, 3]}, "samples": 64,
                            "checks": [{"both": {"irreps": {"irreps": "1x0e + 1x1o"}}}]})
-    with pytest.raises(EqauditError) as info:
-        audit(lambda x: x.flatten(1)[:, :5], spec)
-    assert info.value.key == "checks[0].both" and "size 3 (input: xyz) or 4 (irreps: 1x0e + 1x1o)" in str(info.value)
+    report = audit(lambda x: x.flatten(1)[:, :5], spec)  # the check's own error row, exit 2
+    error = report.checks[0].error
+    assert report.exit_code == 2 and error is not None
+    assert "checks[0].both: " in error and "size 3 (input: xyz) or 4 (irreps: 1x0e + 1x1o)" in error
 
 
 def test_missing_e3nn_is_a_clear_error(monkeypatch):
@@ -384,9 +385,10 @@ def test_bad_field_parameters_name_the_key(t, key, words):
 
 def test_channel_count_must_match_the_fields():
     spec = spec_from_dict(_image_spec([{"both": "regular_c4"}], channels=3))
-    with pytest.raises(EqauditError) as info:
-        audit(torch.nn.Identity(), spec)
-    assert "multiple of 4" in str(info.value) and info.value.key == "checks[0].both"
+    report = audit(torch.nn.Identity(), spec)  # the check's own error row, exit 2
+    error = report.checks[0].error
+    assert report.exit_code == 2 and error is not None
+    assert "multiple of 4" in error and "checks[0].both: " in error
 
 
 def test_transforms_cli_documents_the_adapters():

@@ -27,7 +27,7 @@ class Compose(Transform):
 
     name = "compose"
     summary = "apply a list of transforms left to right (write a YAML list)"
-    params = (Param("parts", transforms, doc="the transforms, applied left to right"),)
+    arguments = (Param("parts", transforms, doc="the transforms, applied left to right"),)
 
     def __init__(self, parts: Sequence[Transform]) -> None:
         super().__init__(parts=parts)
@@ -61,8 +61,8 @@ class CallableTransform(Transform):
     name = "callable"
     summary = "a user function on batches, given as 'package.module:callable' or 'file.py:callable'"
 
-    params = (Param("fn", a_callable, doc="the function on batches"),
-              Param("ref", _text, doc="the reference it was named by, for reports"))
+    arguments = (Param("fn", a_callable, doc="the function on batches"),
+                 Param("ref", _text, doc="the reference it was named by, for reports"))
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], ref: str) -> None:
         super().__init__(fn=fn, ref=ref)

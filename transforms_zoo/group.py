@@ -31,8 +31,8 @@ class _ReversedCompose(Transform):
     """The inverse of a composition: the parts' inverses right to left, each with its own params."""
 
     name = "inverse"
-    params = (Param("parts", transforms, doc="the composed transforms"),
-              Param("inverses", transforms, doc="the inverse of each part"))
+    arguments = (Param("parts", transforms, doc="the composed transforms"),
+                 Param("inverses", transforms, doc="the inverse of each part"))
 
     def __init__(self, parts: tuple[Transform, ...], inverses: tuple[Transform, ...]) -> None:
         super().__init__(parts=parts, inverses=inverses)
@@ -94,9 +94,9 @@ class GroupTransform(Transform):
     name = "group"
     summary = "a finite group: C4, C8, Cn, D4, Dn, Sk / {permutations: {k, dim}}"
 
-    params = (Param("label", _label, doc="the group's name in reports (C4, D4, S3)"),
-              Param("elements", transforms, doc="every element, the identity included"),
-              Param("exact", boolean, doc="False: rotations by non-multiples of 90 degrees interpolate"))
+    arguments = (Param("label", _label, doc="the group's name in reports (C4, D4, S3)"),
+                 Param("elements", transforms, doc="every element, the identity included"),
+                 Param("exact", boolean, doc="False: rotations by non-multiples of 90 degrees interpolate"))
 
     def __init__(self, label: str, elements: tuple[Transform, ...], exact: bool) -> None:
         super().__init__(label=label, elements=elements, exact=exact)

@@ -27,16 +27,20 @@ class Transform:
     :meth:`apply` and, when random, :meth:`sample`. Constructor keyword arguments are the declared
     parameters; they and the defaults are parsed by their :class:`Param` (the one place values are
     parsed) and stored as attributes of the same name, then :meth:`validate` checks them together.
+    Transforms built from Python objects (other transforms, functions) declare those as
+    ``arguments``: parsed the same way, but not YAML parameters (not documented, not swept).
     """
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     params: ClassVar[tuple[Param, ...]] = ()
+    #: Constructor arguments that are Python objects, not YAML values (compositions, inverses).
+    arguments: ClassVar[tuple[Param, ...]] = ()
     #: What the transform acts on, for the docs ("image (..., H, W)", "points (..., 3)").
     acts_on: ClassVar[str] = "any tensor"
 
     def __init__(self, **kwargs: Any) -> None:
-        declared = {p.name: p for p in self.params}
+        declared = {p.name: p for p in (*self.params, *self.arguments)}
         for key in kwargs:
             if key not in declared:
                 raise TransformError(
@@ -44,7 +48,7 @@ class Transform:
                     key=key,
                     hint=did_you_mean(key, declared) or "it takes no parameters",
                 )
-        for p in self.params:
+        for p in declared.values():
             try:
                 value = p.value(kwargs)
             except KeyError:
@@ -52,7 +56,7 @@ class Transform:
             except ValueError as exc:
                 raise TransformError(str(exc), key=p.name) from None
             setattr(self, p.name, value)
-        self._given = dict(kwargs)
+        self._given = {p.name: kwargs[p.name] for p in self.params if p.name in kwargs}  # as written, for describe()
         self.validate()
 
     def validate(self) -> None:
@@ -143,8 +147,8 @@ class Inverted(Transform):
 
     name = "inverse"
     summary = "the inverse of another transform, with the same parameters"
-    params = (Param("base", a_transform, doc="the transform undone"),
-              Param("fn", a_callable, doc="fn(x, params): undoes base drawn with params"))
+    arguments = (Param("base", a_transform, doc="the transform undone"),
+                 Param("fn", a_callable, doc="fn(x, params): undoes base drawn with params"))
 
     def __init__(self, base: Transform, fn: Callable[[torch.Tensor, Any], torch.Tensor]) -> None:
         super().__init__(base=base, fn=fn)

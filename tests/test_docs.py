@@ -125,6 +125,10 @@ MODEL_PY = textwrap.dedent(
 
         def forward(self, x):
             return self.head(torch.tanh(self.conv(x)))
+
+
+    def two_channels(x):
+        return torch.cat([x, x], dim=1)  # the model takes one channel: its check cannot run
     """
 )
 
@@ -138,21 +142,24 @@ SPEC = {
         {"name": "c4", "group": "C4", "threshold": 10.0},
     ],
 }
+BROKEN_CHECK = {"name": "broken", "input": "tiny_model.py:two_channels"}
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A real JSON report, written by ``eqaudit measure --json`` for a tiny CNN with a group check
-    and per-layer attribution (so that ``elements`` and ``layers`` are filled in)."""
+    """A real JSON report, written by ``eqaudit measure --json`` for a tiny CNN with a group check,
+    per-layer attribution and a check that cannot run (so that ``elements``, ``layers`` and
+    ``error`` are filled in)."""
     from eqaudit.cli import app
 
     folder = tmp_path_factory.mktemp("docs_report")
     (folder / "tiny_model.py").write_text(MODEL_PY, encoding="utf-8")
-    (folder / "spec.yaml").write_text(yaml.safe_dump(SPEC), encoding="utf-8")
+    spec = {**SPEC, "checks": [*SPEC["checks"], BROKEN_CHECK]}
+    (folder / "spec.yaml").write_text(yaml.safe_dump(spec), encoding="utf-8")
     out = folder / "report.json"
     result = CliRunner().invoke(app, ["measure", "--spec", str(folder / "spec.yaml"), "--json", str(out), "-q",
                                       "--device", "cpu"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 2, result.output  # the broken check's error row
     return json.loads(out.read_text(encoding="utf-8"))
 
 
@@ -162,6 +169,7 @@ def test_every_report_field_is_documented(report: dict[str, Any]) -> None:
     for field in report:
         assert mentions(top, field), f"report field {field!r} missing from reports.md 'Top-level fields'"
     per_check = section(text, "Per-check fields")
+    assert "error" in report["checks"][-1], "the broken check should carry its error"
     for check in report["checks"]:
         for field in check:
             assert mentions(per_check, field), f"check field {field!r} missing from reports.md 'Per-check fields'"

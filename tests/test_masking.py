@@ -1,6 +1,7 @@
 """mask: valid — compare only the region that both transforms keep inside the frame."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -49,8 +50,8 @@ def test_rotation_mask_removes_the_corners():
 
 def test_mask_needs_image_outputs_and_sampled_checks():
     classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
-    with pytest.raises(EqauditError, match=r"checks\[0\]\.mask.*image"):
-        audit(classifier, _spec([{"input": {"shift": {"dx": 1, "mode": "zeros"}}, "mask": "valid"}]))
+    report = audit(classifier, _spec([{"input": {"shift": {"dx": 1, "mode": "zeros"}}, "mask": "valid"}]))
+    assert report.exit_code == 2 and re.search(r"checks\[0\]\.mask.*image", report.checks[0].error)  # its error row
     with pytest.raises(EqauditError, match=r"checks\[0\]\.mask.*expected none or valid"):
         _spec([{"input": "hflip", "mask": "inside"}])
     with pytest.raises(EqauditError, match=r"checks\[0\]\.mask"):

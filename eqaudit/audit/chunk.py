@@ -6,6 +6,7 @@ reads its per-check row counts once).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -44,11 +45,12 @@ def copies_per_sample(spec: Spec) -> int:
 
 def measure_chunk(
     model: Any, spec: Spec, sampler: PointSampler, stats: BlockStats, dev: torch.device, start: int, length: int,
-    plan: Any = None, max_rows: int | None = None,
+    plan: Any = None, max_rows: int | None = None, active: Sequence[int] | None = None,
 ) -> None:
     """Samples ``start .. start + length - 1``: draw the points, forward them once, evaluate every
     check (their transformed points in one fused batch per input shape; in calls of at most
-    ``max_rows`` rows when given), then fold each check's errors into its statistics columns."""
+    ``max_rows`` rows when given), then fold each check's errors into its statistics columns.
+    ``active``: the checks to evaluate (default: all; a check that failed is left out)."""
     assert plan is None or max_rows is None, "the layer taps count model calls: one per fused group"
     rng = SampleRNG.for_range(spec.seed, start, start + length, dev)
     valid = rng.index < spec.samples
@@ -56,11 +58,13 @@ def measure_chunk(
     if plan is not None:
         plan.tap.clear()
     y = forward_rows(model, x, spec, "input.shape", max_rows)
+    chosen = list(range(len(spec.checks))) if active is None else list(active)
     rows = None
     if spec.num_funcs is not None:
         k_checks = len(spec.checks)
-        rows = rows_by_check(rng.child("num_funcs").choice(spec.num_funcs, k_checks), k_checks)
-    evaluation = evaluate_checks(model, spec.checks, x, y, rng, spec, rows=rows, max_rows=max_rows,
+        rows_of = rows_by_check(rng.child("num_funcs").choice(spec.num_funcs, k_checks), k_checks)
+        rows = [rows_of[j] for j in chosen]
+    evaluation = evaluate_checks(model, spec.checks, x, y, rng, spec, chosen=chosen, rows=rows, max_rows=max_rows,
                                  untapped=plan.tap.paused if plan is not None else None)
     if plan is not None:
         plan.fold(evaluation.transformed, stats, start, valid, tuple(x.shape[-2:]))

@@ -7,15 +7,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..report import CheckResult
+from ..report import CheckResult, gated_value, within
 from ..spec import Spec
 from .chunk import element_columns
 from .estimator import Summary
 
 
-def gated(summary: Summary, gate: str) -> float:
-    """The figure compared with the threshold: the mean, or the upper confidence bound."""
-    return summary.ci_high if gate == "upper" else summary.mean
+def exceeds(summary: Summary, gate: str, threshold: float) -> bool:
+    """Whether the gated figure of ``summary`` exceeds ``threshold`` (see :func:`eqaudit.report.within`)."""
+    return gated_value(gate, summary.mean, summary.ci_high) > threshold
 
 
 def refuse_unusable(spec: Spec, j: int, s: Summary) -> None:
@@ -61,8 +61,6 @@ def check_result(spec: Spec, j: int, s: Summary, summaries: list[Summary], *, co
         epsilon=check.epsilon,
         threshold=check.threshold,
         weight=check.weight,
-        penalty=check.weight * max(0.0, s.mean - check.epsilon),
-        passed=bool(gated(s, gate) <= check.threshold),
         max=s.max,
         gate=gate,
         p50=s.p50,
@@ -74,6 +72,16 @@ def check_result(spec: Spec, j: int, s: Summary, summaries: list[Summary], *, co
         elements=element_results(spec, j, summaries, gate),
         layers=layers,
         mask=check.mask,
+    )
+
+
+def error_result(spec: Spec, j: int, message: str, *, confidence: float, gate: str) -> CheckResult:
+    """The row of check ``j``, which could not be measured: its error, no figures."""
+    check, nan = spec.checks[j], math.nan
+    return CheckResult(
+        name=check.name, input=check.input_text, output=check.output_text, distance=check.distance.name, n=0,
+        mean=nan, std=nan, stderr=nan, ci_low=nan, ci_high=nan, confidence=confidence, epsilon=check.epsilon,
+        threshold=check.threshold, weight=check.weight, gate=gate, mask=check.mask, error=message,
     )
 
 
@@ -90,7 +98,7 @@ def element_results(spec: Spec, j: int, summaries: list[Summary], gate: str) -> 
         for key in ("n", "mean", "std", "stderr", "ci_low", "ci_high", "max", "p50", "p95", "p99"):
             v = getattr(s, key)
             row[key] = v if not isinstance(v, float) or math.isfinite(v) else None
-        row["passed"] = bool(gated(s, gate) <= check.threshold)
+        row["passed"] = within(gate, s.mean, s.ci_high, check.threshold)
         out.append(row)
     return out
 
@@ -107,7 +115,7 @@ def run_notes(spec: Spec, results: list[CheckResult], *, world_size: int, precis
         notes.append("points are scrambled Sobol (quasi-Monte Carlo); the confidence intervals assume "
                      "independent samples, so they are conservative")
     if target is not None:
-        worst = max((r.ci_high - r.ci_low) / 2 for r in results)
+        worst = max(((r.ci_high - r.ci_low) / 2 for r in results if r.error is None), default=math.nan)
         reached = "reached" if worst <= target else f"NOT reached (sample cap {spec.samples})"
         notes.append(f"target half-width {target:g}: {spec.samples} samples, largest half-width {worst:.3g}: {reached}")
     for check in spec.checks:

@@ -8,7 +8,9 @@ processes, and adds the extras (noise floor, inverse hints, per-layer rows) besi
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +33,7 @@ from .extras import inverse_hints, noise_floors
 from .forward import is_oom
 from .layers import LayerPlan
 from .options import Precision, check_gate_confidence, check_run_options, check_samples, parse_precision
-from .results import check_result, gated, max_finite, refuse_unusable, run_notes
+from .results import check_result, error_result, exceeds, max_finite, refuse_unusable, run_notes
 from .sampling import PointSampler
 
 __all__ = ["audit", "resolve_device"]
@@ -165,6 +167,7 @@ class _Measured:
     stats: BlockStats
     chunk_size: int
     target_halfwidth: float | None
+    failed: dict[int, str]  # the checks that could not be measured, with their error
 
 
 def _measure(target: _Target, spec: Spec, batch_size: int | None, progress: Progress | None,
@@ -182,7 +185,9 @@ def _measure(target: _Target, spec: Spec, batch_size: int | None, progress: Prog
     if eps is not None:
         cap = max_samples if max_samples is not None else 16 * spec.samples
         while True:
-            n_next = _next_sample_count(stats.summaries(confidence)[: len(spec.checks)], eps, spec.samples, cap)
+            summaries = stats.summaries(confidence)
+            measuring = [summaries[j] for j in range(len(spec.checks)) if j not in grid.failed]
+            n_next = _next_sample_count(measuring, eps, spec.samples, cap)
             if n_next is None:
                 break
             begin = (spec.samples // BLOCK) * BLOCK  # a partial last block is redone whole
@@ -193,7 +198,7 @@ def _measure(target: _Target, spec: Spec, batch_size: int | None, progress: Prog
             stats = _reduced(local, target.world)
     if plan is not None:
         plan.tap.remove()
-    return _Measured(spec, sampler, stats, chunk_size, eps)
+    return _Measured(spec, sampler, stats, chunk_size, eps, grid.failed)
 
 
 def _probe(target: _Target, spec: Spec, sampler: PointSampler) -> Probe | None:
@@ -236,6 +241,19 @@ class _Grid:
     fixed: bool  # the caller chose the batch size: out of memory is an error, not a backoff
     progress: Progress | None
     max_rows: int | None
+    #: Checks that could not be measured, with their error (reported as error rows).
+    failed: dict[int, str] = dataclasses.field(default_factory=dict)
+
+    def active(self, spec: Spec) -> list[int] | None:
+        """The checks still measured (None: all)."""
+        return [j for j in range(len(spec.checks)) if j not in self.failed] if self.failed else None
+
+    def drop_failed_check(self, spec: Spec, exc: EqauditError) -> None:
+        """Record a failure at one check's key; any other failure ends the audit."""
+        m = re.match(r"checks\[(\d+)\]", exc.key or "")
+        if m is None or int(m.group(1)) in self.failed or int(m.group(1)) >= len(spec.checks):
+            raise exc
+        self.failed[int(m.group(1))] = str(exc)
 
     def run(self, spec: Spec, stats: BlockStats, begin: int = 0) -> int:
         """Process the chunks from ``begin``. On out-of-memory a chunk is processed in halves (the
@@ -252,7 +270,12 @@ class _Grid:
                 length = min(step, end - pos)
                 try:
                     chunk.measure_chunk(self.target.forward, spec, self.sampler, stats, dev, pos, length,
-                                        self.target.plan, self.max_rows)
+                                        self.target.plan, self.max_rows, self.active(spec))
+                except EqauditError as exc:
+                    self.drop_failed_check(spec, exc)
+                    if len(self.failed) == len(spec.checks):
+                        return step  # nothing left to measure
+                    continue  # the same chunk again, without the check that failed
                 except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
                     if not is_oom(exc) or step <= BLOCK:
                         raise
@@ -310,7 +333,8 @@ def _extras(target: _Target, measured: _Measured, noise_floor: bool, confidence:
     spec = measured.spec
     floors = noise_floors(target.forward, spec, measured.sampler, target.dev) if noise_floor else None
     summaries = measured.stats.summaries(confidence)
-    failing = [gated(s, gate) > c.threshold for c, s in zip(spec.checks, summaries)]
+    failing = [j not in measured.failed and exceeds(s, gate, c.threshold)
+               for j, (c, s) in enumerate(zip(spec.checks, summaries))]
     hints = inverse_hints(target.forward, spec, measured.sampler, target.dev, failing)
     return _Extras(summaries, floors, hints)
 
@@ -320,6 +344,9 @@ def _report(target: _Target, measured: _Measured, extras: _Extras, confidence: f
     spec, summaries, floors, plan = measured.spec, extras.summaries, extras.floors, target.plan
     results = []
     for j, s in enumerate(summaries[: len(spec.checks)]):
+        if j in measured.failed:
+            results.append(error_result(spec, j, measured.failed[j], confidence=confidence, gate=gate))
+            continue
         refuse_unusable(spec, j, s)
         results.append(check_result(
             spec, j, s, summaries, confidence=confidence, gate=gate,

@@ -1,0 +1,238 @@
+"""The report's renderings: Rich tables, JUnit XML and Markdown. Nothing here prints; the CLI
+chooses where each rendering goes. A check that could not be measured shows as ERROR."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape, quoteattr
+
+
+def junit(report: Any) -> str:
+    """JUnit XML: one ``<testcase>`` per check, a ``<failure>`` where it exceeds its threshold,
+    an ``<error>`` where it could not be measured."""
+    errors = sum(c.error is not None for c in report.checks)
+    failures = sum(not c.passed for c in report.checks) - errors
+    suite = quoteattr(f"eqaudit: {report.spec or 'audit'}")
+    counts = f'tests="{len(report.checks)}" failures="{failures}" errors="{errors}"'
+    lines = [
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        f'<testsuites name="eqaudit" {counts} time="{report.elapsed_s:.3f}">',
+        f'  <testsuite name={suite} {counts} skipped="0" time="{report.elapsed_s:.3f}">',
+    ]
+    classname = quoteattr("eqaudit." + (Path(report.spec).stem if report.spec else "audit"))
+    for c in report.checks:
+        lines.append(f"    <testcase classname={classname} name={quoteattr(c.name)} time=\"0\">")
+        if c.error is not None:
+            lines.append(f"      <error message={quoteattr(c.error)} type=\"EqauditError\">{escape(c.error)}</error>")
+        elif not c.passed:
+            detail = (
+                f"{c.name}: {c.gate} error {format_number(c.gated_value)} "
+                f"exceeds threshold {format_number(c.threshold)} "
+                f"(mean {format_number(c.mean)}, {c.confidence:.0%} CI {_interval(c.ci_low, c.ci_high)}, n={c.n}, "
+                f"input {c.input}, output {c.output}, distance {c.distance})"
+            )
+            lines.append(f"      <failure message={quoteattr(detail)} type=\"EquivarianceError\">"
+                         f"{escape(detail)}</failure>")
+        figures = f"mean={format_number(c.mean)} ci={_interval(c.ci_low, c.ci_high)} n={c.n}"
+        lines += [f"      <system-out>{escape(figures)}</system-out>", "    </testcase>"]
+    lines += ["  </testsuite>", "</testsuites>", ""]
+    return "\n".join(lines)
+
+
+def markdown(report: Any) -> str:
+    """The table as GitHub-flavoured Markdown (for a CI job summary)."""
+    status = "ERROR" if report.errors else ("PASSED" if report.passed else "FAILED")
+    head = f"### eqaudit: {status}" + (f" — `{report.spec}`" if report.spec else "")
+    rows = [
+        head,
+        "",
+        f"| check | input | output | distance | mean | {confidence_label(report)} | threshold | status | penalty |",
+        "|---|---|---|---|---:|---:|---:|:---:|---:|",
+    ]
+    for c in report.checks:
+        mark = "⚠️ ERROR" if c.error is not None else ("✅ PASS" if c.passed else "❌ FAIL")
+        rows.append(
+            f"| {_md(c.name)} | `{_md(c.input)}` | `{_md(c.output)}` | {_distance_label(c)} | "
+            f"{format_number(c.mean)} | "
+            f"{_interval(c.ci_low, c.ci_high)} | {format_number(c.threshold)} | {mark} | {format_number(c.penalty)} |"
+        )
+    rows += [f"\n**{_md(c.name)}**: {_md(c.error)}" for c in report.errors]
+    rows += ["", footer(report), ""]
+    return "\n".join(rows)
+
+def confidence_label(report: Any) -> str:
+    conf = report.checks[0].confidence if report.checks else 0.95
+    return f"{conf * 100:g}% CI"
+
+def footer(report: Any) -> str:
+    parts = [
+        f"{report.samples} samples",
+        f"device {report.device}",
+        f"seed {report.seed}",
+        f"gate {report.gate}",
+        f"{report.elapsed_s:.2f} s",
+    ]
+    if math.isfinite(report.noise_floor):
+        parts.insert(1, f"noise floor {format_number(report.noise_floor)}")
+    if report.checkpoint:
+        parts.insert(0, f"checkpoint {report.checkpoint}")
+    return " · ".join(parts)
+
+def rich_table(report: Any, width: int | None = None, *, quantiles: bool = False) -> Any:
+    """A :class:`rich.table.Table` with one row per check and a footer caption.
+
+    Below 110 columns the transforms and distance move under the check's name, so the numbers
+    keep one line each. ``quantiles=True`` adds p50, p95, p99 and max columns.
+    """
+    from rich.table import Table
+
+    title = "eqaudit" + (f" — {report.spec}" if report.spec else "")
+    if width is not None and width < 110:
+        return _compact_table(report, title, quantiles)
+    from rich.markup import escape
+
+    table = Table(title=title, caption=footer(report))
+    for col, just, wrap in [
+        ("check", "left", True),
+        ("input", "left", True),
+        ("output", "left", True),
+        ("distance", "left", True),
+        ("mean", "right", False),
+        (confidence_label(report), "right", False),
+        ("threshold", "right", False),
+        ("status", "center", False),
+        ("penalty", "right", False),
+    ]:
+        table.add_column(col, justify=just, overflow="fold", no_wrap=not wrap)
+    _quantile_columns(table, quantiles)
+    for c in report.checks:
+        status = _status(c)
+        table.add_row(
+            escape(c.name),
+            escape(c.input),
+            escape(c.output),
+            _distance_label(c),
+            format_number(c.mean),
+            f"{_interval(c.ci_low, c.ci_high)}",
+            format_number(c.threshold),
+            status,
+            format_number(c.penalty),
+            *_quantile_cells(c, quantiles),
+        )
+    return table
+
+
+def layers_table(report: Any) -> Any:
+    """A table of per-layer errors (None when the spec asks for none)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    with_layers = [c for c in report.checks if c.layers]
+    if not with_layers:
+        return None
+    table = Table(title="per-layer equivariance error (relative_l2 of feature maps)")
+    for col, just in (("check", "left"), ("layer", "left"), ("mean", "right"), (confidence_label(report), "right"),
+                      ("max", "right")):
+        table.add_column(col, justify=just)
+    for c in with_layers:
+        for i, row in enumerate(c.layers or []):
+            name = escape(c.name) if i == 0 else ""
+            if "skipped" in row:
+                table.add_row(name, escape(row["name"]), "-", f"[dim]{escape(row['skipped'])}[/]", "-")
+            else:
+                layer = escape(row["name"])
+                if "stride" in row:  # a shift divided by the map's stride, on the samples it divides
+                    layer += f" [dim](stride {row['stride'][0]}x{row['stride'][1]}, n={row['n']})[/]"
+                table.add_row(name, layer, format_number(row["mean"]),
+                              f"{_interval(row['ci_low'], row['ci_high'])}", format_number(row["max"]))
+    return table
+
+
+def elements_table(report: Any) -> Any:
+    """A second table: the error of every element of the ``group:`` checks (None without any)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    group_checks = [c for c in report.checks if c.elements]
+    if not group_checks:
+        return None
+    table = Table(title="group elements")
+    for col, just in (("check", "left"), ("element", "left"), ("mean", "right"), (confidence_label(report), "right"),
+                      ("max", "right"), ("status", "center")):
+        table.add_column(col, justify=just)
+    for c in group_checks:
+        for i, e in enumerate(c.elements or []):
+            status = "[green]PASS[/]" if e["passed"] else "[red]FAIL[/]"
+            table.add_row(escape(c.name) if i == 0 else "", escape(e["element"]), format_number(_num(e["mean"])),
+                          f"{_interval(_num(e['ci_low']), _num(e['ci_high']))}", format_number(_num(e["max"])), status)
+    return table
+
+
+def _compact_table(report: Any, title: str, quantiles: bool = False) -> Any:
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=title, caption=footer(report))
+    table.add_column("check", overflow="fold")
+    for col in ("mean", confidence_label(report), "threshold", "status", "penalty"):
+        table.add_column(col, justify="center" if col == "status" else "right", no_wrap=True)
+    _quantile_columns(table, quantiles)
+    for c in report.checks:
+        status = _status(c)
+        what = f"{c.input} → {c.output}, {c.distance}"
+        table.add_row(
+            f"{escape(c.name)}\n[dim]{escape(what)}[/]",
+            format_number(c.mean),
+            f"{_interval(c.ci_low, c.ci_high)}",
+            format_number(c.threshold),
+            status,
+            format_number(c.penalty),
+            *_quantile_cells(c, quantiles),
+        )
+    return table
+
+
+
+
+def _interval(low: Any, high: Any) -> str:
+    return f"[{format_number(low)}, {format_number(high)}]"
+
+
+def _status(c: Any) -> str:
+    if c.error is not None:
+        return "[bold yellow]ERROR[/]"
+    return "[bold green]PASS[/]" if c.passed else "[bold red]FAIL[/]"
+
+
+def _quantile_columns(table: Any, on: bool) -> None:
+    if on:
+        for name in ("p50", "p95", "p99", "max"):
+            table.add_column(name, justify="right", no_wrap=True)
+
+
+def _quantile_cells(c: Any, on: bool) -> list[str]:
+    return [format_number(c.p50), format_number(c.p95), format_number(c.p99), format_number(c.max)] if on else []
+
+
+def _num(x: Any) -> float:
+    return math.nan if x is None else float(x)
+
+
+def format_number(x: float | None) -> str:
+    """A number as the tables show it: 4 significant digits, ``nan`` for NaN or None."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "nan"
+    if x == 0:
+        return "0"
+    return f"{x:.4g}" if 1e-3 <= abs(x) < 1e5 else f"{x:.3e}"
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _distance_label(c: Any) -> str:
+    """The distance column: the distance, and the mask where the check has one."""
+    return c.distance if c.mask == "none" else f"{c.distance} (mask: {c.mask})"

@@ -1,7 +1,6 @@
 """Issue 4, item 2: exhaustive finite groups and the numerical check of the zoo's group laws."""
 
 import json
-
 import re
 
 import pytest

@@ -25,6 +25,7 @@ MODES = ("sample", "lie")
 
 
 def _build_transform(src: YamlSource, value: Any, key: str, base_dir: Path) -> Transform:
+    """The transform written at ``key``; the zoo's errors placed below that key."""
     try:
         return transforms_zoo.build(value, base_dir=str(base_dir))
     except TransformError as exc:
@@ -37,70 +38,82 @@ def _build_transform(src: YamlSource, value: Any, key: str, base_dir: Path) -> T
 def parse_check(
     src: YamlSource, raw: Any, i: int, default_distance: str | float, base_dir: Path
 ) -> CheckSpec:
+    """Validate ``checks[i]``: its transforms, distance, thresholds, name, mode and mask."""
     where = f"checks[{i}]"
     c = expect_mapping(src, raw, where)
     check_keys(src, c, CHECK_KEYS, where)
-    both = "both" in c
-    group = None
-    if both and ("input" in c or "output" in c):
+    if "both" in c and ("input" in c or "output" in c):
         raise src.error(
             f"{where}.both", "'both' replaces 'input' and 'output'", "remove input/output, or remove both"
         )
     if "group" in c:
-        for other in ("input", "both"):
-            if other in c:
-                raise src.error(f"{where}.{other}", f"'group' replaces '{other}': every group element is the input "
-                                "transform", "remove one of them")
-        try:
-            group = finite_group(c["group"])
-        except ValueError as exc:
-            raise src.error(f"{where}.group", str(exc)) from None
-        out = c.get("output", "identity")
-        if out not in ("identity", "same"):
-            raise src.error(f"{where}.output", f"with 'group', output is 'identity' (invariance) or 'same' (the same "
-                            f"element on the outputs), got {describe_value(out)}")
-        both = out == "same"
-        t_in = group
-        t_out = group if both else _build_transform(src, "identity", f"{where}.output", base_dir)
-    elif both:
-        t_in = _build_transform(src, c["both"], f"{where}.both", base_dir)
-        t_out = t_in
+        t_in, t_out, both, group = _group_transforms(src, c, where, base_dir)
+    elif "both" in c:
+        t_in = t_out = _build_transform(src, c["both"], f"{where}.both", base_dir)
+        both, group = True, None
     else:
         if "input" not in c:
             raise src.error(where, "missing 'input' (or 'both')", "e.g. input: rot90")
         t_in = _build_transform(src, c["input"], f"{where}.input", base_dir)
         t_out = _build_transform(src, c.get("output", "identity"), f"{where}.output", base_dir)
-    dist_text = c.get("distance", default_distance)
+        both, group = False, None
     try:
-        dist = parse_distance(dist_text, base_dir)
+        dist = parse_distance(c.get("distance", default_distance), base_dir)
     except EqauditError as exc:
         key = f"{where}.distance" if "distance" in c else "distance"
         raise src.error(key, exc.message, exc.hint) from None
     epsilon = parse_float(src, c.get("epsilon", 0.0), f"{where}.epsilon")
     threshold = parse_float(src, c["threshold"], f"{where}.threshold") if "threshold" in c else epsilon
     weight = parse_float(src, c.get("weight", 1.0), f"{where}.weight")
-    name = c.get("name")
-    if name is None:
-        name = t_in.describe() if t_out.name == "identity" or both else f"{t_in.describe()} -> {t_out.describe()}"
-    elif not isinstance(name, (str, int, float)) or isinstance(name, bool):
-        raise src.error(f"{where}.name", f"expected a string, got {describe_value(name)}")
-    elif not str(name).strip():
-        raise src.error(f"{where}.name", "the name is empty", "give the check a name, or remove the key")
-    elif any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in str(name)):
-        raise src.error(f"{where}.name", f"the name {str(name)!r} contains control characters (newlines, tabs, "
-                        "escapes), which break the table and the JUnit and Markdown reports", "use printable text")
+    default_name = t_in.describe() if t_out.name == "identity" or both else f"{t_in.describe()} -> {t_out.describe()}"
+    name = _check_name(src, c.get("name"), where, default_name)
     mode = c.get("mode", "sample")
     if mode not in MODES:
-        raise src.error(f"{where}.mode", f"expected sample or lie, got {describe_value(mode)}", did_you_mean(str(mode), MODES))
+        raise src.error(f"{where}.mode", f"expected sample or lie, got {describe_value(mode)}",
+                        did_you_mean(str(mode), MODES))
     if mode == "lie":
         _check_lie(src, c, where, t_in, t_out, both, group, dist)
     mask = c.get("mask", "none")
     if mask not in MASKS:
-        raise src.error(f"{where}.mask", f"expected none or valid, got {describe_value(mask)}", did_you_mean(str(mask), MASKS))
+        raise src.error(f"{where}.mask", f"expected none or valid, got {describe_value(mask)}",
+                        did_you_mean(str(mask), MASKS))
     if mask == "valid" and (group is not None or mode == "lie"):
         raise src.error(f"{where}.mask", "'mask: valid' applies to sampled transforms, not to 'group' or "
                         "'mode: lie' checks", "remove mask")
-    return CheckSpec(str(name), t_in, t_out, both, dist, epsilon, threshold, weight, group, mode, mask)
+    return CheckSpec(name, t_in, t_out, both, dist, epsilon, threshold, weight, group, mode, mask)
+
+
+def _group_transforms(src: YamlSource, c: Mapping, where: str,
+                      base_dir: Path) -> tuple[Transform, Transform, bool, Any]:
+    """A ``group:`` check's input and output transforms, whether it is ``both``, and the group."""
+    for other in ("input", "both"):
+        if other in c:
+            raise src.error(f"{where}.{other}", f"'group' replaces '{other}': every group element is the input "
+                            "transform", "remove one of them")
+    try:
+        group = finite_group(c["group"])
+    except ValueError as exc:
+        raise src.error(f"{where}.group", str(exc)) from None
+    out = c.get("output", "identity")
+    if out not in ("identity", "same"):
+        raise src.error(f"{where}.output", f"with 'group', output is 'identity' (invariance) or 'same' (the same "
+                        f"element on the outputs), got {describe_value(out)}")
+    both = out == "same"
+    return group, group if both else _build_transform(src, "identity", f"{where}.output", base_dir), both, group
+
+
+def _check_name(src: YamlSource, name: Any, where: str, default: str) -> str:
+    """A check's name: printable text, or ``default`` (its transforms) when not given."""
+    if name is None:
+        return default
+    if not isinstance(name, (str, int, float)) or isinstance(name, bool):
+        raise src.error(f"{where}.name", f"expected a string, got {describe_value(name)}")
+    if not str(name).strip():
+        raise src.error(f"{where}.name", "the name is empty", "give the check a name, or remove the key")
+    if any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in str(name)):
+        raise src.error(f"{where}.name", f"the name {str(name)!r} contains control characters (newlines, tabs, "
+                        "escapes), which break the table and the JUnit and Markdown reports", "use printable text")
+    return str(name)
 
 
 def _check_lie(src: YamlSource, c: Mapping, where: str, t_in: Transform, t_out: Transform, both: bool,

@@ -71,3 +71,12 @@ def test_rotating_an_empty_image_gives_it_back():
         assert t.apply(x, t.sample(SampleRNG.for_range(0, 0, 2))).shape == x.shape
     lie = tz.build({"rotate": {"degrees": 1}}).lie_path(torch.zeros(2, 1, 4, 0), torch.zeros(2))
     assert lie.shape == (2, 1, 4, 0)
+
+
+def test_probe_refuses_user_code_that_drops_the_batch_rows(project):
+    (project / "code.py").write_text("def first(x):\n    return x[0]\n\ndef boom(x):\n    raise RuntimeError('no')\n")
+    for ref, words in (("code.py:first", "not one tensor row per sample"), ("code.py:boom", "RuntimeError: no")):
+        spec = spec_from_dict({"input": {"shape": [3]}, "checks": [{"input": ref}]}, base_dir=project)
+        with pytest.raises(EqauditError) as info:
+            probe_transforms(spec)
+        assert info.value.key == "checks[0].input" and words in info.value.message

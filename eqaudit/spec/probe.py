@@ -52,9 +52,10 @@ def _rng(check: CheckSpec) -> SampleRNG:
 
 
 def _run(spec: Spec, key: str, transform: Transform, act: Any) -> torch.Tensor:
-    """``act(transform)``, its failures as errors at ``key`` of the spec."""
+    """``act(transform)``, its failures (and an output without one row per sample) as errors at
+    ``key`` of the spec."""
     try:
-        return act(transform)
+        out = act(transform)
     except TransformError as exc:
         raise spec.error(join(key, exc.key) if exc.key else key, exc.message, exc.hint) from None
     except EqauditError:
@@ -62,6 +63,11 @@ def _run(spec: Spec, key: str, transform: Transform, act: Any) -> torch.Tensor:
     except Exception as exc:  # user code (callables, plugins) failing on inputs of the declared shape
         raise spec.error(key, f"{transform.describe()} fails on zero inputs of the declared shape: "
                          f"{first_line(exc)}", "check the transform against input.shape") from None
+    if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != PROBE_ROWS:
+        what = f"shape {list(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
+        raise spec.error(key, f"{transform.describe()} turned a batch of {PROBE_ROWS} samples into {what}, not "
+                         "one tensor row per sample", "a transform acts on each sample of the batch")
+    return out
 
 
 def _check_frame(spec: Spec, key: str, check: CheckSpec, x: torch.Tensor, moved: torch.Tensor) -> None:

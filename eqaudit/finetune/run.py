@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import EqauditError, first_line
+from ..errors import ArgumentError, EqauditError, first_line
 from ..io.atomic import atomic_write
 from ..spec import check_seed
 from .config import FinetuneConfig
@@ -27,6 +27,7 @@ from .state import (
     STATE_VERSION,
     load_state,
     remove_stale_temps,
+    resume_error,
     save_model_safetensors,
     save_state,
     state_error,
@@ -102,7 +103,7 @@ def run_finetune(
     started = time.perf_counter()
     if steps is not None:
         if steps < 1:
-            raise EqauditError(f"--steps must be >= 1, got {steps}", key="--steps")
+            raise ArgumentError("steps", f"must be >= 1, got {steps}")
         cfg = cfg.replace(steps=int(steps), epochs=None)
     if seed is not None:
         cfg = cfg.replace(spec=cfg.spec.replace(seed=check_seed(seed)))
@@ -233,9 +234,8 @@ def _resume(session: _Session) -> _Progress:
     state = load_state(cfg, path, session.device)
     check_same_inputs(cfg, state["inputs"], session.inputs, path)
     if int(state["step"]) > trainer.total_steps:
-        raise EqauditError(f"the saved state is at step {state['step']}, past the {trainer.total_steps} steps "
-                           "configured", file=cfg.file, key="--resume",
-                           hint="raise steps, or run with --force to start over")
+        raise resume_error(cfg, f"the saved state is at step {state['step']}, past the {trainer.total_steps} "
+                           "steps configured", "raise steps, or run with --force to start over")
     curve = Curve(cfg.log_every)
     try:
         before = report_from_dict(state["before"])

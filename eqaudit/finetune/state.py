@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import EqauditError, first_line
+from ..errors import ArgumentError, EqauditError, first_line
 from ..io.atomic import atomic_write, temp_prefix
 from ..io.files import require_regular_file
 from .config import FinetuneConfig
@@ -55,6 +55,12 @@ def state_error(path: Path, key: str | None, message: str) -> EqauditError:
                         hint="the resumable state is damaged; run with --force to start over")
 
 
+def resume_error(cfg: FinetuneConfig, message: str, hint: str | None = None) -> EqauditError:
+    """A resume that cannot continue: an error of the ``resume`` argument (the CLI's ``--resume``),
+    located in the config file."""
+    return ArgumentError("resume", message, hint=hint).located(file=cfg.file)
+
+
 def load_state(cfg: FinetuneConfig, path: Path, device: Any) -> dict[str, Any]:
     """The resumable state at ``path``, refused unless it is a complete eqaudit state of the run
     that ``cfg`` describes. Read with ``torch.load(weights_only=True)``: tensors and plain Python
@@ -62,27 +68,26 @@ def load_state(cfg: FinetuneConfig, path: Path, device: Any) -> dict[str, Any]:
     import torch
 
     if not os.path.lexists(path):
-        raise EqauditError(f"no resumable state at '{path}'", file=cfg.file, key="--resume",
-                           hint="run without --resume to start from the beginning")
+        raise resume_error(cfg, f"no resumable state at '{path}'", "run without --resume to start from the beginning")
     try:
         require_regular_file(path, "resumable state")
         state = torch.load(str(path), map_location=device, weights_only=True)
     except EqauditError as exc:
-        raise EqauditError(exc.message, file=cfg.file, key="--resume", hint=exc.hint) from None
+        raise resume_error(cfg, exc.message, exc.hint) from None
     except Exception as exc:
-        raise EqauditError(f"cannot read the resumable state '{path}': {first_line(exc)}",
-                           file=cfg.file, key="--resume", hint="run with --force to start over") from None
+        raise resume_error(cfg, f"cannot read the resumable state '{path}': {first_line(exc)}",
+                           "run with --force to start over") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise EqauditError(f"'{path}' is not an eqaudit fine-tune state", file=cfg.file, key="--resume")
+        raise resume_error(cfg, f"'{path}' is not an eqaudit fine-tune state")
     if state.get("version") != STATE_VERSION:
-        raise EqauditError(f"'{path}' has state version {state.get('version')}, this eqaudit reads {STATE_VERSION}",
-                           file=cfg.file, key="--resume", hint="run with --force to start over")
+        raise resume_error(cfg, f"'{path}' has state version {state.get('version')}, "
+                           f"this eqaudit reads {STATE_VERSION}", "run with --force to start over")
     check_state(path, state)
     if state["fingerprint"] != cfg.fingerprint or state["seed"] != cfg.spec.seed:
-        raise EqauditError(
-            f"the config changed since the state '{path}' was saved (only steps, epochs, output, "
+        raise resume_error(
+            cfg, f"the config changed since the state '{path}' was saved (only steps, epochs, output, "
             "checkpoint_every, log_every, dynamics and device may change)",
-            file=cfg.file, key="--resume", hint="restore the config, or run with --force to start over")
+            "restore the config, or run with --force to start over")
     return state
 
 

@@ -132,3 +132,13 @@ def test_measure_and_assert_equivariant_build_the_same_seeded_model(project, tmp
     assert means[0] == means[1] == audit(None, path).checks[0].mean
     report = assert_equivariant(None, str(path), atol=1e9)
     assert report.checks[0].mean == means[0]
+
+
+def test_input_files_skip_references_that_name_no_file(project):
+    """A factory module that cannot be found is the model builder's error, not input_files'."""
+    path = write_spec(project, """
+        model: {factory: "no_such_module_here:Net"}
+        input: {shape: [4]}
+        checks: [{input: {gaussian_noise: {std: 0.1}}}]
+    """)
+    assert load_spec(path).input_files() == {"spec": path.resolve()}

@@ -5,7 +5,8 @@ The config (a spec plus training keys) is documented in :mod:`.config`; the modu
 ``losses`` (the forward, task loss and metrics), ``penalty`` (one step's penalty), ``trainer``
 (one optimizer step), ``curve`` (the learning curve), ``state`` (resumable state and outputs on
 disk), ``interrupt`` (Ctrl-C), ``landscape`` and ``dynamics`` (sharpness and Hessian figures),
-``summary`` (the report and result) and ``run`` (:func:`run_finetune`).
+``summary`` (the report and result), ``inputs`` (the files a run reads and their digests) and
+``run`` (:func:`run_finetune`).
 
 The penalty of one step is ``sum over the chosen checks of weight * max(0, error - epsilon)``,
 with ``error`` the mean distance over the step's points, computed in the model's dtype and
@@ -38,6 +39,7 @@ from .config import (
 )
 from .curve import Curve
 from .data import DatasetData, TensorData, load_data
+from .inputs import input_digests, input_files
 from .interrupt import FinetuneInterrupted
 from .landscape import compute_dynamics
 from .losses import evaluate, make_task_loss
@@ -66,6 +68,7 @@ __all__ = [
     "Callback", "Curve", "DataConfig", "DatasetData", "DynamicsConfig", "FinetuneConfig", "FinetuneInterrupted",
     "FinetuneResult", "OptimizerConfig", "OutputConfig", "RegularizerConfig", "StepResult", "TensorData", "Trainer",
     "atomic_write", "build_optimizer", "check_outputs", "compute_dynamics", "config_from_dict", "evaluate",
+    "input_digests", "input_files",
     "load_config", "load_data", "load_state", "make_task_loss", "parse_config", "remove_stale_temps",
     "report_from_dict", "run_finetune", "save_model_safetensors", "save_state",
 ]

@@ -80,3 +80,19 @@ def test_probe_refuses_user_code_that_drops_the_batch_rows(project):
         with pytest.raises(EqauditError) as info:
             probe_transforms(spec)
         assert info.value.key == "checks[0].input" and words in info.value.message
+
+
+@pytest.mark.parametrize("config, shape, words", [
+    ({"rotate3d": {"axis": [0, 0, 1], "degrees": 5}}, (1, 4, 4), "one sample has shape [1, 4, 4]"),
+    ({"rotate3d": {"axis": [0, 0, 1], "degrees": 5}}, (7,), "one sample has shape [7]"),
+])
+def test_lie_paths_check_the_shape_they_act_on(config, shape, words):
+    """rotate3d's Lie path reshaped any tensor into points (a raw RuntimeError)."""
+    with pytest.raises(TransformError, match=words.replace("[", r"\[").replace("]", r"\]")):
+        tz.build(config).lie_path(torch.zeros(2, *shape), torch.zeros(2))
+
+
+def test_a_lie_shift_of_an_empty_frame_gives_it_back():
+    """fftfreq(0) raised 'Invalid number of data points (0)'."""
+    x = torch.zeros(2, 1, 0, 4)
+    assert tz.build({"shift": {"dx": 1}}).lie_path(x, torch.zeros(2)).shape == x.shape

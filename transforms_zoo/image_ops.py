@@ -39,6 +39,8 @@ def fourier_translate(x: torch.Tensor, tx: torch.Tensor, ty: torch.Tensor) -> to
     """Translate each sample of ``x`` (n, ..., H, W) by ``(tx, ty)`` pixels ((n,) each; right and
     down), circularly, by the Fourier shift theorem; differentiable in ``tx`` and ``ty``."""
     n, h, w = x.shape[0], x.shape[-2], x.shape[-1]
+    if h == 0 or w == 0:  # no pixels to move
+        return x
     real = torch.float64 if x.dtype == torch.float64 else torch.float32
     fy = torch.fft.fftfreq(h, dtype=real, device=x.device)
     fx = torch.fft.fftfreq(w, dtype=real, device=x.device)

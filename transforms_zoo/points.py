@@ -114,7 +114,8 @@ class Rotate3d(Transform):
             return axis_angle_to_matrix(axis, angle)
         return quaternion_to_matrix(rng.child("quaternion").normal(4, dtype=f64))
 
-    def apply(self, x: torch.Tensor, params: Any) -> torch.Tensor:
+    @staticmethod
+    def _need_points(x: torch.Tensor) -> None:
         if x.dim() < 2 or x.shape[-1] != 3:
             raise TransformError(
                 f"'rotate3d' acts on a last dimension of size 3 (points or vectors), "
@@ -122,6 +123,9 @@ class Rotate3d(Transform):
             )
         if not x.is_floating_point():
             raise TransformError(f"'rotate3d' needs a floating-point tensor, got {x.dtype}")
+
+    def apply(self, x: torch.Tensor, params: Any) -> torch.Tensor:
+        self._need_points(x)
         n = x.shape[0]
         if params is None:
             if self._fixed is None:
@@ -159,6 +163,7 @@ class Rotate3d(Transform):
         """Rotation by ``t`` radians (``(n,)``) about the fixed ``axis`` (right-handed; 0 degrees is
         refused)."""
         self._require_lie_generator()
+        self._need_points(x)
         a = torch.tensor(self.axis, dtype=x.dtype, device=x.device)
         a = a / torch.linalg.vector_norm(a)
         k = torch.zeros(3, 3, dtype=x.dtype, device=x.device)

@@ -325,3 +325,50 @@ def test_no_torch_load_without_weights_only() -> None:
             if name in ("pickle.load", "pickle.loads") and "_trusted" not in inside:
                 offenders.append(f"{path.name}:{call.lineno}")
     assert not offenders, offenders
+
+
+def test_real_symbolic_shapes_are_accepted(tmp_path) -> None:
+    """What torch writes for arithmetic on dynamic dimensions (FloorDiv, Mod, Add, Mul of several
+    symbols) passes the check: the rule refuses code, not dynamic shapes."""
+    from eqaudit.io.exported import unsafe_members
+
+    class Arith(nn.Module):
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            z = torch.cat([x, x, y], 0)
+            return z[1:].reshape(-1, 3).sum(0, keepdim=True).expand(x.shape[0] // 2 + 1, 3) * (y.shape[0] % 3 + 1)
+
+    b, c = torch.export.Dim("b", min=2, max=1024), torch.export.Dim("c", min=2, max=64)
+    ep = torch.export.export(Arith(), (torch.randn(4, 3), torch.randn(5, 3)), dynamic_shapes={"x": {0: b}, "y": {0: c}})
+    path = tmp_path / "arith.pt2"
+    torch.export.save(ep, str(path))
+    assert unsafe_members(path) == []
+    model = load_model(path)
+    with torch.no_grad():
+        assert model(torch.randn(6, 3), torch.randn(7, 3)).shape == (4, 3)
+
+
+def test_srepr_of_sympy_expressions_is_safe() -> None:
+    """Every expression srepr writes from symbols, integers, rationals and torch's shape functions
+    is accepted (a generated family, not a hand-picked few)."""
+    import itertools
+
+    import sympy
+    from torch.utils._sympy.functions import CeilDiv, FloorDiv, Max, Min, Mod
+
+    s0, s1 = sympy.Symbol("s0", integer=True, positive=True), sympy.Symbol("s1", integer=True, positive=True)
+    atoms = [s0, s1, sympy.Integer(3), sympy.Rational(1, 2), sympy.Integer(-7)]
+    binary = [lambda a, b: a + b, lambda a, b: a * b, lambda a, b: a - b, lambda a, b: FloorDiv(a, b),
+              lambda a, b: Mod(a, b), lambda a, b: Max(a, b), lambda a, b: Min(a, b), lambda a, b: CeilDiv(a, b),
+              lambda a, b: sympy.Eq(a, b), lambda a, b: sympy.Lt(a, b)]
+    checked = 0
+    for (a, b), op in itertools.product(itertools.permutations([s0, s1, sympy.Integer(3)], 2), binary):
+        try:
+            expr = op(a, b)
+        except (TypeError, ValueError):
+            continue
+        nested = [] if isinstance(expr, sympy.core.relational.Relational) else [
+            op2(expr, c) for op2 in binary[:3] for c in atoms]
+        for e in (expr, *nested):
+            assert safe_sym_expr(sympy.srepr(e)), sympy.srepr(e)
+            checked += 1
+    assert checked > 100

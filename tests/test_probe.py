@@ -96,3 +96,11 @@ def test_a_lie_shift_of_an_empty_frame_gives_it_back():
     """fftfreq(0) raised 'Invalid number of data points (0)'."""
     x = torch.zeros(2, 1, 0, 4)
     assert tz.build({"shift": {"dx": 1}}).lie_path(x, torch.zeros(2)).shape == x.shape
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_rotating_one_pixel_keeps_it_in_every_precision(dtype):
+    """A 1x1 image in half precision on the CPU raised NotImplementedError in affine_grid."""
+    x = torch.rand(3, 2, 1, 1).to(dtype)
+    for config in ({"rotate": {"degrees": 33}}, {"scale": {"factor": 0.7}}):
+        assert torch.equal(tz.build(config)(x), x)

@@ -62,6 +62,8 @@ def warp(x: torch.Tensor, theta: torch.Tensor, padding: str, name: str) -> torch
     check_rows(x, theta.shape[0], name)
     if x.numel() == 0:
         return x
+    if h == 1 and w == 1:  # the one pixel is the centre, which rotations and zooms keep (and CPUs
+        return x.clone()   # have no half-precision affine_grid of one pixel)
     c = math.prod(x.shape[1:-2])
     x4 = x.reshape(n, c, h, w)
     theta = theta.to(device=x.device, dtype=x.dtype)

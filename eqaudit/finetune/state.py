@@ -114,6 +114,22 @@ def check_state(path: Path, state: Mapping[str, Any]) -> None:
         raise state_error(path, "curve", "expected {points: [...], window: {...}}")
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in state["inputs"].items()):
         raise state_error(path, "inputs", "expected a mapping of keys to sha256 digests")
+    for key in ("curve", "before", "metrics_before"):  # written to the JSON report at the end
+        if not _is_plain(state[key]):
+            raise state_error(path, key, "expected plain values (numbers, strings, lists and mappings)")
+
+
+def _is_plain(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` is JSON-like data, nested at most 32 deep (a pickle can build a cycle)."""
+    if depth > 32:
+        return False
+    if value is None or isinstance(value, (str, int, float)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain(v, depth + 1) for k, v in value.items())
+    return False
 
 
 def save_model_safetensors(model: Any, path: Path, metadata: Mapping[str, str]) -> None:

@@ -115,6 +115,9 @@ def _variants(good: Path, folder: Path, marker: Path) -> dict[str, Path]:
         "doubled slashes": (_pickled_weight("sub//w"), [("<archive>/data/weights/sub//w", evil)]),
         "parent folder": (_pickled_weight("../w"), [("<archive>/data/weights/../w", evil)]),
         "use_pickle as a string": (_pickled_weight("w_evil", "yes"), [("<archive>/data/weights/w_evil", evil)]),
+        "config after blank lines": (
+            lambda n, d: b" \n" * 100 + _pickled_weight("w_evil")(n, d)
+            if n == "data/weights/model_weights_config.json" else d, [("<archive>/data/weights/w_evil", evil)]),
         "duplicate member, evil first": (
             lambda n, d: d, [("<archive>/data/weights/model_weights_config.json", b"")]),
         "legacy weights file": (lambda n, d: d, [("<archive>/data/weights/model.pt", evil)]),
@@ -160,7 +163,7 @@ def _variants(good: Path, folder: Path, marker: Path) -> dict[str, Path]:
 
 
 VARIANTS = ["absolute path", "relative path", "dot slash", "doubled slashes", "parent folder",
-            "use_pickle as a string", "legacy weights file", "sample inputs", "pickled tensor constant",
+            "use_pickle as a string", "config after blank lines", "legacy weights file", "sample inputs", "pickled tensor constant",
             "opaque constant", "opaque constant without use_pickle", "symbolic shape", "duplicate config, evil second", "duplicate config, evil first"]
 
 
@@ -206,7 +209,7 @@ def test_the_evil_archives_are_really_evil(evil_archives) -> None:
     ran = _plain_torch_runs_payload(archives, marker)
     assert {"absolute path", "relative path", "sample inputs", "opaque constant", "symbolic shape",
             "opaque constant without use_pickle", "pickled tensor constant", "legacy weights file",
-            "duplicate config, evil second"} <= ran, ran
+            "duplicate config, evil second", "config after blank lines"} <= ran, ran
 
 
 def test_torch_load_is_forced_to_weights_only_during_an_untrusted_load(evil_archives) -> None:

@@ -42,7 +42,9 @@ from ..errors import EqauditError
 __all__ = ["ExportedModule", "load_exported", "unsafe_members"]
 
 _SHOW = 5
-_MAX_JSON = 256 << 20  # members larger than this are weights, not configs
+#: Members up to this size are read whole; a larger one that starts like JSON or a pickle is
+#: refused as too large to inspect (configs and payloads are small; weights are raw bytes).
+_MAX_INSPECTED = 256 << 20
 _OBJECT_PREFIXES = ("custom_obj", "opaque_obj")
 
 
@@ -194,21 +196,36 @@ def _pickle_findings(data: bytes, member: str, found: list[str]) -> None:
         found.append(member)
 
 
+def _first_byte(member: Any) -> bytes:
+    """The first byte of a zip member that is not JSON whitespace (b"" when there is none)."""
+    while chunk := member.read(1 << 16):
+        text = chunk.lstrip(b" \t\r\n")
+        if text:
+            return text[:1]
+    return b""
+
+
 def unsafe_members(path: Path) -> list[str]:
     """What in the ``.pt2`` archive at ``path`` would run code when torch loads it (empty: none).
 
-    Every zip entry is read, duplicates and unusual names included: the verdict depends on the
-    contents, never on which member torch resolves a name to. An entry that cannot be read makes
-    the archive unsafe (torch's reader might read it differently)."""
+    Every zip entry is opened, duplicates and unusual names included, and each that looks like
+    JSON or a pickle is read whole: the verdict depends on the contents, never on which member
+    torch resolves a name to. An entry that cannot be read makes the archive unsafe (torch's
+    reader might read it differently)."""
     found: list[str] = []
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
             try:
-                data = archive.read(info)
+                with archive.open(info) as member:
+                    data = member.read() if info.file_size <= _MAX_INSPECTED else _first_byte(member)
             except Exception as exc:  # noqa: BLE001 - any unreadable entry: refuse, do not guess
                 found.append(f"{info.filename} (unreadable: {type(exc).__name__})")
                 continue
-            if len(data) <= _MAX_JSON and data.lstrip()[:1] in (b"{", b"["):
+            if info.file_size > _MAX_INSPECTED:
+                if data in (b"{", b"[", b"P", b"\x80"):
+                    found.append(f"{info.filename} (too large to inspect)")
+                continue
+            if data.lstrip()[:1] in (b"{", b"["):
                 try:
                     parsed = json.loads(data)
                 except (ValueError, RecursionError):
@@ -216,7 +233,8 @@ def unsafe_members(path: Path) -> list[str]:
                 if parsed is not None:
                     _json_findings(parsed, info.filename, found)
                     continue
-            _pickle_findings(data, info.filename, found)
+            if data:
+                _pickle_findings(data, info.filename, found)
     return list(dict.fromkeys(found))
 
 

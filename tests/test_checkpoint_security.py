@@ -375,3 +375,22 @@ def test_srepr_of_sympy_expressions_is_safe() -> None:
             assert safe_sym_expr(sympy.srepr(e)), sympy.srepr(e)
             checked += 1
     assert checked > 100
+
+
+@pytest.mark.parametrize("variant", ["absolute path", "symbolic shape", "opaque constant"])
+def test_measure_of_an_evil_pt2_is_exit_2_and_runs_nothing(evil_archives, tmp_path, variant: str) -> None:
+    """The issue's case end to end: ``eqaudit measure --spec spec.yaml`` with ``model: {checkpoint:
+    evil.pt2}`` printed a normal report and ran the payload."""
+    from typer.testing import CliRunner
+
+    from eqaudit.cli import app
+
+    archives, marker = evil_archives
+    marker.unlink(missing_ok=True)
+    (tmp_path / "spec.yaml").write_text(
+        f"model: {{checkpoint: {archives[variant]}}}\ninput: {{shape: [3]}}\nsamples: 16\n"
+        "checks: [{name: id, input: identity, threshold: 1}]\n")
+    r = CliRunner().invoke(app, ["measure", "--spec", str(tmp_path / "spec.yaml")])
+    assert r.exit_code == 2 and "--trust-checkpoint" in r.stderr, r.output
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not marker.exists()

@@ -177,3 +177,26 @@ def test_validate_refuses_a_checkpoint_that_is_a_fifo(project: Path) -> None:
                                             "{factory: models.py:PixelReader, checkpoint: ckpt.pt}"))
     _one_line_2(runner.invoke(app, ["validate", str(spec)]), "model.checkpoint", "FIFO")
     _one_line_2(runner.invoke(app, ["measure", "--spec", str(spec)]), "model.checkpoint", "FIFO")
+
+
+@pytest.mark.parametrize("command", ["measure", "sweep"])
+def test_a_data_file_that_is_a_fifo_is_refused_before_the_run(project: Path, command: str) -> None:
+    """A FIFO as input.data must never block a run (opening it waits for a writer)."""
+    import os
+
+    os.mkfifo(project / "data.safetensors")
+    spec = write_spec(project, SPEC.replace("input: {shape: [1, 8, 8]}", "input: {data: data.safetensors:x}"))
+    args = ["measure", "--spec", str(spec)] if command == "measure" else [
+        "sweep", "--spec", str(spec), "--check", "flip", "--param", "p", "--values", "1"]
+    _one_line_2(runner.invoke(app, args), "input.data", str(spec))  # the spec's own check may say so first
+    _one_line_2(runner.invoke(app, ["validate", str(spec)]), "input.data")
+
+
+def test_a_command_line_checkpoint_that_is_a_fifo_is_refused(project: Path) -> None:
+    import os
+
+    os.mkfifo(project / "ckpt.pt")
+    spec = str(write_spec(project, SPEC))
+    _one_line_2(runner.invoke(app, ["measure", str(project / "ckpt.pt"), "--spec", spec]), "CHECKPOINT", "FIFO")
+    _one_line_2(runner.invoke(app, ["sweep", "--spec", spec, "--check", "flip", "--param", "p", "--values", "1",
+                                    "--checkpoint", str(project / "ckpt.pt")]), "--checkpoint", "FIFO")

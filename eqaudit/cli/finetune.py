@@ -16,7 +16,7 @@ import typer
 
 from .errors import handles_errors
 from .options import DebugOpt, QuietOpt, SeedOpt, TrustOpt
-from .output import check_outputs, emit, err, escape, out, run_inputs
+from .output import check_inputs, check_outputs, emit, err, escape, out, run_inputs
 from ..errors import EqauditError
 
 
@@ -55,7 +55,9 @@ def finetune_command(
         raise EqauditError("--resume and --force exclude each other", key="--force",
                            hint="--resume continues a run, --force starts it over")
     cfg = load_config(config)
-    check_outputs({"--json": json_path}, _config_inputs(config, cfg))  # before the run, which may be long
+    inputs = _config_inputs(config, cfg)
+    check_inputs(cfg.spec, inputs)
+    check_outputs({"--json": json_path}, inputs)  # before the run, which may be long
     from ..audit.distributed import launched_by_torchrun
 
     if launched_by_torchrun() and os.environ.get("RANK", "0") != "0":

@@ -10,7 +10,7 @@ import typer
 
 from .errors import handles_errors
 from .options import DebugOpt, DeviceOpt, QuietOpt, SeedOpt, TrustOpt, load_spec_file
-from .output import check_outputs, emit, err, escape, fail, note, out, run_inputs, with_progress
+from .output import check_inputs, check_outputs, emit, err, escape, fail, note, out, run_inputs, with_progress
 
 CheckpointArg = Annotated[Optional[Path], typer.Argument(help="Checkpoint file; overrides model.checkpoint in the spec.")]
 SpecOpt = Annotated[Path, typer.Option("--spec", "-s", help="The spec YAML (model, input, checks).")]
@@ -64,8 +64,9 @@ def measure(
     the_spec = load_spec_file(spec)
     if checkpoint is not None and not checkpoint.exists():
         raise EqauditError("checkpoint file not found", file=str(checkpoint), hint="check the path")
-    reports = {"--json": json_path, "--junit": junit, "--markdown": markdown}
-    check_outputs(reports, run_inputs(spec, the_spec, checkpoint, "CHECKPOINT"))  # before the run, which may be long
+    inputs = run_inputs(spec, the_spec, checkpoint, "CHECKPOINT")
+    check_inputs(the_spec, inputs)
+    check_outputs({"--json": json_path, "--junit": junit, "--markdown": markdown}, inputs)  # before the long run
     to_stdout = json_path == "-"
     report = with_progress(
         not quiet and not to_stdout and err.is_terminal, "measuring",

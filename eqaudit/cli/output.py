@@ -11,6 +11,8 @@ from typing import Any
 
 from rich.console import Console
 
+from ..errors import EqauditError
+from ..io.files import require_regular_file
 from ..io.outputs import check_distinct, check_output, write_output
 
 out = Console(soft_wrap=False)
@@ -53,6 +55,20 @@ def _summary_label(flag: str, path: Any) -> str:
     except (OSError, RuntimeError):
         same = False
     return f"{flag} ($GITHUB_STEP_SUMMARY)" if same else flag
+
+
+def check_inputs(spec: Any, inputs: Mapping[str, Any]) -> None:
+    """Refuse, before anything opens them, inputs that are not regular files (a FIFO or device
+    would block the run); spec keys are located in the spec, options name themselves."""
+    for key, path in inputs.items():
+        if path is None or not Path(path).exists():
+            continue  # a missing file is reported by whatever reads it, with its own hint
+        try:
+            require_regular_file(path, "file")
+        except EqauditError as exc:
+            if key.startswith("-") or key.isupper():
+                raise EqauditError(exc.message, key=key, hint=exc.hint) from None
+            raise spec.error(key, exc.message, exc.hint) from None
 
 
 def run_inputs(spec_path: Path, spec: Any, checkpoint: Path | None, checkpoint_key: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import typer
 
 from .errors import handles_errors
 from .options import DebugOpt, DeviceOpt, QuietOpt, SeedOpt, TrustOpt, load_spec_file
-from .output import check_outputs, emit, out, run_inputs
+from .output import check_inputs, check_outputs, emit, out, run_inputs
 from ..errors import EqauditError
 from ..io.outputs import output_error
 
@@ -37,7 +37,9 @@ def sweep(
 
     the_spec = load_spec_file(spec)
     vals = sweeps.parse_values(values)
-    check_outputs({"--json": json_path, "--plot": plot}, run_inputs(spec, the_spec, checkpoint, "--checkpoint"))
+    inputs = run_inputs(spec, the_spec, checkpoint, "--checkpoint")
+    check_inputs(the_spec, inputs)
+    check_outputs({"--json": json_path, "--plot": plot}, inputs)
     if plot is not None:
         try:
             import matplotlib  # noqa: F401

@@ -150,6 +150,7 @@ def _set_in(key, inner, value):
         (_set("before", {}), "cannot be restored"),
         (_set_in("rng", "cpu", torch.zeros(3)), "cannot be restored"),
         (_set_in("curve", "window", {"n": 1}), "cannot be restored"),
+        (_set("metrics_before", {"loss": torch.zeros(1)}), "metrics_before: expected plain values"),
     ],
 )
 def test_a_damaged_state_is_exit_2_naming_the_state_file(proj, edit, words):
@@ -202,3 +203,19 @@ def test_the_state_holds_only_weights_only_types_and_the_input_digests(proj):
     import hashlib
 
     assert state["inputs"]["data.path"] == hashlib.sha256((proj / "data.safetensors").read_bytes()).hexdigest()
+
+
+def test_a_resumed_run_reports_the_same_audit_before(proj):
+    # the report rebuilt from the state dropped noise_floor, sampling and target_halfwidth
+    import json
+
+    cfg = write(proj, steps=5)
+    cfg.write_text(cfg.read_text().replace("  bounds: [0, 1]\n", "  bounds: [0, 1]\n  sampling: sobol\n"))
+    assert cli(cfg, "--quiet").exit_code == 0
+    first = json.loads((proj / "out" / "tuned.report.json").read_text())["before"]["audit"]
+    assert first["sampling"] == "sobol" and first["noise_floor"] is not None
+    r = cli(cfg, "--resume", "--steps", "8", "--quiet")
+    assert r.exit_code == 0, r.output
+    resumed = json.loads((proj / "out" / "tuned.report.json").read_text())
+    assert resumed["resumed_from_step"] == 5
+    assert resumed["before"]["audit"] == first

@@ -59,7 +59,7 @@ from .sections import (
     RegularizerConfig,
 )
 from .state import STATE_FORMAT, STATE_VERSION, load_state, remove_stale_temps, save_model_safetensors, save_state
-from .summary import FinetuneResult, report_from_dict
+from .summary import FinetuneResult
 from .trainer import StepResult, Trainer, build_optimizer
 
 __all__ = [
@@ -70,5 +70,5 @@ __all__ = [
     "atomic_write", "build_optimizer", "check_outputs", "compute_dynamics", "config_from_dict", "evaluate",
     "input_digests", "input_files",
     "load_config", "load_data", "load_state", "make_task_loss", "parse_config", "remove_stale_temps",
-    "report_from_dict", "run_finetune", "save_model_safetensors", "save_state",
+    "run_finetune", "save_model_safetensors", "save_state",
 ]

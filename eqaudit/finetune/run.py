@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import ArgumentError, EqauditError, first_line
 from ..io.atomic import atomic_write
+from ..report import Report
 from ..spec import check_seed
 from .config import FinetuneConfig
 from .curve import Curve
@@ -32,7 +33,7 @@ from .state import (
     save_state,
     state_error,
 )
-from .summary import FinetuneResult, RunFacts, build_report, report_from_dict
+from .summary import FinetuneResult, RunFacts, build_report
 from .trainer import Trainer
 
 Callback = Callable[[str, Mapping[str, Any]], None]
@@ -238,7 +239,7 @@ def _resume(session: _Session) -> _Progress:
                            "steps configured", "raise steps, or run with --force to start over")
     curve = Curve(cfg.log_every)
     try:
-        before = report_from_dict(state["before"])
+        before = Report.from_dict(state["before"])
         curve.load(state["curve"])
         trainer.load_state_dict(state)
         torch.set_rng_state(state["rng"]["cpu"].cpu())

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,23 +29,6 @@ class FinetuneResult:
     def exit_code(self) -> int:
         """The CI gate of the final audit: 0 every check within its threshold, 1 otherwise."""
         return int(self.after.exit_code)
-
-
-def report_from_dict(d: Mapping[str, Any]) -> Any:
-    """Rebuild a :class:`Report` from :meth:`Report.to_dict` (a resumed run's first audit)."""
-    from ..report import CheckResult, Report
-
-    names = {f.name for f in dataclasses.fields(CheckResult)}
-    checks = []
-    for c in d["checks"]:
-        kw = {k: (math.nan if v is None and k not in ("name",) else v) for k, v in c.items() if k in names}
-        checks.append(CheckResult(**kw))
-    return Report(
-        checks=tuple(checks), spec=d.get("spec"), checkpoint=d.get("checkpoint"), device=d["device"],
-        seed=d["seed"], samples=d["samples"], elapsed_s=d["elapsed_s"], gate=d.get("gate", "mean"),
-        batch_size=d.get("batch_size"), model_was_training=d.get("model_was_training", False),
-        notes=tuple(d.get("notes", ())),
-    )
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,8 @@ import torch
 from transforms_zoo import SampleRNG, TransformError
 
 from ..errors import first_line
-from .distances import Distance
-from .forward import Locator, forward_once, forward_rows, is_oom, packed, row_pieces
+from .compare import batched_distances, check_distance
+from .forward import Locator, batch_dependent_width, forward_once, forward_rows, is_oom, packed, row_pieces
 from .lie import lie_errors
 
 __all__ = ["CheckErrors", "Evaluation", "TransformedInput", "evaluate_checks"]
@@ -152,8 +152,12 @@ class _Context:
             if direct is not None:
                 done.append(direct)
         self.forward_fused(pending)
-        outs = [self.output_side(item, y) for item in pending]
-        pairs = [self.compared(item, a) for item, a in zip(pending, outs)]
+        try:
+            pairs = [self.compared(item, self.output_side(item, y)) for item in pending]
+        except Exception as exc:
+            if not is_oom(exc):
+                self.refuse_batch_dependent_width(x, y, pending)
+            raise
         errors = self.distances(pending, pairs)
         return Evaluation(_ordered(order, done + _assembled(self.checks, pending, errors)), pending)
 
@@ -232,6 +236,19 @@ class _Context:
             for it, part in zip(batch, torch.split(out, [it.rows_in_call for it in batch])):
                 it.outputs, it.inputs = part, None  # release the inputs
 
+    def refuse_batch_dependent_width(self, x: torch.Tensor, y: torch.Tensor, pending: list[TransformedInput]) -> None:
+        """When a fused call's outputs do not fit: is it the model, whose output per sample
+        changes with the batch size? Then that is the error, not the check's output transform."""
+        rows: dict[int, int] = {}
+        for item in pending:
+            rows[item.call] = rows.get(item.call, 0) + item.rows_in_call
+        n = x.shape[0]
+        for size in sorted(set(rows.values()) - {n}):
+            repeated = x.repeat(-(-size // n), *([1] * (x.dim() - 1)))[:size]
+            other = forward_rows(self.model, repeated, self.locate, "input.shape", self.max_rows)
+            if other.shape[1:] != y.shape[1:]:
+                raise batch_dependent_width(self.locate, self.model, n, y, size, other)
+
     def output_side(self, item: TransformedInput, y: torch.Tensor) -> torch.Tensor:
         """``f_out`` of the shared base outputs of the item's rows."""
         check = self.checks[item.check_index]
@@ -270,60 +287,21 @@ class _Context:
         keep = valid.reshape(valid.shape[0], -1, *valid.shape[-2:]).all(dim=1)  # (n, H, W): every channel kept
         if check.output.name != "identity":
             kept_out = self.apply(check.output, torch.ones_like(a), item.p_out, item.out_key) >= 1.0 - 1e-6
+            if kept_out.shape[-2:] != keep.shape[-2:]:
+                raise self.locate.error(f"checks[{item.check_index}].mask",
+                                        f"the output transform maps images of size {list(keep.shape[-2:])} to "
+                                        f"{list(kept_out.shape[-2:])}: no common region to compare")
             keep = keep & kept_out.reshape(kept_out.shape[0], -1, *kept_out.shape[-2:]).all(dim=1)
         m = keep.reshape(keep.shape[0], *([1] * (a.dim() - 3)), *keep.shape[-2:]).to(a.dtype)
         return a * m, b * m
 
     def distance(self, j: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Check ``j``'s per-row distances (shape ``(n,)``), failures located at its key."""
-        check = self.checks[j]
-        dtype = self.distance_dtype
-        try:
-            if dtype is None:
-                e = check.distance(a, b.to(a.dtype))
-            else:
-                e = check.distance(a.to(dtype), b.to(dtype))
-        except Exception as exc:
-            if is_oom(exc):
-                raise  # the chunk loop backs off to a smaller chunk
-            located = getattr(exc, "located", None)
-            if located is not None:  # an EqauditError: keep its message, add where
-                raise located(file=self.locate.file, key=f"checks[{j}].distance") from None
-            raise self.locate.error(f"checks[{j}].distance",
-                                    f"distance '{check.distance.name}' failed: {first_line(exc)}") from None
-        e = e.reshape(-1)
-        return e if dtype is None else e.to(dtype)
+        return check_distance(self.checks, self.locate, j, a, b, self.distance_dtype)
 
     def distances(self, pending: list[TransformedInput],
                   pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
-        """Per-row distances of every pair: pairs with the same built-in distance and output shape
-        are computed in one call on their concatenation (the distances are row-wise, so the values
-        are those of separate calls; a user's callable always sees its own check's rows)."""
-        out: list[torch.Tensor | None] = [None] * len(pairs)
-        batches: dict[tuple[Any, ...], list[int]] = {}
-        for i, (item, (a, b)) in enumerate(zip(pending, pairs)):
-            dist = self.checks[item.check_index].distance
-            if isinstance(dist, Distance) and dist.batchable:
-                batches.setdefault((dist.name, tuple(a.shape[1:]), a.dtype, b.dtype), []).append(i)
-            else:
-                out[i] = self.distance(item.check_index, a, b)
-        for members in batches.values():
-            first = pending[members[0]].check_index
-            if len(members) == 1:
-                out[members[0]] = self.distance(first, *pairs[members[0]])
-                continue
-            a = torch.cat([pairs[i][0] for i in members])
-            b = torch.cat([pairs[i][1] for i in members])
-            try:
-                e = self.distance(first, a, b)
-            except Exception as exc:
-                if not is_oom(exc):
-                    for i in members:  # name the check whose outputs the distance rejects
-                        self.distance(pending[i].check_index, *pairs[i])
-                raise
-            for i, part in zip(members, torch.split(e, [pairs[i][0].shape[0] for i in members])):
-                out[i] = part
-        return out  # type: ignore[return-value]
+        return batched_distances(self.checks, self.locate, [item.check_index for item in pending], pairs,
+                                 self.distance_dtype)
 
     def apply(self, t: Any, x: torch.Tensor, params: Any, key: str) -> torch.Tensor:
         """``t.apply(x, params)``, checked: a tensor with one row per row of ``x``."""

@@ -17,6 +17,7 @@ from ..spec import Spec
 from .distances import Distance
 from .estimator import BLOCK
 from .evaluate import evaluate_checks
+from .forward import batch_dependent_width
 from .sampling import PointSampler
 
 
@@ -40,9 +41,11 @@ def noise_floors(model: Any, spec: Spec, sampler: PointSampler, dev: torch.devic
     rng = SampleRNG.for_range(spec.seed, 0, n0, dev)
     x = sampler.draw(rng)
     try:
-        y = model(x)
+        y, y_twice = model(x), _Doubled(model)(x)
     except Exception:
         return [math.nan] * len(spec.checks)
+    if isinstance(y, torch.Tensor) and isinstance(y_twice, torch.Tensor) and y.shape[1:] != y_twice.shape[1:]:
+        raise batch_dependent_width(spec, model, n0, y, 2 * n0, y_twice)
     identity = build_transform("identity")
     checks = [dataclasses.replace(c, input=identity, output=identity, both=False, group=None, mode="sample",
                                   mask="none") for c in spec.checks]
@@ -55,7 +58,7 @@ def noise_floors(model: Any, spec: Spec, sampler: PointSampler, dev: torch.devic
             means.append(same[key])
             continue
         try:
-            ev = evaluate_checks(_Doubled(model), checks, x, y, rng, spec, chosen=[j], fuse=False)
+            ev = evaluate_checks(lambda _x: y_twice, checks, x, y, rng, spec, chosen=[j], fuse=False)
             m: torch.Tensor | None = ev.checks[0].errors.mean()  # NaN or Inf if any is
         except Exception:
             m = None

@@ -44,7 +44,21 @@ def forward_once(model: Any, x: torch.Tensor, locate: Locator, key: str) -> torc
     if y.dim() == 0 or y.shape[0] != x.shape[0]:
         raise locate.error(key, f"the model returned shape {list(y.shape)} for a batch of {x.shape[0]}",
                            "the model must keep the batch dimension first")
+    if y.numel() == 0 and x.shape[0] > 0:
+        raise locate.error(key, f"the model's output has no elements per sample (shape {list(y.shape)}): every "
+                           "distance would be 0 and every check would pass", "the model must return its outputs")
     return y
+
+
+def batch_dependent_width(locate: Locator, model: Any, n: int, y_n: torch.Tensor, m: int,
+                          y_m: torch.Tensor) -> Exception:
+    """The error of a model whose output per sample depends on the batch size (at ``model``)."""
+    inner = getattr(model, "_orig_mod", getattr(model, "model", model))  # under torch.compile / autocast
+    name = getattr(inner, "__name__", type(inner).__name__)
+    return locate.error(
+        "model", f"the model ({name}) returns outputs of shape {list(y_n.shape[1:])} per sample for a batch of "
+        f"{n} but {list(y_m.shape[1:])} for a batch of {m}: its output depends on the batch size",
+        "each sample's output must not depend on the batch (e.g. no reshape by the batch size)")
 
 
 def row_pieces(x: torch.Tensor, max_rows: int | None) -> list[torch.Tensor]:

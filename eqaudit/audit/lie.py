@@ -50,6 +50,9 @@ def lie_errors(model: Any, check: Any, j: int, x: torch.Tensor, locate: Locator,
         raise locate.error(f"checks[{j}].mode", "the Lie derivative failed (forward-mode AD through the model): "
                            f"{first_line(exc)}", "the model must support torch.func.jvp") from None
     if distance_dtype is not None:
-        d = d.to(distance_dtype)
-        return check.distance(d, torch.zeros_like(d)).reshape(-1).to(distance_dtype)
-    return check.distance(d, torch.zeros_like(d)).reshape(-1)
+        d = d.to(torch.complex128 if d.is_complex() and distance_dtype == torch.float64 else distance_dtype)
+    e = check.distance(d, torch.zeros_like(d)).reshape(-1)
+    if e.is_complex():
+        raise locate.error(f"checks[{j}].distance", f"distance '{check.distance.name}' returned complex values",
+                           "a distance returns one real number per sample")
+    return e if distance_dtype is None else e.to(distance_dtype)

@@ -8,9 +8,7 @@ processes, and adds the extras (noise floor, inverse hints, per-layer rows) besi
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,16 +28,13 @@ from .device import Autocast, model_dtype, resolve_device
 from .distributed import World, current_world, reduce_stats
 from .estimator import BLOCK, BlockStats, Summary
 from .extras import inverse_hints, noise_floors
-from .forward import is_oom
+from .grid import ChunkGrid, Progress
 from .layers import LayerPlan
 from .options import Precision, check_gate_confidence, check_run_options, check_samples, parse_precision
 from .results import check_result, error_result, exceeds, max_finite, refuse_unusable, run_notes
 from .sampling import PointSampler
 
 __all__ = ["audit", "resolve_device"]
-
-Progress = Callable[[int, int], None]
-
 
 def audit(
     model: torch.nn.Module | Callable[[torch.Tensor], torch.Tensor] | None,
@@ -178,7 +173,8 @@ def _measure(target: _Target, spec: Spec, batch_size: int | None, progress: Prog
     target.plan = plan = LayerPlan.build(target.model, spec, chunk.n_columns(spec))
     chunk_size, max_rows = _chunk_size(target, spec, sampler, batch_size, measured)
     local = BlockStats(spec.samples, chunk.n_columns(spec) + (plan.n_columns if plan else 0), target.dev)
-    grid = _Grid(target, sampler, chunk_size, batch_size is not None, progress, max_rows)
+    grid = ChunkGrid(target.forward, target.world, target.dev, target.plan, sampler, chunk_size,
+                     batch_size is not None, progress, max_rows)
     chunk_size = grid.chunk_size = grid.run(spec, local)  # later rounds keep a size that fits
     stats = _reduced(local, target.world)
     eps = precision.target_halfwidth
@@ -229,68 +225,6 @@ def _chunk_size(target: _Target, spec: Spec, sampler: PointSampler, batch_size: 
             size = auto_batch_size(sample_numel, dev, spec.samples, layer_bytes=measured.layer, copies=copies)
     held = measured.held(copies) if measured is not None else None
     return bounded_chunk(size, dev, held, target.world.size, spec.samples), max_rows
-
-
-@dataclass
-class _Grid:
-    """This process's share of the chunk grid, with out-of-memory backoff."""
-
-    target: _Target
-    sampler: PointSampler
-    chunk_size: int
-    fixed: bool  # the caller chose the batch size: out of memory is an error, not a backoff
-    progress: Progress | None
-    max_rows: int | None
-    #: Checks that could not be measured, with their error (reported as error rows).
-    failed: dict[int, str] = dataclasses.field(default_factory=dict)
-
-    def active(self, spec: Spec) -> list[int] | None:
-        """The checks still measured (None: all)."""
-        return [j for j in range(len(spec.checks)) if j not in self.failed] if self.failed else None
-
-    def drop_failed_check(self, spec: Spec, exc: EqauditError) -> None:
-        """Record a failure at one check's key; any other failure ends the audit."""
-        m = re.match(r"checks\[(\d+)\]", exc.key or "")
-        if m is None or int(m.group(1)) in self.failed or int(m.group(1)) >= len(spec.checks):
-            raise exc
-        self.failed[int(m.group(1))] = str(exc)
-
-    def run(self, spec: Spec, stats: BlockStats, begin: int = 0) -> int:
-        """Process the chunks from ``begin``. On out-of-memory a chunk is processed in halves (the
-        grid, hence the split across processes, stays the same), and later chunks use the smaller
-        size; with a fixed batch size it is an error instead. Returns the size last used."""
-        n, world, dev = spec.samples, self.target.world, self.target.dev
-        starts = list(range(begin, n, self.chunk_size))
-        step = self.chunk_size
-        samples_done = begin
-        for start in starts[world.rank :: world.size]:
-            end = min(start + self.chunk_size, round_up(n, BLOCK))
-            pos = start
-            while pos < end:
-                length = min(step, end - pos)
-                try:
-                    chunk.measure_chunk(self.target.forward, spec, self.sampler, stats, dev, pos, length,
-                                        self.target.plan, self.max_rows, self.active(spec))
-                except EqauditError as exc:
-                    self.drop_failed_check(spec, exc)
-                    if len(self.failed) == len(spec.checks):
-                        return step  # nothing left to measure
-                    continue  # the same chunk again, without the check that failed
-                except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
-                    if not is_oom(exc) or step <= BLOCK:
-                        raise
-                    if self.fixed:
-                        raise ArgumentError("batch_size", f"out of memory with batch_size {self.chunk_size}",
-                                            hint="use a smaller batch size or omit it") from None
-                    if dev.type == "cuda":
-                        torch.cuda.empty_cache()
-                    step = max(BLOCK, (step // 2 // BLOCK) * BLOCK)
-                    continue
-                pos += length
-                samples_done += min(length, max(0, n - (pos - length)))
-                if self.progress is not None:
-                    self.progress(min(samples_done * world.size, n), n)
-        return step
 
 
 def _next_sample_count(summaries: list[Summary], target: float, n: int, cap: int) -> int | None:

@@ -11,8 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import eqaudit.report.render as render  # not "from . import": that would import the package itself
+
 from .._version import __version__
-from . import render
 
 GATES = ("mean", "upper")
 

@@ -483,3 +483,18 @@ def test_two_identical_runs_write_identical_bytes(proj):
     with safe_open(str(proj / "out" / "tuned.safetensors"), framework="pt") as fh:  # still a valid file
         assert fh.metadata()["eqaudit"] == "finetune" and fh.metadata()["steps"] == "3"
         assert fh.get_tensor("fc.weight").shape == (2, 16)
+
+
+def test_non_finite_training_data_is_named_at_its_key(proj):
+    # NaN inputs made the loss NaN at the first batch holding one, blamed on optimizer.lr
+    tensors = {k: v.clone() for k, v in weights(proj / "data.safetensors").items()}
+    tensors["x"][7, 0, 1, 2] = float("nan")
+    tensors["vx"][3, 0, 0, 0] = float("inf")
+    save_file(tensors, str(proj / "data.safetensors"))
+    r = cli(write(proj, steps=2))
+    assert r.exit_code == 2, r.output
+    assert "data.inputs: the training inputs hold NaN or infinite values (1 of 96 rows, the first row 7)" in r.stderr
+    tensors["x"][7, 0, 1, 2] = 0.5
+    save_file(tensors, str(proj / "data.safetensors"))
+    r = cli(write(proj, steps=2))
+    assert r.exit_code == 2 and "data.val_inputs: the validation inputs hold NaN" in r.stderr, r.output

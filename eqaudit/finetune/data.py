@@ -132,4 +132,10 @@ def _tensor_pair(cfg: FinetuneConfig, inputs: Any, targets: Any, inputs_key: str
                         f"the inputs {inputs.shape[0]} rows")
     if not inputs.is_floating_point():
         inputs = inputs.float()
+    for tensor, key, what in ((inputs, inputs_key, "inputs"), (targets, targets_key, "targets")):
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            bad = (~tensor.isfinite()).reshape(tensor.shape[0], -1).any(dim=1).nonzero()
+            raise cfg.error(key, f"the {label} {what} hold NaN or infinite values ({bad.numel()} of "
+                            f"{tensor.shape[0]} rows, the first row {int(bad[0])})",
+                            "the loss would become NaN at the first batch that holds one")
     return TensorData(inputs, targets, label)

@@ -219,3 +219,11 @@ def test_a_resumed_run_reports_the_same_audit_before(proj):
     resumed = json.loads((proj / "out" / "tuned.report.json").read_text())
     assert resumed["resumed_from_step"] == 5
     assert resumed["before"]["audit"] == first
+
+
+def test_a_resume_with_another_seed_says_so(proj):
+    # it said "the config changed" although the config was the same and only --seed differed
+    cfg = _finished_run(proj)
+    r = cli(cfg, "--resume", "--steps", "8", "--seed", "4")
+    assert r.exit_code == 2 and "saved by a run with seed 3, this run has seed 4" in r.stderr, r.output
+    assert cli(cfg, "--resume", "--steps", "8", "--seed", "3", "--quiet").exit_code == 0

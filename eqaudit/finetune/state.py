@@ -83,7 +83,10 @@ def load_state(cfg: FinetuneConfig, path: Path, device: Any) -> dict[str, Any]:
         raise resume_error(cfg, f"'{path}' has state version {state.get('version')}, "
                            f"this eqaudit reads {STATE_VERSION}", "run with --force to start over")
     check_state(path, state)
-    if state["fingerprint"] != cfg.fingerprint or state["seed"] != cfg.spec.seed:
+    if state["fingerprint"] == cfg.fingerprint and state["seed"] != cfg.spec.seed:  # --seed
+        raise resume_error(cfg, f"the state '{path}' was saved by a run with seed {state['seed']}, this run has "
+                           f"seed {cfg.spec.seed}", "resume with the run's seed, or run with --force to start over")
+    if state["fingerprint"] != cfg.fingerprint:
         raise resume_error(
             cfg, f"the config changed since the state '{path}' was saved (only steps, epochs, output, "
             "checkpoint_every, log_every, dynamics and device may change)",

@@ -16,7 +16,8 @@ import typer
 
 from .errors import handles_errors
 from .options import DebugOpt, QuietOpt, SeedOpt, TrustOpt
-from .output import check_inputs, check_outputs, emit, err, escape, out, run_inputs
+from .output import check_inputs, emit, err, escape, out
+from ..io.outputs import check_output
 from ..errors import EqauditError
 
 
@@ -49,15 +50,15 @@ def finetune_command(
 
     Exit code: the final audit's gate (0 / 1); 2 when it could not run; 130 when interrupted (continue with --resume).
     """
-    from ..finetune import FinetuneInterrupted, load_config, run_finetune
+    from ..finetune import FinetuneInterrupted, input_files, load_config, run_finetune
 
     if resume and force:
         raise EqauditError("--resume and --force exclude each other", key="--force",
                            hint="--resume continues a run, --force starts it over")
     cfg = load_config(config)
-    inputs = _config_inputs(config, cfg)
-    check_inputs(cfg.spec, inputs)
-    check_outputs({"--json": json_path}, inputs)  # before the run, which may be long
+    check_inputs(cfg.spec, input_files(cfg))
+    json_file = None if json_path in (None, "-") else json_path
+    check_output(json_file, "--json")  # before the run, which may be long; run_finetune compares it with the inputs
     from ..audit.distributed import launched_by_torchrun
 
     if launched_by_torchrun() and os.environ.get("RANK", "0") != "0":
@@ -66,7 +67,8 @@ def finetune_command(
     try:
         with view:
             result = run_finetune(cfg, resume=resume, force=force, device=device, dynamics=True if dynamics else None,
-                                  steps=steps, seed=seed, trust_checkpoint=trust_checkpoint, callback=view.event)
+                                  steps=steps, seed=seed, trust_checkpoint=trust_checkpoint, callback=view.event,
+                                  other_outputs={"--json": json_file})
     except FinetuneInterrupted as exc:
         again = f"eqaudit finetune {shlex.quote(str(config))} --resume"
         err.print(f"[bold yellow]interrupted[/] at step {exc.step}/{exc.total}; resumable state saved to "
@@ -76,13 +78,6 @@ def finetune_command(
     if not quiet and json_path != "-":
         _print_result(result)
     raise typer.Exit(result.exit_code)
-
-
-def _config_inputs(path: Path, cfg: Any) -> dict[str, Any]:
-    """Every file a fine-tune run reads: the spec's, and the training and validation data."""
-    data = cfg.data
-    return {**run_inputs(path, cfg.spec, None, "model.checkpoint"), "data.path": data.path,
-            "data.val_path": data.val_path}
 
 
 def _print_result(result: Any) -> None:

@@ -80,3 +80,41 @@ def test_data_parallel_finetune_matches_one_process(tmp_path):
         assert torch.allclose(one[k], two[k], atol=1e-6), k
     report = json.loads((tmp_path / "two.report.json").read_text())
     assert report["processes"] == 2
+
+
+DISTANCE = '''
+import torch
+
+
+def picky(a, b):
+    """l2, except on large outputs, where it fails: only some chunks see those."""
+    if a.abs().max() > 10:
+        raise ValueError("outputs too large for this distance")
+    return torch.linalg.vector_norm((a - b).flatten(1), dim=1)
+'''
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
+def test_a_check_failing_in_one_process_is_an_error_row_in_every_process(tmp_path):
+    from safetensors.torch import save_file
+
+    rows = torch.rand(384, 1, 4, 4)
+    rows[192:] *= 100  # the second chunk (the second process's) holds the large samples
+    save_file({"x": rows}, str(tmp_path / "points.safetensors"))
+    (tmp_path / "picky.py").write_text(DISTANCE)
+    (tmp_path / "spec.yaml").write_text(
+        "model: {factory: torch.nn:Identity}\n"
+        "input: {data: points.safetensors:x, sampling: sequential}\nsamples: 384\n"
+        "checks:\n  - {name: picky, input: hflip, distance: picky.py:picky}\n  - {name: flip, input: vflip}\n")
+    common = ["measure", "--spec", "spec.yaml", "--device", "cpu", "--batch-size", "192", "-q"]
+    subprocess.run([sys.executable, "-m", "eqaudit", *common, "--json", "single.json"], cwd=tmp_path)
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "eqaudit", *common, "--json", "split.json"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode != 0 and (tmp_path / "split.json").exists(), run.stderr[-2000:]  # exit 2 in each process
+    single = json.loads((tmp_path / "single.json").read_text())["checks"]
+    split = json.loads((tmp_path / "split.json").read_text())["checks"]
+    assert "outputs too large" in single[0]["error"] and split[0]["error"] == single[0]["error"]
+    assert split[1] == single[1] and "error" not in split[1]

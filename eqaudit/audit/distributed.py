@@ -80,3 +80,19 @@ def reduce_stats(stats: BlockStats, world: World) -> None:
     dist.all_reduce(v, op=dist.ReduceOp.MAX)
     v = torch.where(torch.isinf(v) & (v < 0), torch.full_like(v, float("nan")), v)
     stats.values.copy_(v.to(stats.values.device))
+
+
+def merged_failures(failed: dict[int, str], world: World) -> dict[int, str]:
+    """The checks that failed in any process, with the first process's message for each (every
+    rank then reports the same error rows; a single process gets ``failed`` itself)."""
+    if world.size == 1:
+        return failed
+    import torch.distributed as dist
+
+    gathered: list[dict[int, str] | None] = [None] * world.size
+    dist.all_gather_object(gathered, failed)
+    merged: dict[int, str] = {}
+    for part in gathered:
+        for j, message in (part or {}).items():
+            merged.setdefault(j, message)
+    return dict(sorted(merged.items()))

@@ -25,7 +25,7 @@ from ..spec import Spec, check_seed, load_spec
 from . import chunk
 from .chunking import Probe, auto_batch_size, bounded_chunk, forward_rows, probe, round_up
 from .device import Autocast, model_dtype, resolve_device
-from .distributed import World, current_world, reduce_stats
+from .distributed import World, current_world, merged_failures, reduce_stats
 from .estimator import BLOCK, BlockStats, Summary
 from .extras import inverse_hints, noise_floors
 from .grid import ChunkGrid, Progress
@@ -176,6 +176,7 @@ def _measure(target: _Target, spec: Spec, batch_size: int | None, progress: Prog
     grid = ChunkGrid(target.forward, target.world, target.dev, target.plan, sampler, chunk_size,
                      batch_size is not None, progress, max_rows)
     chunk_size = grid.chunk_size = grid.run(spec, local)  # later rounds keep a size that fits
+    grid.failed = merged_failures(grid.failed, target.world)
     stats = _reduced(local, target.world)
     eps = precision.target_halfwidth
     if eps is not None:
@@ -191,6 +192,7 @@ def _measure(target: _Target, spec: Spec, batch_size: int | None, progress: Prog
             local.clear_from(begin)
             spec = spec.replace(samples=n_next)
             grid.run(spec, local, begin=begin)
+            grid.failed = merged_failures(grid.failed, target.world)
             stats = _reduced(local, target.world)
     if plan is not None:
         plan.tap.remove()

@@ -276,13 +276,13 @@ def parse_dynamics(src: YamlSource, raw: Any) -> DynamicsConfig:
         displacements = [displacements]
     if not isinstance(displacements, list) or not displacements:
         raise src.error("dynamics.displacements", f"expected a list of numbers, got {describe_value(displacements)}")
-    ts = tuple(parse_float(src, t, f"dynamics.displacements[{i}]", minimum=None) for i, t in enumerate(displacements))
-    if any(t == 0 for t in ts):
+    values = tuple(parse_float(src, t, f"dynamics.displacements[{i}]", minimum=None) for i, t in enumerate(displacements))
+    if any(t == 0 for t in values):
         raise src.error("dynamics.displacements", "a displacement of 0 measures nothing")
     return DynamicsConfig(
         enabled=enabled,
         directions=parse_int(src, section.get("directions", 10), "dynamics.directions", minimum=1),
-        displacements=ts,
+        displacements=values,
         iterations=parse_int(src, section.get("iterations", 50), "dynamics.iterations", minimum=1),
         examples=parse_int(src, section.get("examples", 512), "dynamics.examples", minimum=1),
     )

@@ -120,11 +120,11 @@ class Trainer:
         import torch
         from transforms_zoo import SampleRNG
 
-        k = self.cfg.regularizer.num_funcs
-        if k is None or k >= len(self.penalized):
+        count = self.cfg.regularizer.num_funcs
+        if count is None or count >= len(self.penalized):
             return list(self.penalized)
         rng = SampleRNG(self.spec.seed, torch.tensor([step], dtype=torch.int64), stream=self._stream).child("checks")
-        picks = sorted(int(i) for i in rng.choice(k, len(self.penalized))[0])
+        picks = sorted(int(i) for i in rng.choice(count, len(self.penalized))[0])
         return [self.penalized[i] for i in picks]
 
     def penalty_step(self, step: int) -> bool:

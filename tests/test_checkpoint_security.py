@@ -394,3 +394,36 @@ def test_measure_of_an_evil_pt2_is_exit_2_and_runs_nothing(evil_archives, tmp_pa
     assert r.exit_code == 2 and "--trust-checkpoint" in r.stderr, r.output
     assert len(r.stderr.strip().splitlines()) == 1
     assert not marker.exists()
+
+
+# -- TorchScript: no Python, so no flag needed (documented in eqaudit.io.checkpoint) -------------------
+class _SystemCall:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("member", ["data.pkl", "constants.pkl", "code"])
+def test_torchscript_cannot_carry_python(tmp_path, member: str) -> None:
+    """TorchScript's C++ loader knows torch types and TorchScript only: a pickled os.system in its
+    pickles, or Python in its code, fails to load, and nothing runs."""
+    marker = tmp_path / "MARKER"
+    good = tmp_path / "good.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(Linear3()), str(good))
+
+    def edit(name: str, data: bytes) -> bytes:
+        if member == "code" and name.startswith("code/") and name.endswith(".py"):
+            return data.replace(b"    fc = self.fc", f"    _ = __import__('os').system('touch {marker}')\n"
+                                                    "    fc = self.fc".encode())
+        if name == member:
+            return pickle.dumps(_SystemCall(marker), protocol=2)
+        return data
+
+    evil = _rewrite(good, tmp_path / "evil.pt", edit)
+    with pytest.raises(EqauditError, match="cannot load the TorchScript archive"):
+        load_model(evil)
+    assert not marker.exists()

@@ -101,8 +101,10 @@ def check_distinct(outputs: Mapping[str, str | Path | None], inputs: Mapping[str
 
 def _what(key: str) -> str:
     """A short name for the input at ``key`` (``spec``, ``checkpoint``, ``data file``, ...)."""
-    last = [part for part in re.split(r"[.\[\]]", key) if part][-1:] or [key]
+    parts = [part for part in re.split(r"[.\[\]]", key) if part and not part.isdigit()]
+    last = (parts[-1] if parts else key).lower().strip("-")
     return {"spec": "spec", "config": "config", "checkpoint": "checkpoint", "data": "data file",
             "path": "data file", "val_path": "validation data file", "factory": "factory code",
-            "distance": "distance code", "dataset": "dataset code", "task_loss": "task-loss code",
-            "state": "resumable state"}.get(last[0], "file")
+            "distance": "distance code", "dataset": "dataset code", "val_dataset": "dataset code",
+            "task_loss": "task-loss code", "input": "transform code", "output": "transform code",
+            "both": "transform code", "state": "resumable state"}.get(last, "file")

@@ -16,9 +16,11 @@ not depend on the chunking.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
+from typing import Any
 
 import torch
 
@@ -45,6 +47,11 @@ class Summary:
     p95: float = math.nan
     p99: float = math.nan
     quantile_n: int = 0  # how many values the quantiles were computed from
+
+    def figures(self) -> dict[str, Any]:
+        """The figures a report shows of the check: every field but the count of non-finite errors
+        (which, when not 0, refuses the estimate instead)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "nonfinite"}
 
     @property
     def half_width(self) -> float:

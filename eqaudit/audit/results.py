@@ -42,35 +42,15 @@ def refuse_unusable(spec: Spec, j: int, s: Summary) -> None:
         )
 
 
-def check_result(spec: Spec, j: int, s: Summary, summaries: list[Summary], *, confidence: float, gate: str,
-                 noise_floor: float, hint: str | None, layers: list[dict[str, Any]] | None) -> CheckResult:
-    """Check ``j``'s row of the report from its summary ``s`` (``summaries``: every column)."""
+def check_result(spec: Spec, j: int, s: Summary, summaries: list[Summary], *, gate: str, noise_floor: float,
+                 hint: str | None, layers: list[dict[str, Any]] | None) -> CheckResult:
+    """Check ``j``'s row of the report from its summary ``s`` (its figures, at the summary's
+    confidence; ``summaries``: every column)."""
     check = spec.checks[j]
     return CheckResult(
-        name=check.name,
-        input=check.input_text,
-        output=check.output_text,
-        distance=check.distance.name,
-        n=s.n,
-        mean=s.mean,
-        std=s.std,
-        stderr=s.stderr,
-        ci_low=s.ci_low,
-        ci_high=s.ci_high,
-        confidence=confidence,
-        epsilon=check.epsilon,
-        threshold=check.threshold,
-        weight=check.weight,
-        max=s.max,
-        gate=gate,
-        p50=s.p50,
-        p95=s.p95,
-        p99=s.p99,
-        quantile_n=s.quantile_n,
-        noise_floor=noise_floor,
-        hint=hint,
-        elements=element_results(spec, j, summaries, gate),
-        layers=layers,
+        name=check.name, input=check.input_text, output=check.output_text, distance=check.distance.name,
+        **s.figures(), epsilon=check.epsilon, threshold=check.threshold, weight=check.weight, gate=gate,
+        noise_floor=noise_floor, hint=hint, elements=element_results(spec, j, summaries, gate), layers=layers,
         mask=check.mask,
     )
 

@@ -285,7 +285,7 @@ def _report(target: _Target, measured: _Measured, extras: _Extras, confidence: f
             continue
         refuse_unusable(spec, j, s)
         results.append(check_result(
-            spec, j, s, summaries, confidence=confidence, gate=gate,
+            spec, j, s, summaries, gate=gate,
             noise_floor=floors[j] if floors is not None else math.nan, hint=extras.hints.get(j),
             layers=plan.results(j, summaries) if plan is not None else None))
     notes = list(plan.notes()) if plan is not None else []

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from . import dynamics
+from .dynamics import sharpness, top_hessian_eigenvalue
 from .config import FinetuneConfig
 from .data import Examples, move_batch
 from .losses import call_model, loss_value, make_task_loss
@@ -33,13 +33,13 @@ def compute_dynamics(cfg: FinetuneConfig, options: DynamicsConfig, model: Any, t
     result: dict[str, Any] = {"examples": rows, "split": "train", "mode": "eval",
                               "parameters": int(sum(p.numel() for p in params))}
     try:
-        sharpness = dynamics.sharpness(task_loss, params, displacements=options.displacements,
-                                       directions=options.directions, seed=cfg.spec.seed)
-        result["loss"] = sharpness.pop("loss")
+        figures = sharpness(task_loss, params, displacements=options.displacements,
+                            directions=options.directions, seed=cfg.spec.seed)
+        result["loss"] = figures.pop("loss")
         result["sharpness"] = {"definition": "mean over unit directions d (norm 1 over all parameters) and "
-                               "displacements t of |L(w + t d) - L(w)|", **sharpness}
+                               "displacements t of |L(w + t d) - L(w)|", **figures}
         try:
-            top = dynamics.top_hessian_eigenvalue(task_loss, params, iterations=options.iterations, seed=cfg.spec.seed)
+            top = top_hessian_eigenvalue(task_loss, params, iterations=options.iterations, seed=cfg.spec.seed)
             result["hessian"] = {"definition": "dominant eigenvalue of the Hessian of the task loss, power "
                                  "iteration on Hessian-vector products", **top}
         except RuntimeError as exc:  # an op without double backward

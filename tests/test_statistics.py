@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from eqaudit.cli import app
 from eqaudit.audit.run import audit
-from eqaudit.errors import EqauditError
+from eqaudit.errors import ArgumentError, EqauditError
 from eqaudit.audit.estimator import BlockStats, quantiles, summarize_values
 from eqaudit.spec import spec_from_dict
 
@@ -112,10 +112,12 @@ def test_precision_eps_stops_at_the_cap(pixel_reader):
 def test_precision_bad_values(pixel_reader):
     spec = _spec([{"input": "hflip"}], samples=64)
     for bad in ("-1", "0", "fp8", "nan"):
-        with pytest.raises(EqauditError, match="--precision|precision"):
+        with pytest.raises(ArgumentError, match="precision") as info:
             audit(pixel_reader, spec, precision=bad)
-    with pytest.raises(EqauditError, match="--max-samples"):
+        assert info.value.argument == "precision"  # the Python parameter; the CLI says --precision
+    with pytest.raises(ArgumentError, match="max_samples caps sequential sampling") as info:
         audit(pixel_reader, spec, max_samples=100)
+    assert info.value.argument == "max_samples"
 
 
 # -- Sobol ----------------------------------------------------------------------------------------

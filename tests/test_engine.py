@@ -274,3 +274,15 @@ def test_a_device_this_build_lacks_is_named_at_device():
     with pytest.raises(ArgumentError, match=r"device 'mps' requested but .* has no mps") as info:
         resolve_device("mps")
     assert info.value.argument == "device"  # the library names its parameter; the CLI maps it to --device
+
+
+@pytest.mark.parametrize(("kwargs", "argument"), [
+    ({"samples": 0}, "samples"), ({"samples": 1.5}, "samples"), ({"seed": -1}, "seed"), ({"gate": "max"}, "gate"),
+    ({"confidence": 1.0}, "confidence"), ({"batch_size": 0}, "batch_size"), ({"precision": "fp8"}, "precision"),
+    ({"max_samples": 0}, "max_samples"), ({"device": "tpu"}, "device"),
+])
+def test_bad_arguments_name_the_python_parameter(pixel_reader, kwargs, argument):
+    # the library never names a CLI flag (it said --samples, --gate...); the CLI maps the parameter
+    with pytest.raises(ArgumentError) as info:
+        audit(pixel_reader, _spec([{"input": "hflip"}], samples=64), **kwargs)
+    assert info.value.argument == argument and info.value.key == argument and "--" not in str(info.value)

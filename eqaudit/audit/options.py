@@ -4,14 +4,14 @@ parameter (the CLI maps it to its flag)."""
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
 
 from ..errors import ArgumentError
+from ..report import GATES
 from ..spec import MAX_SAMPLES
-
-GATES = ("mean", "upper")
 
 _AUTOCAST = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 
@@ -26,7 +26,7 @@ def check_gate_confidence(gate: str, confidence: float) -> None:
 
 def check_samples(samples: int, argument: str = "samples") -> int:
     """A sample count in ``1 .. MAX_SAMPLES``."""
-    if isinstance(samples, bool) or not isinstance(samples, int):
+    if isinstance(samples, bool) or not isinstance(samples, numbers.Integral):
         raise ArgumentError(argument, f"{argument} must be an integer, got {samples!r}")
     if samples < 1:
         raise ArgumentError(argument, f"{argument} must be >= 1, got {samples}")

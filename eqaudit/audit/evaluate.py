@@ -145,12 +145,12 @@ class _Context:
     # -- the two orders of the same steps ---------------------------------------------------------
     def fused(self, x: torch.Tensor, y: torch.Tensor, rng: SampleRNG, order: list[int],
               rows_of: list[torch.Tensor | None]) -> Evaluation:
-        done: list[CheckErrors] = []
+        finished: list[CheckErrors] = []  # Lie checks and checks without rows: no fused forward
         pending: list[TransformedInput] = []
         for j, r in zip(order, rows_of):
             direct = self.transform_inputs(x, rng, j, r, pending)
             if direct is not None:
-                done.append(direct)
+                finished.append(direct)
         self.forward_fused(pending)
         try:
             pairs = [self.compared(item, self.output_side(item, y)) for item in pending]
@@ -159,7 +159,7 @@ class _Context:
                 self.refuse_batch_dependent_width(x, y, pending)
             raise
         errors = self.distances(pending, pairs)
-        return Evaluation(_ordered(order, done + _assembled(self.checks, pending, errors)), pending)
+        return Evaluation(_ordered(order, finished + _assembled(self.checks, pending, errors)), pending)
 
     def sequential(self, x: torch.Tensor, y: torch.Tensor, rng: SampleRNG, j: int,
                    r: torch.Tensor | None) -> Evaluation:
@@ -245,7 +245,10 @@ class _Context:
         n = x.shape[0]
         for size in sorted(set(rows.values()) - {n}):
             repeated = x.repeat(-(-size // n), *([1] * (x.dim() - 1)))[:size]
-            other = forward_rows(self.model, repeated, self.locate, "input.shape", self.max_rows)
+            try:
+                other = forward_rows(self.model, repeated, self.locate, "input.shape", self.max_rows)
+            except Exception:
+                return  # no diagnosis: the check's own error stands
             if other.shape[1:] != y.shape[1:]:
                 raise batch_dependent_width(self.locate, self.model, n, y, size, other)
 
@@ -329,7 +332,8 @@ class _Context:
         except (ValueError, RuntimeError) as exc:
             if is_oom(exc):
                 raise
-            raise self.locate.error(key, f"drawing the parameters of {t.describe()} failed: {first_line(exc)}") from None
+            raise self.locate.error(key, f"drawing the parameters of {t.describe()} failed: "
+                                    f"{first_line(exc)}") from None
 
 
 def _real_dtype(x: torch.Tensor) -> torch.dtype:

@@ -41,7 +41,8 @@ class PointSampler:
             except RuntimeError:
                 raise spec.error(
                     "input.bounds",
-                    f"bounds of shape {list(b.shape[:-1])} + [lo, hi] do not broadcast to input.shape {list(self.shape)}",
+                    f"bounds of shape {list(b.shape[:-1])} + [lo, hi] do not broadcast to input.shape "
+                    f"{list(self.shape)}",
                 ) from None
             self.lo = b[..., 0].to(device=device, dtype=self.dtype)
             self.span = (b[..., 1] - b[..., 0]).to(device=device, dtype=self.dtype)

@@ -76,8 +76,8 @@ def _parse_weight(i: int, v: Any, name: str) -> float | torch.Tensor:
     if bad:
         raise ValueError(f"transforms[{i}]: {name} must be >= 0, got {v!r}")
     if not bool(torch.isfinite(torch.as_tensor(v.detach() if isinstance(v, torch.Tensor) else v))):
-        raise ValueError(f"transforms[{i}]: {name} must be finite, got {v!r}"
-                         + (" (an infinite epsilon makes the penalty 0 whatever the model)" if name == "epsilon" else ""))
+        why = " (an infinite epsilon makes the penalty 0 whatever the model)" if name == "epsilon" else ""
+        raise ValueError(f"transforms[{i}]: {name} must be finite, got {v!r}{why}")
     return v
 
 
@@ -102,7 +102,8 @@ def _parse_transform(i: int, f: Any, role: str, both: bool = False) -> Transform
 def parse_checks(transforms: Any) -> tuple[list[tuple[Any, ...]], list[ParsedCheck]]:
     """``(snapshot, checks)``: the tuples' items as they are now, and the parsed checks."""
     if isinstance(transforms, (str, bytes, Mapping)) or not isinstance(transforms, Sequence):
-        raise ValueError("transforms must be a list of (f_out, f_in, epsilon, lambda_eq) or (f, epsilon, lambda_eq) tuples")
+        raise ValueError("transforms must be a list of (f_out, f_in, epsilon, lambda_eq) or (f, epsilon, lambda_eq) "
+                         "tuples")
     checks = [_parse_check(i, t) for i, t in enumerate(transforms)]
     return [tuple(t) for t in transforms], checks
 

@@ -62,12 +62,12 @@ def warp(x: torch.Tensor, theta: torch.Tensor, padding: str, name: str) -> torch
     check_rows(x, theta.shape[0], name)
     if x.numel() == 0:
         return x
-    if h == 1 and w == 1:  # the one pixel is the centre, which rotations and zooms keep (and CPUs
-        return x.clone()   # have no half-precision affine_grid of one pixel)
     c = math.prod(x.shape[1:-2])
     x4 = x.reshape(n, c, h, w)
-    theta = theta.to(device=x.device, dtype=x.dtype)
-    grid = F.affine_grid(theta, [n, c, h, w], align_corners=False)
+    # CPUs have no half-precision affine_grid for a side of one pixel: the grid is made in float32
+    half_on_cpu = x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16)
+    theta = theta.to(device=x.device, dtype=torch.float32 if half_on_cpu else x.dtype)
+    grid = F.affine_grid(theta, [n, c, h, w], align_corners=False).to(x.dtype)
     y = F.grid_sample(x4, grid, mode="bilinear", padding_mode=padding, align_corners=False)
     return y.reshape(x.shape)
 

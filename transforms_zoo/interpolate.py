@@ -90,6 +90,7 @@ class Rotate(Transform):
         """Rotation by ``t`` radians (``(n,)``) counter-clockwise, bilinear (the size of ``degrees`` is
         not used; 0 is refused)."""
         self._require_lie_generator()
+        need_2d(x, self.name)
         theta = rotation_theta_radians(t, x.shape[-2], x.shape[-1])
         return warp_ad(x, theta, self.padding, self.name)
 
@@ -170,6 +171,7 @@ class Scale(Transform):
         """Zoom by the factor ``exp(t)`` (``(n,)``), bilinear (the size of ``factor`` is not used; 1
         is refused)."""
         self._require_lie_generator()
+        need_2d(x, self.name)
         inv = torch.exp(-t)
         z = torch.zeros_like(inv)
         theta = torch.stack([torch.stack([inv, z, z], -1), torch.stack([z, inv, z], -1)], -2)

@@ -274,6 +274,7 @@ def _with_default_thresholds(
     """Give the checks without a threshold ``atol + rtol * scale``; return the explanations."""
     import torch
 
+    from .audit.compare import widened
     from .audit.device import Autocast, model_dtype, resolve_device
     from .audit.options import parse_precision
     from .audit.sampling import PointSampler
@@ -303,7 +304,7 @@ def _with_default_thresholds(
             model.train(True)
     if not isinstance(y, torch.Tensor) or y.dim() == 0:
         return spec, {}  # the audit reports it
-    out_dtype = y.dtype if y.is_floating_point() else dtype
+    out_dtype = y.dtype if y.is_floating_point() or y.is_complex() else dtype
     base = default_tolerance(out_dtype)
     a = float(atol) if atol is not None else base
     r = float(rtol) if rtol is not None else base
@@ -314,7 +315,7 @@ def _with_default_thresholds(
             continue
         name = check.distance.name
         if name in _NORM_DISTANCES or name.startswith("lp:"):
-            yy = y.to(torch.float64)
+            yy = widened(y, torch.float64)  # complex outputs: complex128, never cut to the real part
             scale_t = check.distance(torch.zeros_like(yy), yy).reshape(-1).to(torch.float64)
             scale_t = scale_t[torch.isfinite(scale_t)]
             scale = float(scale_t.mean()) if scale_t.numel() else 0.0

@@ -242,3 +242,11 @@ def test_traceback_of_failure_is_short():
     except AssertionError:
         text = traceback.format_exc()
     assert re.search(r"EquivarianceAssertionError: model is not equivariant", text)
+
+
+def test_complex_outputs_get_a_default_threshold_from_their_modulus():
+    # the output scale of complex outputs: their full modulus (a cast to float dropped the imaginary part,
+    # with a UserWarning that filterwarnings=error turns into a failure)
+    report = assert_equivariant(lambda x: torch.fft.fft2(x) * 1j, [{"input": "identity"}], shape=[1, 4, 4],
+                                samples=64)
+    assert report.checks[0].threshold > 0 and report.checks[0].mean == 0.0

@@ -37,12 +37,12 @@ class Param:
     def value(self, given: dict[str, Any]) -> Any:
         """The parsed value of this parameter from the given keyword arguments (or its default).
 
-        Raises ``ValueError`` for a wrong value and ``KeyError`` when a required one is missing.
+        Raises ``ValueError`` for a wrong value, or for a required one that is missing.
         """
         if self.name in given:
             return self.parse(given[self.name])
         if self.required:
-            raise KeyError(self.name)
+            raise ValueError(f"parameter '{self.name}' is required")
         return None if self.default is None else self.parse(self.default)
 
 

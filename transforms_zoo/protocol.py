@@ -49,10 +49,10 @@ class Transform:
                     hint=did_you_mean(key, declared) or "it takes no parameters",
                 )
         for p in declared.values():
+            if p.required and p.name not in kwargs:
+                raise TransformError(f"transform '{self.name}' needs parameter '{p.name}'", key=p.name)
             try:
                 value = p.value(kwargs)
-            except KeyError:
-                raise TransformError(f"transform '{self.name}' needs parameter '{p.name}'", key=p.name) from None
             except ValueError as exc:
                 raise TransformError(str(exc), key=p.name) from None
             setattr(self, p.name, value)

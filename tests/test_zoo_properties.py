@@ -68,3 +68,28 @@ def test_a_lie_path_acts_or_raises_a_transform_error(config, shape, rows, dtype)
     t = tz.build(config)
     x = torch.zeros(rows, *shape, dtype=dtype)
     _acts_or_says_why(lambda x: t.lie_path(x, torch.zeros(rows, dtype=dtype)), x)
+
+
+CHECK_SIDES = [*CONFIGS, [{"shift": {"dx": 1}}, "hflip"], ["rot90", {"permute": {"perm": [1, 0], "dim": -1}}]]
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(side=st.sampled_from(CHECK_SIDES), key=st.sampled_from(["input", "both"]),
+       extra=st.sampled_from([{}, {"mask": "valid"}, {"mode": "lie"}]),
+       shape=st.lists(st.integers(1, 6), min_size=1, max_size=4),
+       group=st.sampled_from([None, *GROUPS]))
+def test_a_parsed_check_probes_cleanly_or_names_its_key(side, key, extra, shape, group):
+    """What the parser accepts, the probe (validate's dry run) runs or refuses at a check's key."""
+    from eqaudit.errors import EqauditError
+    from eqaudit.spec import probe_transforms, spec_from_dict
+
+    check = {"group": group} if group is not None else {key: side}
+    try:
+        spec = spec_from_dict({"input": {"shape": shape}, "checks": [{**check, **extra}]})
+    except EqauditError as exc:
+        assert exc.key and exc.key.startswith("checks[0]"), exc
+        return
+    try:
+        probe_transforms(spec)
+    except EqauditError as exc:
+        assert exc.key and exc.key.startswith("checks[0]."), exc

@@ -227,3 +227,19 @@ def test_a_resume_with_another_seed_says_so(proj):
     r = cli(cfg, "--resume", "--steps", "8", "--seed", "4")
     assert r.exit_code == 2 and "saved by a run with seed 3, this run has seed 4" in r.stderr, r.output
     assert cli(cfg, "--resume", "--steps", "8", "--seed", "3", "--quiet").exit_code == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_state_that_is_a_fifo_is_refused_without_blocking(proj):
+    # torch.load on a named pipe blocked the run forever
+    import subprocess
+    import sys
+
+    cfg = _finished_run(proj)
+    state = proj / "out" / "tuned.state.pt"
+    state.unlink()
+    os.mkfifo(state)
+    r = subprocess.run([sys.executable, "-m", "eqaudit", "finetune", str(cfg), "--resume", "--steps", "8"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert f"resumable state '{state}' is a FIFO (named pipe), not a regular file" in r.stderr

@@ -231,7 +231,7 @@ def test_a_resume_with_another_seed_says_so(proj):
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
 def test_a_state_that_is_a_fifo_is_refused_without_blocking(proj):
-    # torch.load on a named pipe blocked the run forever
+    # it was reported as missing ("no resumable state"); it must never be opened (it would block)
     import subprocess
     import sys
 

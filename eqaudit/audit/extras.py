@@ -17,7 +17,7 @@ from ..spec import Spec
 from .distances import Distance
 from .estimator import BLOCK
 from .evaluate import evaluate_checks
-from .forward import batch_dependent_width
+from .forward import batch_dependent_width, forward_once
 from .sampling import PointSampler
 
 
@@ -77,7 +77,7 @@ def first_block_errors(model: Any, spec: Spec, sampler: PointSampler, dev: torch
     n0 = min(spec.samples, BLOCK)
     rng = SampleRNG.for_range(spec.seed, 0, n0, dev)
     x = sampler.draw(rng)
-    y = model(x)
+    y = forward_once(model, x, spec, "input.shape")
     errors = []
     for output in outputs:
         checks = list(spec.checks)

@@ -106,7 +106,10 @@ class EquivarianceError(nn.Module):
 
     Raises:
         ValueError: a malformed check (the message names ``transforms[i]``), an unknown or invalid
-            ``dist`` (with a did-you-mean), bad ``shape``, ``n``, ``num_funcs`` or ``bounds``.
+            ``dist`` (with a did-you-mean), bad ``shape``, ``n``, ``num_funcs`` or ``bounds``; at a
+            call, points that are not a batch of ``shape``, and a failure of the model, of a
+            transform (``transforms[i]: f_in`` / ``f_out`` / ``f``) or of the distance (``dist``).
+        TypeError: the model or a transform returned something other than a tensor.
 
     ``transforms``, ``dist``, ``bounds`` and ``shape`` take effect on the next call when reassigned
     (``reg.transforms = [(f, f, eps, new_weight)]`` to anneal a weight), as in the original, and
@@ -143,7 +146,7 @@ class EquivarianceError(nn.Module):
 
     # -- the original's attributes, read on every call as the original does ---------------------
     # Reassigning one (``reg.dist = 1``, ``reg.transforms = [...]`` to anneal a weight) takes
-    # effect on the next call and is validated at once; ``num_funcs`` is plain.
+    # effect on the next call and is validated at once (``n`` too); ``num_funcs`` is plain.
     _LIVE = frozenset({"shape", "transforms", "dist", "bounds", "n"})
 
     def __setattr__(self, name: str, value: Any) -> None:

@@ -22,6 +22,7 @@ COMMANDS = {
     "transforms": ("eqaudit.cli.transforms", "transforms"),
     "sweep": ("eqaudit.cli.sweep", "sweep"),
     "finetune": ("eqaudit.cli.finetune", "finetune_command"),
+    "compare": ("eqaudit.cli.compare", "compare"),
 }
 
 

@@ -10,9 +10,11 @@ import typer
 
 from .errors import handles_errors
 from .options import DebugOpt, DeviceOpt, QuietOpt, SeedOpt, TrustOpt, load_spec_file
-from .output import check_inputs, check_outputs, emit, err, escape, fail, note, out, run_inputs, with_progress
+from .output import check_inputs, check_outputs, err, escape, fail, note, out, run_inputs, with_progress
 
-CheckpointArg = Annotated[Optional[Path], typer.Argument(help="Checkpoint file; overrides model.checkpoint in the spec.")]
+CheckpointArg = Annotated[Optional[list[Path]], typer.Argument(
+    help="Checkpoint file; overrides model.checkpoint in the spec. Several: each is audited on the same points "
+         "and compared with the first (paired differences).")]
 SpecOpt = Annotated[Path, typer.Option("--spec", "-s", help="The spec YAML (model, input, checks).")]
 SamplesOpt = Annotated[Optional[int], typer.Option(help="Monte Carlo sample size (overrides the spec).")]
 BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Samples per chunk (default: chosen automatically).")]
@@ -29,6 +31,17 @@ MaxSamplesOpt = Annotated[Optional[int], typer.Option("--max-samples", help="Sam
 QuantilesOpt = Annotated[bool, typer.Option("--quantiles", help="Add p50, p95, p99 and max columns to the table.")]
 LayersOpt = Annotated[bool, typer.Option("--layers", help="Print the per-layer table (spec key 'layers').")]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="Wrap the model in torch.compile.")]
+BaselineOpt = Annotated[Optional[Path], typer.Option(
+    "--baseline", help="An earlier JSON report of the same spec: report each check's change against it, with a "
+                       "confidence interval (paired when both carry per-sample errors of the same points, else Welch).")]
+RegressionOpt = Annotated[Optional[str], typer.Option(
+    "--fail-on-regression",
+    help="Allowed relative increase of a check's mean (10% or 0.1): exit 1 when the lower confidence bound of the "
+         "increase exceeds it. With --baseline the default is 0 (any significant increase; 'off': report only); "
+         "with several checkpoints or in compare, regressions fail the run only when this is given.")]
+SaveSamplesOpt = Annotated[bool, typer.Option(
+    "--save-samples", help="Keep every check's per-sample errors in the JSON report (samples_errors), so that a "
+                           "later run of the same spec and seed with --baseline pairs with them.")]
 
 
 @handles_errors(flags={"checkpoint": "CHECKPOINT"})
@@ -49,6 +62,9 @@ def measure(
     quantiles: QuantilesOpt = False,
     layers: LayersOpt = False,
     compile_model: CompileOpt = False,
+    baseline: BaselineOpt = None,
+    fail_on_regression: RegressionOpt = None,
+    save_samples: SaveSamplesOpt = False,
     trust_checkpoint: TrustOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -59,32 +75,59 @@ def measure(
     the samples are split across processes and rank 0 writes the reports.
     """
     from ..audit.run import audit
-    from ..errors import EqauditError
+    from . import measure_many as many
 
     the_spec = load_spec_file(spec)
-    if checkpoint is not None and not checkpoint.exists():
-        raise EqauditError("checkpoint file not found", file=str(checkpoint), hint="check the path")
-    inputs = run_inputs(spec, the_spec, checkpoint, "CHECKPOINT")
-    check_inputs(the_spec, inputs)
+    paths: list[Path | None] = list(checkpoint or [None])
+    inputs = _inputs(spec, the_spec, paths, baseline)
     check_outputs({"--json": json_path, "--junit": junit, "--markdown": markdown}, inputs)  # before the long run
     to_stdout = json_path == "-"
-    report = with_progress(
-        not quiet and not to_stdout and err.is_terminal, "measuring",
-        lambda progress: audit(None, the_spec, samples=samples, seed=seed, device=device, batch_size=batch_size,
-                               confidence=confidence, gate=gate, progress=progress, checkpoint=checkpoint,
-                               trust_checkpoint=trust_checkpoint, precision=precision, compile=compile_model,
-                               max_samples=max_samples))
+
+    def run(path: Path | None) -> Any:
+        return with_progress(
+            not quiet and not to_stdout and err.is_terminal, "measuring",
+            lambda progress: audit(None, the_spec, samples=samples, seed=seed, device=device, batch_size=batch_size,
+                                   confidence=confidence, gate=gate, progress=progress, checkpoint=path,
+                                   trust_checkpoint=trust_checkpoint, precision=precision, compile=compile_model,
+                                   max_samples=max_samples))
+
+    outputs = many.Outputs(json_path, junit, markdown, quiet or to_stdout, save_samples, fail_on_regression)
+    sampling = {"trust_checkpoint": trust_checkpoint, "precision": precision}
+    if len(paths) > 1:
+        raise typer.Exit(many.measure_several(the_spec, paths, run, outputs, sampling))
+    report = run(paths[0])
     from ..audit.distributed import current_world
 
+    kept, comparison = many.with_baseline(the_spec, report, paths[0], baseline, outputs, sampling)
     if current_world().is_main:  # every rank holds the same report; one writes it
-        emit(json_path, "--json", report.to_json() + "\n")
-        emit(junit, "--junit", report.to_junit())
-        emit(markdown, "--markdown", report.to_markdown())
-        if not quiet and not to_stdout:
+        many.write_single(report, kept, baseline, comparison, outputs)
+        if not outputs.quiet:
             _print(report, quantiles, layers)
+            many.print_comparison(comparison)
         for check in report.errors:  # a check that could not be measured: its own error line, exit 2
             fail(escape(check.error))
-    raise typer.Exit(report.exit_code)
+    raise typer.Exit(many.exit_code([report.exit_code, comparison.exit_code if comparison else 0]))
+
+
+def _inputs(spec_path: Path, the_spec: Any, paths: list[Path | None], baseline: Path | None) -> dict[str, Any]:
+    """The run's input files by the option that names them, checked (exist, regular files); the
+    baseline is read here too, so a bad one is refused before the run."""
+    from ..errors import EqauditError
+    from ..report.compare import read_reports
+
+    for path in paths:
+        if path is not None and not path.exists():
+            raise EqauditError("checkpoint file not found", file=str(path), hint="check the path")
+    if baseline is not None and len(paths) > 1:
+        raise EqauditError("--baseline compares the run of one checkpoint; several checkpoints are compared with "
+                           "the first", key="--baseline", hint="give one checkpoint, or compare the reports")
+    inputs = run_inputs(spec_path, the_spec, paths[0], "CHECKPOINT")
+    inputs.update({f"CHECKPOINT {i + 1}": p for i, p in enumerate(paths[1:], 1)})
+    inputs["--baseline"] = baseline
+    check_inputs(the_spec, inputs)
+    if baseline is not None:
+        read_reports(str(baseline), "--baseline")
+    return inputs
 
 
 def _print(report: Any, quantiles: bool, layers: bool) -> None:

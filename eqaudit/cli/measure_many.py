@@ -1,0 +1,255 @@
+"""``eqaudit measure`` beyond one plain audit: the per-sample errors of a run (for paired
+differences and ``--save-samples``), several checkpoints audited on the same points with their
+paired differences against the first, and the comparison with a ``--baseline`` report.
+
+The per-sample errors come from a second pass over the audit's points through the evaluation
+core's own chunk function (:func:`eqaudit.audit.chunk.measure_chunk`, into statistics that keep
+every value), so they are exactly the errors the audit folded into its estimates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..report.compare import Comparison, SampleErrors, compare_reports, parse_tolerance, read_reports, require_same_spec
+
+#: Builds one checkpoint's report: ``run(checkpoint) -> Report`` (the audit with the CLI's options).
+Runner = Callable[[Any], Any]
+
+
+def points_digest(sampler: Any, seed: int, dev: Any) -> str:
+    """A digest of the first block of drawn points: two runs pair only when it agrees."""
+    import torch
+
+    from transforms_zoo import SampleRNG
+
+    from ..audit.estimator import BLOCK
+
+    x = sampler.draw(SampleRNG.for_range(seed, 0, BLOCK, dev))
+    return hashlib.sha256(x.detach().to("cpu", torch.float64).contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def sample_errors(spec: Any, report: Any, checkpoint: Path | None, *, trust_checkpoint: bool,
+                  precision: str | None) -> SampleErrors:
+    """Every check's per-sample errors (float64, sample order; NaN: non-finite or not drawn) of
+    the run that gave ``report``: the same seed, sample count, device and chunk size."""
+    import torch
+
+    from ..audit.chunk import measure_chunk, n_columns
+    from ..audit.chunking import round_up
+    from ..audit.device import Autocast, model_dtype
+    from ..audit.estimator import BLOCK, BlockStats
+    from ..audit.options import parse_precision
+    from ..audit.sampling import PointSampler
+
+    spec = spec.replace(samples=report.samples, seed=report.seed)
+    dev = torch.device(report.device)
+    model = spec.build_model(checkpoint, trust_checkpoint=trust_checkpoint)
+    model.eval()
+    model.to(dev)
+    autocast = parse_precision(precision).autocast
+    forward = Autocast(model, dev, autocast) if autocast is not None else model
+    sampler = PointSampler(spec, dev, model_dtype(model))
+    stats = BlockStats(spec.samples, n_columns(spec), dev, keep_values=spec.samples)
+    active = [j for j, c in enumerate(report.checks) if c.error is None]
+    step = round_up(report.batch_size or BLOCK, BLOCK)
+    end = round_up(spec.samples, BLOCK)
+    with torch.inference_mode():
+        if active:
+            for start in range(0, end, step):
+                measure_chunk(forward, spec, sampler, stats, dev, start, min(step, end - start), active=active)
+        digest = points_digest(sampler, spec.seed, dev)
+    values = stats.values.cpu()
+    checks = {c.name: (values[:, j].tolist() if j in active else [math.nan] * spec.samples)
+              for j, c in enumerate(report.checks)}
+    return SampleErrors(spec.seed, spec.samples, digest, checks)
+
+
+def report_dict(report: Any, samples: SampleErrors | None) -> dict[str, Any]:
+    """The report's JSON form, with ``samples_errors`` when they were kept."""
+    d = report.to_dict()
+    if samples is not None:
+        d["samples_errors"] = samples.to_dict()
+    return d
+
+
+def measure_checkpoints(spec: Any, checkpoints: Sequence[Path | None], run: Runner, *, trust_checkpoint: bool,
+                        precision: str | None, tolerance: str | None) -> tuple[list[Any], list[SampleErrors],
+                                                                            Comparison]:
+    """Audit each checkpoint on the same points, then compare each with the first (paired)."""
+    reports, samples = [], []
+    for checkpoint in checkpoints:
+        report = run(checkpoint)
+        reports.append(report)
+        samples.append(sample_errors(spec, report, checkpoint, trust_checkpoint=trust_checkpoint,
+                                     precision=precision))
+    allowed = parse_tolerance(tolerance, "--fail-on-regression")
+    labels = [r.checkpoint or f"checkpoint {i + 1}" for i, r in enumerate(reports)]
+    comparison = compare_reports(reports, labels, allowed or 0.0, gated=allowed is not None, samples=samples)
+    return reports, samples, comparison
+
+
+def many_dict(spec_file: str | None, reports: Sequence[Any], samples: Sequence[SampleErrors], keep: bool,
+              comparison: Comparison) -> dict[str, Any]:
+    """The JSON report of a multi-checkpoint run: one section per checkpoint (the single-run
+    report), and the paired comparison against the first."""
+    from .._version import __version__
+
+    return {
+        "tool": "eqaudit",
+        "version": __version__,
+        "spec": spec_file,
+        "seed": reports[0].seed,
+        "samples": reports[0].samples,
+        "passed": all(r.passed for r in reports) and not comparison.exit_code,
+        "exit_code": exit_code([r.exit_code for r in reports] + [comparison.exit_code]),
+        "checkpoints": [report_dict(r, s if keep else None) for r, s in zip(reports, samples)],
+        "comparison": comparison.to_dict(),
+    }
+
+
+def exit_code(codes: Sequence[int]) -> int:
+    """The worst of several exit codes (2 > 1 > 0)."""
+    return max(codes, default=0)
+
+
+def baseline_comparison(path: Path, report: Any, samples: SampleErrors | None, tolerance: str | None) -> Comparison:
+    """The run's report against the ``--baseline`` report (same spec, or exit 2 naming the file).
+    Paired when both carry per-sample errors of the same points, Welch otherwise."""
+    from ..errors import EqauditError
+
+    found = read_reports(str(path), "--baseline")
+    if len(found) != 1:
+        raise EqauditError(f"holds {len(found)} checkpoints' reports; --baseline takes a single-checkpoint report",
+                           file=str(path), key="--baseline", hint="write the baseline with one checkpoint")
+    base = found[0]
+    require_same_spec(base.report, report, str(path), "this run", "--baseline")
+    allowed = 0.0 if tolerance is None else parse_tolerance(tolerance, "--fail-on-regression")
+    return compare_reports([base.report, report], [str(path), report.checkpoint or "this run"],
+                           allowed or 0.0, gated=allowed is not None, samples=[base.samples, samples])
+
+
+def wants_samples(path: Path | None, report: Any) -> bool:
+    """Whether the baseline could pair with this run: it carries per-sample errors of the same
+    seed and sample count (the points themselves are compared by digest afterwards)."""
+    if path is None:
+        return False
+    found = read_reports(str(path), "--baseline")
+    s = found[0].samples if len(found) == 1 else None
+    return s is not None and (s.seed, s.samples) == (report.seed, report.samples)
+
+
+def baseline_section(path: Path, comparison: Comparison) -> dict[str, Any]:
+    """The ``baseline`` section of the JSON report."""
+    return {
+        "file": str(path),
+        "checkpoint": comparison.reports[0].checkpoint,
+        "seed": comparison.reports[0].seed,
+        "samples": comparison.reports[0].samples,
+        "tolerance": comparison.tolerance,
+        "gated": comparison.gated,
+        "regressed": bool(comparison.regressions),
+        "checks": [d.to_dict() for d in comparison.differences[0]],
+    }
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where the run's results go, and the options that shape them."""
+
+    json_path: str | None
+    junit: Path | None
+    markdown: Path | None
+    quiet: bool  # no tables (``-q``, or the JSON on stdout)
+    save_samples: bool
+    tolerance: str | None  # --fail-on-regression as given
+
+
+def with_baseline(spec: Any, report: Any, checkpoint: Path | None, baseline: Path | None, outputs: Outputs,
+                  sampling: dict[str, Any]) -> tuple[SampleErrors | None, Comparison | None]:
+    """The run's per-sample errors (when saved, or when the baseline can pair with them) and its
+    comparison with the baseline (None without one)."""
+    kept = None
+    if outputs.save_samples or wants_samples(baseline, report):
+        kept = sample_errors(spec, report, checkpoint, **sampling)
+    if baseline is None:
+        return kept, None
+    return kept, baseline_comparison(baseline, report, kept, outputs.tolerance)
+
+
+def write_single(report: Any, kept: SampleErrors | None, baseline: Path | None, comparison: Comparison | None,
+                 outputs: Outputs) -> None:
+    """The report files of a one-checkpoint run (the plain report unchanged without the new options)."""
+    from ..report import compare_render
+    from .output import emit
+
+    if outputs.save_samples or comparison is not None:
+        d = report_dict(report, kept if outputs.save_samples else None)
+        if comparison is not None and baseline is not None:
+            d["baseline"] = baseline_section(baseline, comparison)
+        emit(outputs.json_path, "--json", json.dumps(d, indent=2, allow_nan=False) + "\n")
+    else:
+        emit(outputs.json_path, "--json", report.to_json() + "\n")
+    emit(outputs.junit, "--junit", report.to_junit())
+    extra = "\n" + compare_render.markdown(comparison) if comparison is not None else ""
+    emit(outputs.markdown, "--markdown", report.to_markdown() + extra)
+
+
+def print_comparison(comparison: Comparison | None) -> None:
+    """The comparison table on stdout, the regressions and the unpaired notes on stderr."""
+    from ..report import compare_render
+    from .output import err, escape, note, out
+
+    if comparison is None:
+        return
+    out.print(compare_render.rich_table(comparison))
+    for text in comparison.notes:
+        note(text)
+    if comparison.regressions:
+        names = ", ".join(f"{d.check} ({label})" for label, d in comparison.regressions)
+        word = "REGRESSED" if comparison.gated else "regressed (not gated)"
+        err.print(f"[bold red]{word}[/]: {escape(names)}")
+
+
+def measure_several(spec: Any, paths: Sequence[Path | None], run: Runner, outputs: Outputs,
+                    sampling: dict[str, Any]) -> int:
+    """Audit several checkpoints on the same points, write one report and print one table;
+    the exit code is the worst over the checkpoints (and the regression gate, when asked)."""
+    from ..audit.distributed import current_world
+    from ..report import compare_render
+    from .output import emit, err, escape, fail
+
+    reports, samples, comparison = measure_checkpoints(spec, paths, run, tolerance=outputs.tolerance, **sampling)
+    d = many_dict(spec.file, reports, samples, outputs.save_samples, comparison)
+    if current_world().is_main:
+        emit(outputs.json_path, "--json", json.dumps(d, indent=2, allow_nan=False) + "\n")
+        emit(outputs.junit, "--junit", _junit_many(reports, comparison.labels))
+        emit(outputs.markdown, "--markdown", compare_render.markdown(comparison))
+        if not outputs.quiet:
+            print_comparison(comparison)
+            for label, r in zip(comparison.labels, reports):
+                failed = [c.name for c in r.checks if not c.passed and c.error is None]
+                if failed:
+                    err.print(f"[bold red]FAILED[/] ({escape(label)}): {escape(', '.join(failed))} exceed their "
+                              "thresholds")
+        for label, r in zip(comparison.labels, reports):
+            for check in r.errors:
+                fail(escape(f"{label}: {check.error}"))
+    return d["exit_code"]
+
+
+def _junit_many(reports: Sequence[Any], labels: Sequence[str]) -> str:
+    """One JUnit file for several checkpoints: each report's suites, the test names prefixed."""
+    import dataclasses
+
+    from ..report import Report
+
+    checks = tuple(dataclasses.replace(c, name=f"{label}: {c.name}") for label, r in zip(labels, reports)
+                   for c in r.checks)
+    return Report.to_junit(dataclasses.replace(reports[0], checks=checks))

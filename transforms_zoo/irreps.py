@@ -34,14 +34,15 @@ def _o3() -> Any:
 
 # -- e3nn irreps ------------------------------------------------------------------------------------
 class _Rep:
-    """A representation of SO(3) on a last dimension: ``xyz`` (the rotation matrix itself, as
-    ``rotate3d``) or e3nn irreps (a block-diagonal of Wigner-D matrices)."""
+    """A representation of O(3) on a last dimension: ``xyz`` (the matrix itself, as ``rotate3d``:
+    vectors are ``1o``) or e3nn irreps (a block-diagonal of Wigner-D matrices, times the parity
+    ``p`` of each irrep for improper matrices, as e3nn's ``D_from_matrix``)."""
 
     def __init__(self, text: Any) -> None:
         self.text = text if isinstance(text, str) else str(text)
         if isinstance(text, str) and text.strip().lower() in ("xyz", "points", "vectors"):
             self.irreps = None
-            self.blocks: tuple[tuple[int, int], ...] = ((1, 1),)
+            self.blocks: tuple[tuple[int, int, int], ...] = ((1, 1, -1),)  # (mul, l, parity): 1x1o
             self.dim = 3
             return
         o3 = _o3()
@@ -51,37 +52,42 @@ class _Rep:
             msg = str(exc).strip() or type(exc).__name__
             raise ValueError(f"not an e3nn irreps string: {text!r} ({msg})") from None
         self.irreps = irreps
-        self.blocks = tuple((int(mul), int(ir.l)) for mul, ir in irreps)
+        self.blocks = tuple((int(mul), int(ir.l), int(ir.p)) for mul, ir in irreps)
         self.dim = int(irreps.dim)
 
     def __str__(self) -> str:
         return self.text
 
-    def lengths(self) -> list[int]:
-        """The l of every irrep copy, in order (two reps with equal lists act identically on SO(3))."""
-        return [l for mul, l in self.blocks for _ in range(mul)]
+    def actions(self, parity: bool) -> list[Any]:
+        """The ``l`` (or ``(l, p)`` when ``parity``) of every irrep copy, in order: two reps with
+        equal lists act identically on SO(3) (on O(3))."""
+        return [(l, p) if parity else l for mul, l, p in self.blocks for _ in range(mul)]
 
     def act(self, x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
-        """``x`` of shape ``(n, ..., dim)`` rotated by the rotations ``rot`` ``(n, 3, 3)``."""
+        """``x`` of shape ``(n, ..., dim)`` transformed by the orthogonal matrices ``rot``
+        ``(n, 3, 3)``: an irrep ``l p`` by ``p**k D_l(det(Q) Q)``, ``k = 1`` for an improper
+        ``Q`` (e3nn's convention); for proper ``Q`` the factors are exactly 1."""
         n = x.shape[0]
         flat = x.reshape(n, -1, self.dim)
         if self.irreps is None:
             return torch.matmul(flat, rot.to(x.dtype).transpose(-1, -2)).reshape(x.shape)
+        sign = torch.linalg.det(rot.to(torch.float64)).sign()  # +1 proper, -1 improper
+        rot = rot * sign.to(rot.dtype)[:, None, None]  # the proper part
         parts = []
         start = 0
         cache: dict[int, torch.Tensor] = {}
-        for mul, l in self.blocks:
+        for mul, l, p in self.blocks:
             d = 2 * l + 1
             block = flat[..., start : start + mul * d]
             start += mul * d
-            if l == 0 or mul == 0:
-                parts.append(block)
-                continue
-            if l not in cache:
-                cache[l] = wigner_d(l, rot).to(x.dtype)
-            dl = cache[l]  # (n, d, d)
-            b = block.reshape(n, flat.shape[1], mul, d)
-            parts.append(torch.einsum("nij,npmj->npmi", dl, b).reshape(n, flat.shape[1], mul * d))
+            if l > 0 and mul > 0:
+                if l not in cache:
+                    cache[l] = wigner_d(l, rot).to(x.dtype)
+                b = block.reshape(n, flat.shape[1], mul, d)
+                block = torch.einsum("nij,npmj->npmi", cache[l], b).reshape(n, flat.shape[1], mul * d)
+            if p == -1:
+                block = block * sign.to(x.dtype)[:, None, None]
+            parts.append(block)
         return torch.cat(parts, dim=-1).reshape(x.shape) if parts else x
 
 
@@ -139,11 +145,18 @@ class IrrepsRotation(Transform):
     string), one whose last dimension has the size of ``irreps`` by the block-diagonal Wigner-D
     matrix ``D(R)`` of those irreps (e3nn's basis, computed in float64). ``input`` and ``irreps``
     of the same size must act identically (the side is told by the size); otherwise the spec is
-    refused. Only proper rotations are drawn, so parity (``e``/``o``) plays no role.
+    refused.
+
+    ``group: O3`` also tests parity: for a random half of the samples the drawn matrix is ``-R``
+    (the rotation times the inversion, as ``rotate3d`` with ``group: O3``); points become ``-R x``
+    and an irrep ``l p`` is multiplied by its parity ``p`` (``p D(R)``, e3nn's ``D_from_matrix``),
+    so an output written ``1x1e`` where the model gives ``1x1o`` (or the reverse) fails. With the
+    default ``SO3`` only proper rotations are drawn and parity plays no role.
     """
 
     name = "irreps"
-    summary = "rotate inputs (xyz or irreps) and e3nn irreps outputs by one random rotation (use under both:)"
+    summary = ("rotate inputs (xyz or irreps) and e3nn irreps outputs by one random rotation; group: O3 "
+               "adds parity (use under both:)")
     acts_on = "irreps features (..., irreps.dim) or points (..., 3)"
     params = (
         Param("irreps", _irreps_param, doc="the representation of the model's outputs, e.g. \"1x0e + 1x1o\"",
@@ -154,13 +167,14 @@ class IrrepsRotation(Transform):
     )
 
     def validate(self) -> None:
-        kwargs = {k: self._given[k] for k in ("axis", "degrees", "max_degrees") if k in self._given}
+        kwargs = {k: self._given[k] for k in ("axis", "degrees", "max_degrees", "group") if k in self._given}
         self._rotation = Rotate3d(**kwargs)
         rep_in, rep_out = self.input, self.irreps
-        if rep_in.dim == rep_out.dim and rep_in.lengths() != rep_out.lengths():
+        parity = self.group == "O3"
+        if rep_in.dim == rep_out.dim and rep_in.actions(parity) != rep_out.actions(parity):
             raise TransformError(
                 f"input ({rep_in.text}) and irreps ({rep_out.text}) have the same size {rep_in.dim} but act "
-                "differently, so a tensor's side cannot be told by its size",
+                f"differently{' on O(3)' if parity else ''}, so a tensor's side cannot be told by its size",
                 key="irreps",
                 hint="give an output representation of another size, or use input: rotate3d with a separate check",
             )
@@ -170,7 +184,8 @@ class IrrepsRotation(Transform):
         return self._rotation.is_random
 
     def sample(self, rng: SampleRNG) -> torch.Tensor | None:
-        """The rotation matrices, float64 ``(n, 3, 3)``: the same draw as ``rotate3d``'s."""
+        """The matrices, float64 ``(n, 3, 3)``: the same draw as ``rotate3d``'s (improper for half
+        the samples with ``group: O3``)."""
         return self._rotation.sample(rng)
 
     def inverse(self) -> Transform:

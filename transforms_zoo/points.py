@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from transforms_zoo.errors import TransformError
+from transforms_zoo.errors import TransformError, did_you_mean
 from transforms_zoo.params import Param, number, number_or_range, positive
 from transforms_zoo.protocol import Inverted, Transform
 from transforms_zoo.registry import register
@@ -22,6 +22,27 @@ def _axis(v: Any) -> tuple[float, float, float]:
     if not any(xyz):
         raise ValueError("the axis [0, 0, 0] has no direction")
     return xyz  # type: ignore[return-value]
+
+
+#: The groups of 3-D orthogonal transformations ``rotate3d`` and ``irreps`` draw from.
+GROUPS = ("SO3", "O3")
+
+
+def rotation_group(v: Any) -> str:
+    """``SO3`` (proper rotations) or ``O3`` (also rotations times the inversion); ``so3``, ``SO(3)``
+    and the like are accepted."""
+    key = str(v).strip().upper().replace("(", "").replace(")", "")
+    if isinstance(v, str) and key in GROUPS:
+        return key
+    hint = did_you_mean(key, GROUPS) or ""
+    raise ValueError(f"expected a group SO3 or O3, got {v!r}" + (f"; {hint}" if hint.startswith("did") else ""))
+
+
+def with_inversion(rot: torch.Tensor, rng: SampleRNG) -> torch.Tensor:
+    """``rot`` ``(n, 3, 3)`` with the inversion applied (``-R``) for a random half of the samples,
+    drawn per sample from the ``inversion`` stream of ``rng``."""
+    improper = rng.child("inversion").integers(0, 2).to(torch.bool)
+    return torch.where(improper[:, None, None], -rot, rot)
 
 
 def quaternion_to_matrix(q: torch.Tensor) -> torch.Tensor:
@@ -57,18 +78,25 @@ class Rotate3d(Transform):
     draws the angle uniformly per sample. With ``max_degrees`` the axis is uniform on the sphere and
     the angle uniform in ``[0, max_degrees]``. ``R`` is built in float64 and cast to the data's
     dtype, so it is orthogonal with determinant +1 to that dtype's precision.
+
+    ``group: O3`` also draws improper elements: for a random half of the samples (per sample, like
+    every draw) the matrix is ``-R`` (the rotation times the inversion), so vectors transform as
+    e3nn's ``1o`` (``x -> -R x``) and a pseudovector (a cross product, ``1e``) is caught.
     """
 
     #: Composes as a group action (verified by ``eqaudit transforms --check``).
     group_action = True
     name = "rotate3d"
-    summary = "rotate 3-D points/vectors (last dim 3): uniform random in SO(3) by default, or about an axis"
+    summary = ("rotate 3-D points/vectors (last dim 3): uniform random in SO(3) by default, or about an axis; "
+               "group: O3 adds the inversion")
     acts_on = "points or vectors (..., 3)"
     params = (
         Param("axis", _axis, None, "fixed rotation axis [x, y, z] (needs degrees); none: random", "[x, y, z]"),
         Param("degrees", number_or_range, None, "angle about axis, right-handed; [lo, hi]: uniform per sample",
               "number or [lo, hi]"),
         Param("max_degrees", positive, None, "random axis with an angle uniform in [0, max_degrees]", "number"),
+        Param("group", rotation_group, "SO3", "SO3: proper rotations; O3: the rotation times the inversion "
+              "(x -> -R x) for a random half of the samples, to test parity", "SO3 or O3"),
     )
 
     def validate(self) -> None:
@@ -86,9 +114,12 @@ class Rotate3d(Transform):
             if self.max_degrees > 180:
                 raise TransformError(f"max_degrees must be at most 180, got {self.max_degrees:g}",
                                      key="max_degrees", hint="180 already reaches every rotation")
-        self._fixed: torch.Tensor | None = None
-        if self.axis is not None and not self.is_random:
-            self._fixed = self._about_axis(torch.tensor([self.degrees[0]], dtype=torch.float64))[0]
+        self._fixed: torch.Tensor | None = None  # the one matrix of a transform that draws nothing
+        self._fixed_rotation: torch.Tensor | None = None
+        if self.axis is not None and self.degrees[0] == self.degrees[1]:
+            self._fixed_rotation = self._about_axis(torch.tensor([self.degrees[0]], dtype=torch.float64))[0]
+            if not self.is_random:
+                self._fixed = self._fixed_rotation
 
     def _about_axis(self, degrees: torch.Tensor) -> torch.Tensor:
         axis = torch.tensor(self.axis, dtype=torch.float64, device=degrees.device)
@@ -97,13 +128,22 @@ class Rotate3d(Transform):
 
     @property
     def is_random(self) -> bool:
-        return self.axis is None or self.degrees[0] != self.degrees[1]
+        return self.group == "O3" or self.axis is None or self.degrees[0] != self.degrees[1]
 
     def sample(self, rng: SampleRNG) -> torch.Tensor | None:
-        """The rotation matrices, float64 of shape ``(n, 3, 3)``."""
+        """The orthogonal matrices, float64 of shape ``(n, 3, 3)``: rotations, and with ``group: O3``
+        rotations times the inversion for a random half of the samples (the rotations are the
+        same draws as with ``SO3``)."""
         if not self.is_random:
             return None
+        rot = self._rotations(rng)
+        return with_inversion(rot, rng) if self.group == "O3" else rot
+
+    def _rotations(self, rng: SampleRNG) -> torch.Tensor:
+        """The proper rotations of ``rng.n`` samples, float64 ``(n, 3, 3)``."""
         f64 = torch.float64
+        if self._fixed_rotation is not None:
+            return self._fixed_rotation.to(rng.device).expand(rng.n, 3, 3)
         if self.axis is not None:
             lo, hi = self.degrees
             return self._about_axis(rng.child("degrees").uniform(low=lo, high=hi, dtype=f64))
@@ -150,6 +190,10 @@ class Rotate3d(Transform):
         return Inverted(self, undo)
 
     def lie_generator_error(self) -> TransformError | None:
+        if self.group == "O3":
+            return TransformError("a Lie derivative follows a continuous path of rotations; the improper "
+                                  "elements of O3 are not on one", key="group",
+                                  hint="use group: SO3 with mode: lie, and a sampled check with group: O3 for parity")
         if self.axis is None:
             return TransformError("a Lie derivative of 'rotate3d' needs a fixed 'axis' (the path's generator)",
                                   key="axis")

@@ -17,6 +17,8 @@ from eqaudit.errors import EqauditError
 from eqaudit.spec import spec_from_dict
 from transforms_zoo import SampleRNG
 
+from conftest import write_spec
+
 runner = CliRunner()
 
 MIXED = "2x0e + 1x0o + 1x1o + 2x1e + 1x2e + 1x2o + 1x3o"
@@ -244,3 +246,27 @@ def test_the_group_parameter_is_documented_by_the_cli():
         r = runner.invoke(app, ["transforms", name])
         assert r.exit_code == 0, r.output
         assert "group" in r.output and "O3" in r.output and "inversion" in r.output
+
+
+def test_a_misspelled_group_through_the_cli_is_exit_2_at_its_key(tmp_path):
+    (tmp_path / "cross.py").write_text(
+        "import torch\n\n"
+        "class Cross(torch.nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        return torch.linalg.cross(x[:, 0], x[:, 1])\n"
+    )
+    spec = write_spec(tmp_path, """
+    model: {factory: cross.py:Cross}
+    input: {shape: [2, 3], bounds: [-1, 1]}
+    samples: 64
+    checks:
+      - name: parity
+        both: {rotate3d: {group: 0(3)}}
+    """)
+    r = runner.invoke(app, ["measure", "--spec", str(spec)])
+    assert r.exit_code == 2, r.output
+    text = " ".join(r.output.split())
+    assert "checks[0].both.rotate3d.group" in text and "expected a group SO3 or O3" in text
+    spec.write_text(spec.read_text().replace("0(3)", "O3"))
+    r = runner.invoke(app, ["measure", "--spec", str(spec)])
+    assert r.exit_code == 1, r.output  # the cross product is a pseudovector: caught

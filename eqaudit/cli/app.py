@@ -23,6 +23,9 @@ COMMANDS = {
     "sweep": ("eqaudit.cli.sweep", "sweep"),
     "finetune": ("eqaudit.cli.finetune", "finetune_command"),
     "compare": ("eqaudit.cli.compare", "compare"),
+    "demo": ("eqaudit.cli.demo", "demo"),
+    "init": ("eqaudit.cli.init", "init"),
+    "schema": ("eqaudit.cli.schema", "schema"),
 }
 
 
@@ -119,8 +122,19 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from .._version import __version__
+
+        typer.echo(f"eqaudit {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
     """Audit how equivariant a trained PyTorch model is, gate CI on it, and fine-tune toward it."""
 
 

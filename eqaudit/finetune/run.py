@@ -33,7 +33,7 @@ from .state import (
     save_state,
     state_error,
 )
-from .summary import FinetuneResult, RunFacts, build_report
+from .summary import FinetuneResult, RunFacts, audit_spec, build_report
 from .trainer import Trainer
 
 Callback = Callable[[str, Mapping[str, Any]], None]
@@ -221,7 +221,7 @@ def _audit_before(session: _Session, callback: Callback | None) -> _Progress:
 
     _emit(callback, "audit", phase="before")
     session.model.eval()
-    before = audit(session.model, session.cfg.spec, device=session.device)
+    before = audit(session.model, audit_spec(session.cfg), device=session.device)
     metrics = evaluate(session.model, session.metrics_split, session.cfg, session.device, session.trainer.dtype)
     torch.manual_seed(session.cfg.spec.seed)
     return _Progress(before, metrics, Curve(session.cfg.log_every))
@@ -312,7 +312,7 @@ def _finish(session: _Session, progress: _Progress, dynamics_options: DynamicsCo
     cfg, model, trainer = session.cfg, session.model, session.trainer
     _emit(callback, "audit", phase="after")
     model.eval()
-    after = audit(model, cfg.spec, device=session.device)
+    after = audit(model, audit_spec(cfg), device=session.device)
     metrics_after = evaluate(model, session.metrics_split, cfg, session.device, trainer.dtype)
     dynamics = None
     if dynamics_options.enabled:

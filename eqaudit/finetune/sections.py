@@ -13,12 +13,13 @@ from typing import Any
 from ..errors import did_you_mean
 from ..io.yaml_source import YamlSource
 from ..spec import Spec, check_keys, describe_value, expect_mapping, parse_float, parse_int, resolve_path
+from .layer_penalty import LayerTerm, parse_layer_terms
 
 DATA_KEYS = ("path", "inputs", "targets", "val_path", "val_inputs", "val_targets", "dataset", "val_dataset", "kwargs")
 OPTIMIZER_KEYS = ("name", "lr", "weight_decay", "betas", "momentum", "nesterov")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 POINTS = ("data", "random", "both")
-REGULARIZER_KEYS = ("points", "samples", "num_funcs", "every")
+REGULARIZER_KEYS = ("points", "samples", "num_funcs", "every", "layers")
 OUTPUT_KEYS = ("checkpoint", "report", "state")
 DYNAMICS_KEYS = ("enabled", "directions", "displacements", "iterations", "examples")
 
@@ -58,6 +59,7 @@ class RegularizerConfig:
     samples: int | None = None  # None: batch_size
     num_funcs: int | None = None  # None: all penalized checks
     every: int = 1
+    layers: tuple[LayerTerm, ...] = ()  # the layer-wise penalty (empty: none)
 
 
 @dataclass(frozen=True)
@@ -197,8 +199,9 @@ def parse_optimizer(src: YamlSource, raw: Any) -> OptimizerConfig:
     return OptimizerConfig(str(name), lr, weight_decay, betas, momentum, nesterov)
 
 
-def parse_regularizer(src: YamlSource, raw: Any, penalized_checks: int) -> RegularizerConfig:
-    """The ``regularizer`` section; ``num_funcs`` may not exceed the number of penalized checks."""
+def parse_regularizer(src: YamlSource, raw: Any, penalized_checks: int, spec: Spec | None = None) -> RegularizerConfig:
+    """The ``regularizer`` section; ``num_funcs`` may not exceed the number of penalized checks;
+    ``layers`` (the layer-wise penalty) needs the ``spec``."""
     if raw is None:
         return RegularizerConfig()
     section = expect_mapping(src, raw, "regularizer")
@@ -219,7 +222,8 @@ def parse_regularizer(src: YamlSource, raw: Any, penalized_checks: int) -> Regul
             raise src.error("regularizer.num_funcs", f"{num_funcs} exceeds the number of checks ({penalized_checks})",
                             "use 'all'")
     every = parse_int(src, section.get("every", 1), "regularizer.every", minimum=1)
-    return RegularizerConfig(str(points), samples, num_funcs, every)
+    layers = parse_layer_terms(src, section["layers"], spec) if "layers" in section and spec is not None else ()
+    return RegularizerConfig(str(points), samples, num_funcs, every, layers)
 
 
 def parse_output(src: YamlSource, raw: Any, base: Path, spec: Spec) -> OutputConfig:

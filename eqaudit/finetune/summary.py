@@ -46,6 +46,29 @@ class RunFacts:
     train_elapsed: float
 
 
+def audit_spec(cfg: FinetuneConfig) -> Any:
+    """The spec of the audits before and after: with a layer-wise penalty and no ``layers`` of its
+    own, it reports the penalized layers' errors (the audit's per-layer attribution)."""
+    from .layer_penalty import layer_names
+
+    if not cfg.regularizer.layers or cfg.spec.layers is not None:
+        return cfg.spec
+    return cfg.spec.replace(layers=layer_names(cfg.regularizer.layers))
+
+
+def layer_report(cfg: FinetuneConfig, before: Any, after: Any) -> list[dict[str, Any]]:
+    """Each penalized layer's error per check before and after (the audits' per-layer means)."""
+    rows = []
+    for check_before, check_after in zip(before.checks, after.checks):
+        after_of = {row["name"]: row for row in check_after.layers or []}
+        for row in check_before.layers or []:
+            later = after_of.get(row["name"], {})
+            rows.append({"layer": row["name"], "check": check_before.name,
+                         "before": row.get("mean"), "after": later.get("mean"),
+                         **({"skipped": row["skipped"]} if "skipped" in row else {})})
+    return rows
+
+
 def build_report(cfg: FinetuneConfig, before: Any, after: Any, metrics_before: dict, metrics_after: dict,
                  curve: list, dynamics: Any, facts: RunFacts) -> dict[str, Any]:
     """The fine-tune's JSON report (non-finite numbers as null)."""
@@ -57,7 +80,7 @@ def build_report(cfg: FinetuneConfig, before: Any, after: Any, metrics_before: d
         optimizer.update(momentum=options.momentum, nesterov=options.nesterov)
     else:
         optimizer["betas"] = list(options.betas)
-    return finite({
+    report = {
         "tool": "eqaudit",
         "command": "finetune",
         "version": __version__,
@@ -85,4 +108,9 @@ def build_report(cfg: FinetuneConfig, before: Any, after: Any, metrics_before: d
         "after": {"audit": after.to_dict(), "metrics": metrics_after},
         "curve": curve,
         "dynamics": dynamics,
-    })
+    }
+    if regularizer.layers:
+        report["regularizer"]["layers"] = [{"name": t.name, "weight": t.weight, "epsilon": t.epsilon}
+                                           for t in regularizer.layers]
+        report["layers"] = layer_report(cfg, before, after)
+    return finite(report)

@@ -92,6 +92,11 @@ class Trainer:
             if tuple(self.sampler.shape) != shape:
                 raise cfg.error("regularizer.points", f"'both' mixes training samples of shape {list(shape)} "
                                 f"with input points of shape {list(self.sampler.shape)}", "use data or random")
+        self.layers = None
+        if cfg.regularizer.layers:
+            from .layer_penalty import LayerPenalty
+
+            self.layers = LayerPenalty(cfg, model, cfg.regularizer.layers)
         self.step_idx = 0
         self._perm_epoch: int | None = None
         self._perm: Any = None
@@ -135,7 +140,9 @@ class Trainer:
         """``sum weight * relu(mean error - epsilon)`` over the checks chosen at ``step``, at the
         points ``inputs`` whose model outputs are ``outputs`` (differentiable; the model's dtype)."""
         rng = self._rng(step, inputs.shape[0], "penalty")
-        return step_penalty(self.cfg, self.model, self.chosen_checks(step), inputs, outputs, rng)
+        base_passes = {"data": (0,), "random": (1,), "both": (0, 1)}[self.points]
+        return step_penalty(self.cfg, self.model, self.chosen_checks(step), inputs, outputs, rng,
+                            self.layers, base_passes)
 
     # -- one step -------------------------------------------------------------------------------
     def _penalty_points(self, step: int, inputs: Any, outputs: Any) -> tuple[Any, Any]:
@@ -166,10 +173,13 @@ class Trainer:
         self.model.train()
         inputs, targets = self.train.batch(self._shard(self.batch_indices(step)))
         inputs, targets = move_batch(inputs, self.device, self.dtype), targets.to(self.device)
+        take_penalty = self.penalty_step(step)
+        if take_penalty and self.layers is not None:
+            self.layers.start()  # the hooks record this step's passes: the batch's first
         outputs = call_model(self.model, inputs, self.cfg, "data.dataset" if self.cfg.data.dataset else "data.inputs")
         task = loss_value(self.loss_fn, outputs, targets, self.cfg)
         loss, penalty, check_errors = task, None, {}
-        if self.penalty_step(step):
+        if take_penalty:
             penalty, check_errors = self.penalty(*self._penalty_points(step, inputs, outputs), step)
             loss = task + penalty.to(task.dtype)
         self.optimizer.zero_grad(set_to_none=True)

@@ -211,7 +211,7 @@ def compare_reports(reports: Sequence[Report], labels: Sequence[str], tolerance:
     rows, notes = [], []
     for label, report, errs in zip(labels[1:], reports[1:], samples[1:]):
         pair = ref_samples is not None and errs is not None and ref_samples.pairs_with(errs)
-        if (ref_samples is not None or errs is not None) and not pair:
+        if not pair:
             notes.append(_unpaired(labels[0], label, ref_samples, errs))
         diffs = []
         for old in ref.checks:

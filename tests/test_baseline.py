@@ -167,3 +167,29 @@ def test_a_multi_checkpoint_report_is_no_baseline(project: dict[str, Path], tmp_
                   str(many), "-q").exit_code == 0
     result = measure(project, "a", "--baseline", str(many))
     assert result.exit_code == 2 and "single-checkpoint report" in result.output
+
+
+def documented(text: str, field: str) -> bool:
+    """``field`` as code (`` `field` ``) or inside a documented object (``{a, field, b}``)."""
+    import re
+
+    return re.search("`" + re.escape(field) + r"[`\s,]", text) is not None or re.search(
+        rf"[{{,]\s*{re.escape(field)}\s*[,}}]", text) is not None
+
+
+def test_every_comparison_field_is_documented(project: dict[str, Path], tmp_path: Path) -> None:
+    """The baseline section, the per-sample errors, the multi-checkpoint report and the comparison:
+    each field written is in reports.md's 'Baselines and comparisons'."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "reports.md").read_text(encoding="utf-8")
+    text = text[text.index("## Baselines and comparisons"):]
+    text = text[: text.index("\n## ", 5)]
+    out, many = tmp_path / "r.json", tmp_path / "many.json"
+    assert measure(project, "perturbed", "--baseline", str(project["base"]), "--json", str(out), "-q",
+                   "--save-samples").exit_code == 1
+    assert invoke("measure", str(project["a"]), str(project["same"]), "--spec", str(project["spec"]), "--json",
+                  str(many), "-q").exit_code == 0
+    r, m = json.loads(out.read_text(encoding="utf-8")), json.loads(many.read_text(encoding="utf-8"))
+    fields = [*r["baseline"], *r["baseline"]["checks"][0], *r["samples_errors"], *m, *m["comparison"],
+              *m["comparison"]["against"][0]]
+    for field in fields:
+        assert documented(text, field), f"{field!r} missing from reports.md 'Baselines and comparisons'"

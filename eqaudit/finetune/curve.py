@@ -1,4 +1,5 @@
-"""The learning curve: the step results averaged over each ``log_every`` window."""
+"""The learning curve: the step results averaged over each ``log_every`` window, and the series of
+training-dynamics points (``dynamics.every``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ class Curve:
     def __init__(self, log_every: int) -> None:
         self.log_every = log_every
         self.points: list[dict[str, Any]] = []
+        self.dynamics: list[dict[str, Any]] = []  # one point per dynamics.every steps
         self.window: dict[str, Any] = self._empty()
 
     @staticmethod
@@ -45,8 +47,8 @@ class Curve:
         return point
 
     def state(self) -> dict[str, Any]:
-        """The points so far and the open window (for the resumable state)."""
-        return {"points": self.points, "window": self.window}
+        """The points so far, the open window and the dynamics series (for the resumable state)."""
+        return {"points": self.points, "window": self.window, "dynamics": self.dynamics}
 
     def load(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state`; ValueError when it is not one."""
@@ -57,5 +59,9 @@ class Curve:
         if not isinstance(window, dict) or set(window) != set(empty) or any(
                 not isinstance(window[k], type(v)) for k, v in empty.items() if not isinstance(v, float)):
             raise ValueError(f"the learning curve's open window is not {{{', '.join(empty)}}}")
+        dynamics = state.get("dynamics", [])
+        if not isinstance(dynamics, list) or not all(isinstance(p, dict) for p in dynamics):
+            raise ValueError("the dynamics series is not a list of mappings")
         self.points = list(points)
         self.window = dict(window)
+        self.dynamics = list(dynamics)

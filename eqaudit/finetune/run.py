@@ -20,7 +20,7 @@ from .curve import Curve
 from .data import Examples, load_data, sample_shape
 from .inputs import check_same_inputs, input_digests, input_files
 from .interrupt import FinetuneInterrupted, SigintFlag
-from .landscape import compute_dynamics
+from .landscape import compute_dynamics, dynamics_point
 from .losses import evaluate
 from .sections import DynamicsConfig
 from .state import (
@@ -117,7 +117,7 @@ def run_finetune(
         session = _open(cfg, device, trust_checkpoint, model)
         with torch.random.fork_rng(devices=session.cuda_devices):
             progress = _resume(session) if resume else _audit_before(session, callback)
-            _train(session, progress, callback, handle_sigint, resumed=resume)
+            _train(session, progress, callback, handle_sigint, resumed=resume, dynamics=dynamics_options)
         return _finish(session, progress, dynamics_options, callback, started)
     finally:
         if cfg.threads:
@@ -272,8 +272,9 @@ def _snapshot(session: _Session, progress: _Progress, train_elapsed: float) -> d
 
 
 def _train(session: _Session, progress: _Progress, callback: Callback | None, handle_sigint: bool,
-           *, resumed: bool) -> None:
-    """Step to the end; save the state every ``checkpoint_every`` steps, on Ctrl-C and at the end."""
+           *, resumed: bool, dynamics: DynamicsConfig) -> None:
+    """Step to the end; save the state every ``checkpoint_every`` steps, on Ctrl-C and at the end;
+    a point of the dynamics series every ``dynamics.every`` steps (before the state is saved)."""
     cfg, trainer, state_path = session.cfg, session.trainer, session.cfg.output.state
     total = trainer.total_steps
     _emit(callback, "start", step=trainer.step_idx, total=total, resumed=resumed, state=str(state_path),
@@ -293,6 +294,11 @@ def _train(session: _Session, progress: _Progress, callback: Callback | None, ha
                   penalty=result.penalty, errors=result.errors)
             if point is not None:
                 _emit(callback, "log", **point)
+            if dynamics.every and result.step % dynamics.every == 0:
+                figures = dynamics_point(cfg, dynamics, session.model, session.train, session.device,
+                                         trainer.dtype, result.step)
+                progress.curve.dynamics.append(figures)
+                _emit(callback, "dynamics_point", **figures)
             if sigint.hit:
                 save()
                 raise FinetuneInterrupted(result.step, total, state_path)
@@ -322,7 +328,7 @@ def _finish(session: _Session, progress: _Progress, dynamics_options: DynamicsCo
                      trainer.penalized, progress.resumed_from, str(session.device),
                      time.perf_counter() - started, progress.train_elapsed)
     report = build_report(cfg, progress.before, after, progress.metrics_before, metrics_after,
-                          progress.curve.points, dynamics, facts)
+                          progress.curve.points, dynamics, facts, progress.curve.dynamics)
     if session.world.size > 1:
         report["processes"] = session.world.size
     if session.main:

@@ -21,7 +21,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 POINTS = ("data", "random", "both")
 REGULARIZER_KEYS = ("points", "samples", "num_funcs", "every", "layers")
 OUTPUT_KEYS = ("checkpoint", "report", "state")
-DYNAMICS_KEYS = ("enabled", "directions", "displacements", "iterations", "examples")
+DYNAMICS_KEYS = ("enabled", "directions", "displacements", "iterations", "examples", "every", "samples", "sharpness")
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,9 @@ class DynamicsConfig:
     displacements: tuple[float, ...] = (0.05, 0.1)
     iterations: int = 50
     examples: int = 512
+    every: int = 0  # the series: every N-th step (0: none)
+    samples: int = 64  # audit points of each point of the series
+    sharpness: bool = False  # the series also tracks the sharpness
 
 
 def text_value(src: YamlSource, value: Any, key: str) -> str:
@@ -272,9 +275,10 @@ def parse_dynamics(src: YamlSource, raw: Any) -> DynamicsConfig:
         return DynamicsConfig(enabled=raw)
     section = expect_mapping(src, raw, "dynamics")
     check_keys(src, section, DYNAMICS_KEYS, "dynamics")
-    enabled = section.get("enabled", True)
-    if not isinstance(enabled, bool):
-        raise src.error("dynamics.enabled", f"expected true or false, got {describe_value(enabled)}")
+    enabled, track_sharpness = section.get("enabled", True), section.get("sharpness", False)
+    for key, flag in (("enabled", enabled), ("sharpness", track_sharpness)):
+        if not isinstance(flag, bool):
+            raise src.error(f"dynamics.{key}", f"expected true or false, got {describe_value(flag)}")
     displacements = section.get("displacements", [0.05, 0.1])
     if isinstance(displacements, (int, float)) and not isinstance(displacements, bool):
         displacements = [displacements]
@@ -289,4 +293,7 @@ def parse_dynamics(src: YamlSource, raw: Any) -> DynamicsConfig:
         displacements=values,
         iterations=parse_int(src, section.get("iterations", 50), "dynamics.iterations", minimum=1),
         examples=parse_int(src, section.get("examples", 512), "dynamics.examples", minimum=1),
+        every=parse_int(src, section.get("every", 0), "dynamics.every", minimum=0),
+        samples=parse_int(src, section.get("samples", 64), "dynamics.samples", minimum=1),
+        sharpness=track_sharpness,
     )

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import FinetuneConfig
-from .landscape import finite
+from .landscape import finite, series_summary
 from .sections import OutputConfig
 
 
@@ -70,8 +70,9 @@ def layer_report(cfg: FinetuneConfig, before: Any, after: Any) -> list[dict[str,
 
 
 def build_report(cfg: FinetuneConfig, before: Any, after: Any, metrics_before: dict, metrics_after: dict,
-                 curve: list, dynamics: Any, facts: RunFacts) -> dict[str, Any]:
-    """The fine-tune's JSON report (non-finite numbers as null)."""
+                 curve: list, dynamics: Any, facts: RunFacts, series: list | None = None) -> dict[str, Any]:
+    """The fine-tune's JSON report (non-finite numbers as null); ``series``: the dynamics points
+    taken every ``dynamics.every`` steps, summarised by the median and IQR of the eigenvalue."""
     from .. import __version__
 
     options, regularizer, spec = cfg.optimizer, cfg.regularizer, cfg.spec
@@ -109,6 +110,11 @@ def build_report(cfg: FinetuneConfig, before: Any, after: Any, metrics_before: d
         "curve": curve,
         "dynamics": dynamics,
     }
+    if series:
+        report["dynamics_series"] = {"every": cfg.dynamics.every, "points": series,
+                                     "hessian_top": series_summary([p.get("hessian_top") for p in series])}
+        if any("sharpness" in p for p in series):
+            report["dynamics_series"]["sharpness"] = series_summary([p.get("sharpness") for p in series])
     if regularizer.layers:
         report["regularizer"]["layers"] = [{"name": t.name, "weight": t.weight, "epsilon": t.epsilon}
                                            for t in regularizer.layers]

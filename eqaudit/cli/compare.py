@@ -13,6 +13,7 @@ from .errors import handles_errors
 from .options import DebugOpt, QuietOpt
 
 ReportsArg = Annotated[list[Path], typer.Argument(
+    metavar="REPORTS",
     help="JSON reports of the same spec (eqaudit measure --json); the first is the reference. A multi-checkpoint "
          "report counts as one report per checkpoint.")]
 MarkdownOpt = Annotated[Optional[Path], typer.Option("--markdown", help="Write the comparison as Markdown here.")]

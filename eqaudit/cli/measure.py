@@ -13,6 +13,7 @@ from .options import DebugOpt, DeviceOpt, QuietOpt, SeedOpt, TrustOpt, load_spec
 from .output import check_inputs, check_outputs, err, escape, fail, note, out, run_inputs, with_progress
 
 CheckpointArg = Annotated[Optional[list[Path]], typer.Argument(
+    metavar="CHECKPOINT", show_default=False,
     help="Checkpoint file; overrides model.checkpoint in the spec. Several: each is audited on the same points "
          "and compared with the first (paired differences).")]
 SpecOpt = Annotated[Path, typer.Option("--spec", "-s", help="The spec YAML (model, input, checks).")]

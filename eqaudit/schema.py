@@ -98,7 +98,7 @@ FINETUNE_FIELDS: dict[str, tuple[tuple[str, ...], dict[str, dict[str, Any]]]] = 
         "data": {"anyOf": [{"type": "string"}, {"$ref": "#/$defs/data"}]},
         "task_loss": _field({"anyOf": [{"enum": list(finetune_config.TASK_LOSSES)}, {"type": "string", "pattern": ":"}]},
                             "cross_entropy, mse, or 'module:callable'", "cross_entropy"),
-        "optimizer": {"$ref": "#/$defs/optimizer"},
+        "optimizer": {"anyOf": [{"enum": list(finetune_sections.OPTIMIZERS)}, {"$ref": "#/$defs/optimizer"}]},
         "steps": _field(_POS_INT, "training steps (or epochs)"),
         "epochs": _field(_POS_INT, "training epochs (or steps)"),
         "batch_size": _field(_POS_INT, "training batch size", 64),
@@ -109,7 +109,7 @@ FINETUNE_FIELDS: dict[str, tuple[tuple[str, ...], dict[str, dict[str, Any]]]] = 
         "output": {"anyOf": [{"type": "string"}, {"$ref": "#/$defs/output"}]},
         "checkpoint_every": _field(_NAT, "steps between resumable states (0: never)", 100),
         "log_every": _field(_POS_INT, "steps between log lines", 10),
-        "dynamics": {"$ref": "#/$defs/dynamics"},
+        "dynamics": {"anyOf": [{"type": "boolean"}, {"$ref": "#/$defs/dynamics"}]},
     }),
     "data": (finetune_sections.DATA_KEYS, {
         "path": _PATH, "inputs": _STR, "targets": _STR, "val_path": _PATH, "val_inputs": _STR,
@@ -135,6 +135,9 @@ FINETUNE_FIELDS: dict[str, tuple[tuple[str, ...], dict[str, dict[str, Any]]]] = 
     "dynamics": (finetune_sections.DYNAMICS_KEYS, {
         "enabled": {"type": "boolean", "default": True}, "directions": _POS_INT,
         "displacements": {"type": "array", "items": _NUM}, "iterations": _POS_INT, "examples": _POS_INT,
+        "every": _field(_NAT, "steps between dynamics measurements during training (0: before and after only)", 0),
+        "samples": _field(_POS_INT, "Monte Carlo samples of each measurement during training", 64),
+        "sharpness": _field({"type": "boolean"}, "also track the loss landscape's sharpness", False),
     }),
 }
 

@@ -11,10 +11,11 @@ import yaml
 from typer.testing import CliRunner
 
 from eqaudit.cli import app
+from eqaudit.errors import EqauditError
 from eqaudit.finetune import config as finetune_config
 from eqaudit.finetune import sections as finetune_sections
 from eqaudit.schema import build_schema, section_schema
-from eqaudit.spec import CHECK_KEYS, INPUT_KEYS, MODEL_KEYS, SPEC_KEYS
+from eqaudit.spec import CHECK_KEYS, INPUT_KEYS, MODEL_KEYS, SPEC_KEYS, spec_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = sorted((ROOT / "sample_configs").glob("*.yaml"))
@@ -75,11 +76,20 @@ GOOD = {"model": {"factory": "m.py:Net"}, "input": {"shape": [1, 8, 8]}, "checks
 def test_invalid_specs_are_rejected(change, where):
     errors = list(validator(False).iter_errors({**GOOD, **change}))
     assert errors and any(where in (e.message + " " + "/".join(map(str, e.absolute_path))) for e in errors)
+    with pytest.raises(EqauditError):  # the parser refuses it too: the schema is not stricter than it
+        spec_from_dict({**GOOD, **change})
+
+
+def test_the_valid_example_parses():
+    assert list(validator(False).iter_errors(GOOD)) == []
+    assert spec_from_dict(GOOD).checks[0].name
 
 
 def test_a_config_needs_steps_or_epochs_and_data():
     good = {**GOOD, "data": "train.safetensors", "output": "ft.safetensors", "steps": 10}
     assert list(validator(True).iter_errors(good)) == []
+    shorthands = {**good, "optimizer": "sgd", "dynamics": True}  # the parser's shorthands
+    assert list(validator(True).iter_errors(shorthands)) == []
     assert list(validator(True).iter_errors({**good, "epochs": 2}))          # both
     assert list(validator(True).iter_errors({k: v for k, v in good.items() if k != "data"}))
     assert list(validator(True).iter_errors({**good, "optimizer": {"name": "lbfgs"}}))

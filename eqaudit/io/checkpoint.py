@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from .exported import ExportedModule, load_exported
+from .onnx_model import is_onnx_path, load_onnx
 from .factory import build_from_factory, factory_label, type_name
 from .files import require_regular_file
 from .pickle_scan import load_pickle
@@ -116,6 +117,8 @@ class _Loader:
                                  "set model.factory and/or model.checkpoint")
             return self._place(self.build())
         head, size = self._head()
+        if is_onnx_path(self.path):
+            return self._place(load_onnx(self.path, self.ckpt_error))
         if _looks_like_safetensors(head, size):
             return self._from_state_dict(self._read_safetensors(), "safetensors")
         if self.path.suffix == ".safetensors":

@@ -206,3 +206,23 @@ def test_baseline_takes_one_checkpoint(project: dict[str, Path], tmp_path: Path)
 def test_a_missing_second_checkpoint_is_exit_2_before_any_run(project: dict[str, Path], tmp_path: Path) -> None:
     result = invoke("measure", str(project["a"]), str(tmp_path / "nope.safetensors"), "--spec", str(project["spec"]))
     assert result.exit_code == 2 and "nope.safetensors" in result.output and "not found" in result.output
+
+
+def test_a_check_that_cannot_run_is_an_error_in_every_section_and_not_compared(tmp_path: Path) -> None:
+    """Exit 2; the other checks are still compared (paired), the broken one's change is n/a."""
+    paths = make_project(tmp_path)
+    with open(tmp_path / "tiny_model.py", "a", encoding="utf-8") as fh:
+        fh.write("\n\ndef two_channels(x):\n    return torch.cat([x, x], dim=1)\n")
+    spec = {**SPEC, "checks": [SPEC["checks"][0], {"name": "broken", "input": "tiny_model.py:two_channels"}]}
+    paths["spec"].write_text(yaml.safe_dump(spec), encoding="utf-8")
+    out, md = tmp_path / "many.json", tmp_path / "many.md"
+    result = invoke("measure", str(paths["a"]), str(paths["perturbed"]), "--spec", str(paths["spec"]),
+                    "--json", str(out), "--markdown", str(md), "-q")
+    assert result.exit_code == 2
+    assert f"{paths['perturbed']}: " in result.output and "checks[1].input" in result.output
+    d = json.loads(out.read_text(encoding="utf-8"))
+    rot, broken = d["comparison"]["against"][0]["checks"]
+    assert rot["interval"] == "paired" and rot["regressed"] and rot["n"] == 256
+    assert broken["change"] is None and broken["n"] == 0 and not broken["regressed"]
+    assert all("error" in s["checks"][1] for s in d["checkpoints"]) and d["exit_code"] == 2
+    assert "| broken | nan | nan | nan [nan, nan] (paired) | ⚠️ n/a |" in md.read_text(encoding="utf-8")

@@ -176,7 +176,7 @@ def with_baseline(spec: Any, report: Any, checkpoint: Path | None, baseline: Pat
     """The run's per-sample errors (when saved, or when the baseline can pair with them) and its
     comparison with the baseline (None without one)."""
     kept = None
-    if outputs.save_samples or wants_samples(baseline, report):
+    if (outputs.save_samples and outputs.json_path is not None) or wants_samples(baseline, report):
         kept = sample_errors(spec, report, checkpoint, **sampling)
     if baseline is None:
         return kept, None

@@ -19,7 +19,10 @@ def change_text(d: Difference) -> str:
 
 
 def verdict(d: Difference) -> str:
-    """``regressed``, ``improved`` (the interval lies below 0), or ``same`` (no significant change)."""
+    """``regressed``, ``improved`` (the interval lies below 0), ``same`` (no significant change), or
+    ``n/a`` (a side could not be measured)."""
+    if d.change != d.change:  # NaN: a check with an error row on either side
+        return "n/a"
     if d.regressed:
         return "regressed"
     if d.ci_high < 0:
@@ -27,8 +30,9 @@ def verdict(d: Difference) -> str:
     return "same"
 
 
-_RICH = {"regressed": "[bold red]REGRESSED[/]", "improved": "[green]improved[/]", "same": "[dim]same[/]"}
-_MD = {"regressed": "❌ regressed", "improved": "✅ improved", "same": "➖ same"}
+_RICH = {"regressed": "[bold red]REGRESSED[/]", "improved": "[green]improved[/]", "same": "[dim]same[/]",
+         "n/a": "[yellow]n/a[/]"}
+_MD = {"regressed": "❌ regressed", "improved": "✅ improved", "same": "➖ same", "n/a": "⚠️ n/a"}
 
 
 def _title(comparison: Comparison) -> str:

@@ -107,3 +107,15 @@ def test_the_wheel_carries_the_samples_the_license_and_py_typed(tmp_path):
     assert "eqaudit/py.typed" in names and "transforms_zoo/__init__.py" in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert not any("_finetuned" in n for n in names)
+
+
+def test_the_extras_have_no_duplicates_and_the_test_extra_installs_what_tests_import():
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    bodies = [tuple(sorted(v)) for v in extras.values()]
+    assert len(bodies) == len(set(bodies)), extras  # 'adapters' was a copy of 'e3nn'
+    assert {"e3nn", "onnx", "plot"} <= set(extras) and "adapters" not in extras
+    names = {d.split(">")[0].split("=")[0].split("[")[0].strip() for d in extras["test"]}
+    assert {"jsonschema", "onnx", "onnxruntime", "pytest", "hypothesis"} <= names
+    assert project["dynamic"] == ["version"] and "version" not in project

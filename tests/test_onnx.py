@@ -151,3 +151,16 @@ def test_a_graph_that_does_not_fit_the_input_shape_is_exit_2(folder, tmp_path):
                     "samples: 32\nchecks:\n  - {input: rot90, threshold: 1}\n")
     result = runner.invoke(app, ["measure", "--spec", str(spec)])
     assert result.exit_code == 2 and "onnxruntime failed" in result.output and "input.shape" in result.output
+
+
+def test_finetune_refuses_an_onnx_graph_before_writing_anything(folder, tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.rand(8, 1, 8, 8), "y": torch.randint(0, 3, (8,))}, str(tmp_path / "d.safetensors"))
+    config = tmp_path / "ft.yaml"
+    config.write_text(f"model: {{checkpoint: {folder / 'dynamic.onnx'}}}\ninput: {{shape: [1, 8, 8]}}\nsamples: 16\n"
+                      "checks:\n  - {input: rot90, threshold: 1}\ndata: {path: d.safetensors, inputs: x, targets: y}\n"
+                      "steps: 2\noutput: out.safetensors\n")
+    result = runner.invoke(app, ["finetune", str(config)])
+    assert result.exit_code == 2 and "model" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out.safetensors").exists()

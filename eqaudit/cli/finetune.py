@@ -39,6 +39,11 @@ def finetune_command(
         Optional[str], typer.Option("--json", help="Also write the JSON report here ('-': stdout, no tables).")
     ] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Optimizer steps (overrides steps/epochs).")] = None,
+    tensorboard: Annotated[
+        Optional[Path],
+        typer.Option("--tensorboard", help="Also write the learning curve, per-check errors and penalties as "
+                     "TensorBoard scalars into this folder (extra: tensorboard)."),
+    ] = None,
     seed: SeedOpt = None,
     trust_checkpoint: TrustOpt = False,
     quiet: QuietOpt = False,
@@ -68,7 +73,7 @@ def finetune_command(
         with view:
             result = run_finetune(cfg, resume=resume, force=force, device=device, dynamics=True if dynamics else None,
                                   steps=steps, seed=seed, trust_checkpoint=trust_checkpoint, callback=view.event,
-                                  other_outputs={"--json": json_file})
+                                  other_outputs={"--json": json_file}, tensorboard=tensorboard)
     except FinetuneInterrupted as exc:
         again = f"eqaudit finetune {shlex.quote(str(config))} --resume"
         err.print(f"[bold yellow]interrupted[/] at step {exc.step}/{exc.total}; resumable state saved to "

@@ -2,11 +2,12 @@
 
 The config (a spec plus training keys) is documented in :mod:`.config`; the modules:
 ``config`` and ``sections`` (the validated config), ``data`` (training/validation examples),
-``losses`` (the forward, task loss and metrics), ``penalty`` (one step's penalty), ``trainer``
+``losses`` (the forward, task loss and metrics), ``penalty`` (one step's penalty),
+``layer_penalty`` (its layer-wise terms, ``regularizer.layers``), ``trainer``
 (one optimizer step), ``curve`` (the learning curve), ``state`` (resumable state and outputs on
 disk), ``interrupt`` (Ctrl-C), ``landscape`` and ``dynamics`` (sharpness and Hessian figures),
-``summary`` (the report and result), ``inputs`` (the files a run reads and their digests) and
-``run`` (:func:`run_finetune`).
+``summary`` (the report and result), ``inputs`` (the files a run reads and their digests),
+``board`` (TensorBoard scalars) and ``run`` (:func:`run_finetune`).
 
 The penalty of one step is ``sum over the chosen checks of weight * max(0, error - epsilon)``,
 with ``error`` the mean distance over the step's points, computed in the model's dtype and

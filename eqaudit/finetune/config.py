@@ -40,6 +40,8 @@ config's folder; unknown keys are errors.
       num_funcs: all             # checks evaluated per penalty step: all, or k drawn without
                                  #   replacement each step
       every: 1                   # penalty on every N-th step only (1 = every step)
+      # layers:                  # layer-wise penalty (IEN): per layer weight * max(0, error - epsilon)
+      #   - {name: features.0, weight: 0.1, epsilon: 0}   # ({name: all, weight: w}: every feature map)
     output:
       checkpoint: finetuned.safetensors   # the fine-tuned state dict (required)
       report: finetuned.report.json       # default: <checkpoint stem>.report.json
@@ -52,6 +54,9 @@ config's folder; unknown keys are errors.
       displacements: [0.05, 0.1] # the displacements t
       iterations: 50             # power-iteration steps for the top Hessian eigenvalue
       examples: 512              # training rows (the first N) on which the task loss is taken
+      every: 0                   # every N-th step: checks' errors, Hessian eigenvalue (0: none)
+      samples: 64                #   audit points of each of those points
+      sharpness: false           #   the series also tracks the sharpness
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from ..io.atomic import atomic_write
 from ..report import Report
 from ..spec import check_seed
 from .config import FinetuneConfig
+from .board import BoardWriter, require_tensorboard
 from .curve import Curve
 from .data import Examples, load_data, sample_shape
 from .inputs import check_same_inputs, input_digests, input_files
@@ -88,6 +89,7 @@ def run_finetune(
     callback: Callback | None = None,
     handle_sigint: bool = True,
     other_outputs: Mapping[str, str | Path | None] | None = None,
+    tensorboard: str | Path | None = None,
 ) -> FinetuneResult:
     """Fine-tune, audit before and after, write the model, the state and the JSON report.
 
@@ -97,7 +99,9 @@ def run_finetune(
     ``dynamics`` and ``done``. Ctrl-C (SIGINT, main thread) saves the state after the current
     step and raises :class:`FinetuneInterrupted`. ``other_outputs`` (key -> path) are files the
     caller will write (``{"--json": path}``): refused, like the run's own outputs, when one is an
-    input of the run or another output. Every user error is an :class:`EqauditError`.
+    input of the run or another output. ``tensorboard`` (a folder) receives the learning curve,
+    penalties, per-check errors and dynamics as TensorBoard scalars. Every user error is an
+    :class:`EqauditError`.
     """
     import torch
 
@@ -112,14 +116,25 @@ def run_finetune(
     threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    board = None
     try:
+        if tensorboard is not None:
+            require_tensorboard(tensorboard)
         check_outputs(cfg, resume=resume, force=force, other_outputs=other_outputs)
         session = _open(cfg, device, trust_checkpoint, model)
+        if tensorboard is not None and session.main:
+            board = BoardWriter(tensorboard)
+            callback = board.wrap(callback)
         with torch.random.fork_rng(devices=session.cuda_devices):
             progress = _resume(session) if resume else _audit_before(session, callback)
             _train(session, progress, callback, handle_sigint, resumed=resume, dynamics=dynamics_options)
-        return _finish(session, progress, dynamics_options, callback, started)
+        result = _finish(session, progress, dynamics_options, callback, started)
+        if board is not None:
+            board.audits(result.before, result.after, result.steps)
+        return result
     finally:
+        if board is not None:
+            board.close()
         if cfg.threads:
             torch.set_num_threads(threads)
 

@@ -208,3 +208,13 @@ def test_read_reports_expands_a_multi_checkpoint_report(tmp_path: Path) -> None:
     found = read_reports(str(path), "REPORTS")
     assert [r.label for r in found] == [f"{path}[a.pt]", f"{path}[b.pt]"]
     assert [r.report.checks[0].mean for r in found] == [1.0, 2.0]
+
+
+def test_a_refusal_names_the_argument_of_the_file(tmp_path: Path) -> None:
+    """A multi-checkpoint file counts as several reports; the refusal still names its argument."""
+    sections = [report(check("rot")).to_dict(), report(check("rot")).to_dict()]
+    many = tmp_path / "many.json"
+    many.write_text(json.dumps({"tool": "eqaudit", "checkpoints": sections}), encoding="utf-8")
+    other = write(tmp_path / "other.json", report(check("flip")))
+    result = CliRunner().invoke(app, ["compare", str(many), str(other)])
+    assert result.exit_code == 2 and "REPORTS 2:" in result.output, result.output

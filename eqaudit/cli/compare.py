@@ -17,7 +17,8 @@ ReportsArg = Annotated[list[Path], typer.Argument(
     help="JSON reports of the same spec (eqaudit measure --json); the first is the reference. A multi-checkpoint "
          "report counts as one report per checkpoint.")]
 MarkdownOpt = Annotated[Optional[Path], typer.Option("--markdown", help="Write the comparison as Markdown here.")]
-JsonOpt = Annotated[Optional[str], typer.Option("--json", help="Write the comparison as JSON here ('-': stdout, no table).")]
+JsonOpt = Annotated[Optional[str], typer.Option(
+    "--json", help="Write the comparison as JSON here ('-': stdout, no table).")]
 RegressionOpt = Annotated[Optional[str], typer.Option(
     "--fail-on-regression",
     help="Exit 1 when a check's increase over the reference exceeds this relative change at the lower confidence "
@@ -42,12 +43,14 @@ def compare(
 
     check_outputs({"--json": json_path, "--markdown": markdown},
                   {f"REPORTS {i + 1}": path for i, path in enumerate(reports)})
-    found = [r for i, path in enumerate(reports) for r in read_reports(str(path), f"REPORTS {i + 1}")]
+    keyed = [(f"REPORTS {i + 1}", r) for i, path in enumerate(reports)
+             for r in read_reports(str(path), f"REPORTS {i + 1}")]
+    found = [r for _, r in keyed]
     if len(found) < 2:
         raise EqauditError("compare needs at least two reports", key="REPORTS",
                            hint="eqaudit compare main.json branch.json")
-    for i, r in enumerate(found[1:], 1):
-        require_same_spec(found[0].report, r.report, found[0].label, r.label, f"REPORTS {i + 1}")
+    for key, r in keyed[1:]:
+        require_same_spec(found[0].report, r.report, found[0].label, r.label, key)
     tolerance = parse_tolerance(fail_on_regression, "--fail-on-regression")
     comparison = compare_reports([r.report for r in found], [r.label for r in found], tolerance or 0.0,
                                  gated=tolerance is not None, samples=[r.samples for r in found])

@@ -72,6 +72,9 @@ def measure(
 ) -> None:
     """Estimate each check's equivariance error; exit 1 if any exceeds its threshold.
 
+    Several checkpoints are audited on the same points and compared with the first; --baseline
+    compares the run with an earlier report (exit 1 on a regression).
+
     Under torchrun (python -m torch.distributed.run --nproc-per-node N -m eqaudit measure ...)
     the samples are split across processes and rank 0 writes the reports.
     """

@@ -5,7 +5,7 @@ wheel too (the samples ship inside the package as ``eqaudit._samples``)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 

@@ -141,3 +141,21 @@ def test_layers_need_a_penalized_check_acting_on_feature_maps(tmp_path):
     rotate = {"name": "rotate", "input": {"rotate": {"degrees": [-30, 30]}}, "weight": 1.0}
     with pytest.raises(EqauditError, match=r"regularizer\.layers: no penalized check"):
         _config(tmp_path, [{"name": "0", "weight": 1}], (rotate,))
+
+
+def test_the_digits_sample_penalizes_layers_of_its_cnn():
+    from eqaudit.finetune import load_config
+    from eqaudit.finetune.layer_penalty import LayerPenalty
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "sample_configs" / "finetune_digits_ien.yaml")
+    model = cfg.spec.build_model()
+    penalty = LayerPenalty(cfg, model, cfg.regularizer.layers)
+    assert penalty.tap.names == ["features.0", "features.2", "features.5"]
+    assert cfg.output.checkpoint.name == "digits_finetuned.ien.safetensors"  # ignored by git, left out of wheels
+    penalty.tap.remove()
+
+
+def test_the_callers_model_keeps_no_hooks(tmp_path):
+    model = _model()
+    run_finetune(_config(tmp_path, [{"name": "0", "weight": 1.0}], steps=2), model=model, handle_sigint=False)
+    assert not model[0]._forward_hooks

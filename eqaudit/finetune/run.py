@@ -348,6 +348,8 @@ def _finish(session: _Session, progress: _Progress, dynamics_options: DynamicsCo
         report["processes"] = session.world.size
     if session.main:
         _write_outputs(session, report)
+    if trainer.layers is not None:
+        trainer.layers.tap.remove()  # the caller's model keeps no hooks of ours
     _emit(callback, "done", exit_code=after.exit_code)
     return FinetuneResult(progress.before, after, progress.metrics_before, metrics_after, progress.curve.points,
                           dynamics, report, cfg.output, trainer.total_steps, progress.resumed_from)

@@ -159,3 +159,16 @@ def test_the_callers_model_keeps_no_hooks(tmp_path):
     model = _model()
     run_finetune(_config(tmp_path, [{"name": "0", "weight": 1.0}], steps=2), model=model, handle_sigint=False)
     assert not model[0]._forward_hooks
+
+
+def test_the_cli_names_an_unknown_layer_at_its_line(tmp_path):
+    from finetune_project import cli, make_project, write
+
+    proj = make_project(tmp_path)
+    cfg = write(proj, steps=2)
+    cfg.write_text(cfg.read_text().replace("  points: data\n", "  points: data\n  layers:\n    - {name: fcc, weight: 1}\n"))
+    r = cli(cfg)
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    line = cfg.read_text().splitlines().index("    - {name: fcc, weight: 1}") + 1
+    assert f"{cfg}:{line}: regularizer.layers[0].name: the model has no module 'fcc'" in r.stderr, r.stderr
+    assert "did you mean 'fc'" in r.stderr and not (proj / "out" / "tuned.safetensors").exists()

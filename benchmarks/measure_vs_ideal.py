@@ -45,7 +45,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from eqaudit.audit.engine import audit  # noqa: E402
+from eqaudit.engine.run import audit  # noqa: E402
 from eqaudit.spec import spec_from_dict  # noqa: E402
 import transforms_zoo  # noqa: E402
 

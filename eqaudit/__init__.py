@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 _EXPORTS = {
-    "audit": "eqaudit.audit.run",
+    "audit": "eqaudit.engine.run",
     "Report": "eqaudit.report",
     "CheckResult": "eqaudit.report",
     "load_spec": "eqaudit.spec",
@@ -36,7 +36,7 @@ def __getattr__(name: str) -> Any:
 
 if TYPE_CHECKING:  # pragma: no cover
     from .io.checkpoint import load_model
-    from .audit.run import audit
+    from .engine.run import audit
     from .errors import EqauditError
     from .regularizer import EquivarianceError, EquivarianceRegularizer
     from .report import CheckResult, Report

@@ -8,7 +8,7 @@ steps and hands back each check's mean and confidence interval as a flat metrics
 ...     for name, value in metrics.items():
 ...         writer.add_scalar(name, value, step)     # eqaudit/rot90/mean, .../ci_low, .../ci_high
 
-The audit is the engine's (:func:`eqaudit.audit.run.audit`), seeded by the spec: the same weights
+The audit is the engine's (:func:`eqaudit.engine.run.audit`), seeded by the spec: the same weights
 give the same numbers. It runs in eval mode without gradients, restores the model's training flag
 and leaves torch's random generators where the loop left them (dropout draws are not shifted).
 """
@@ -30,7 +30,7 @@ def audit_metrics(model: Any, spec: Any, *, samples: int | None = None, device: 
     (a check that could not be measured is left out). torch's generators are left untouched."""
     import torch
 
-    from .audit.run import audit
+    from .engine.run import audit
 
     cuda = [d for d in {p.device for p in _parameters(model)} if d.type == "cuda"]
     with torch.random.fork_rng(devices=cuda):

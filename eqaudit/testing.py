@@ -61,7 +61,7 @@ OPTION_NAMES = ("samples", "seed", "atol", "rtol", "device")
 #: Keys of a list-of-checks call that build the spec's input block and top level.
 _INPUT_KEYS = ("shape", "bounds", "data", "dtype", "sampling")
 _TOP_KEYS = ("distance", "num_funcs")
-#: Arguments of :func:`eqaudit.audit.run.audit` that assert_equivariant sets itself.
+#: Arguments of :func:`eqaudit.engine.run.audit` that assert_equivariant sets itself.
 _OWN_AUDIT_KEYS = ("samples", "seed", "device")
 
 _session_defaults: dict[str, Any] = {}
@@ -153,7 +153,7 @@ def assert_equivariant(
     ``{"both": "rotate3d", "threshold": 1e-4}``, ...) with the input domain given as keyword
     arguments ``shape=`` (required), ``bounds=``, ``data=``, ``dtype=``, ``sampling=`` and the
     spec's ``distance=`` and ``num_funcs=``. Other keyword arguments (``batch_size``,
-    ``confidence``, ``gate``, ``precision``, ``compile``, ...) go to :func:`eqaudit.audit.run.audit`.
+    ``confidence``, ``gate``, ``precision``, ``compile``, ...) go to :func:`eqaudit.engine.run.audit`.
 
     ``model`` may be None to build it from the spec's ``model`` block. Checks without a threshold
     get ``atol + rtol * scale`` (see the module documentation). A bad spec raises
@@ -186,7 +186,7 @@ def assert_equivariant(
     if seed is not None:
         spec = spec.replace(seed=int(seed))
 
-    from .audit.run import audit
+    from .engine.run import audit
 
     tolerances: dict[int, str] = {}
     if not all(own):
@@ -200,10 +200,10 @@ def assert_equivariant(
 
 
 def _audit_keys() -> tuple[str, ...]:
-    """The keyword arguments that pass through to :func:`eqaudit.audit.run.audit`."""
+    """The keyword arguments that pass through to :func:`eqaudit.engine.run.audit`."""
     import inspect
 
-    from .audit.run import audit
+    from .engine.run import audit
 
     return tuple(name for name, p in inspect.signature(audit).parameters.items()
                  if p.kind is p.KEYWORD_ONLY and name not in _OWN_AUDIT_KEYS)
@@ -274,10 +274,10 @@ def _with_default_thresholds(
     """Give the checks without a threshold ``atol + rtol * scale``; return the explanations."""
     import torch
 
-    from .audit.compare import widened
-    from .audit.device import Autocast, model_dtype, resolve_device
-    from .audit.options import parse_precision
-    from .audit.sampling import PointSampler
+    from .engine.compare import widened
+    from .engine.device import Autocast, model_dtype, resolve_device
+    from .engine.options import parse_precision
+    from .engine.sampling import PointSampler
     from transforms_zoo import SampleRNG
 
     is_module = isinstance(model, torch.nn.Module)

@@ -9,8 +9,8 @@ import warnings
 import torch
 from torch import nn
 
-from eqaudit.audit import chunking
-from eqaudit.audit.run import audit
+from eqaudit.engine import chunking
+from eqaudit.engine.run import audit
 from eqaudit.spec import spec_from_dict
 
 
@@ -121,7 +121,7 @@ def test_probe_of_a_scripted_model_falls_back_and_leaves_no_hooks():
 
 
 def test_out_of_memory_in_a_distance_backs_off_instead_of_failing(monkeypatch):
-    from eqaudit.audit import distances
+    from eqaudit.engine import distances
 
     real = distances._NAMED["l2"]
 
@@ -176,7 +176,7 @@ def test_every_process_gets_a_chunk():
 
 
 def test_no_model_call_is_split_below_one_block():
-    from eqaudit.audit import forward
+    from eqaudit.engine import forward
 
     calls: list[int] = []
 

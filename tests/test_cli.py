@@ -175,12 +175,12 @@ def _one_line_exit_2(r, *words):
 
 @pytest.mark.parametrize("flag", ["--json", "--junit", "--markdown"])
 def test_report_to_a_directory_is_exit_2_before_the_run(project, tmp_path, monkeypatch, flag):
-    import eqaudit.audit.run
+    import eqaudit.engine.run
 
     def no_audit(*a, **k):
         raise AssertionError("the audit ran before the output path was checked")
 
-    monkeypatch.setattr(eqaudit.audit.run, "audit", no_audit)
+    monkeypatch.setattr(eqaudit.engine.run, "audit", no_audit)
     _one_line_exit_2(run("measure", "--spec", _spec(project), flag, tmp_path), f"{flag}: '{tmp_path}' is a directory")
     _one_line_exit_2(run("measure", "--spec", _spec(project), flag, "/"), f"{flag}: '/' is a directory")
     through_file = _spec(project) / "r.out"

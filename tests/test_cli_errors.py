@@ -85,12 +85,12 @@ def test_flags_name_real_options() -> None:
                                             ("precision", "--precision"), ("gate", "--gate")])
 def test_an_argument_error_from_the_library_shows_the_flag(project: Path, monkeypatch, argument: str,
                                                           flag: str) -> None:
-    import eqaudit.audit.run
+    import eqaudit.engine.run
 
     def bad(*a, **k):
         raise ArgumentError(argument, f"{argument} must be >= 1, got 0")
 
-    monkeypatch.setattr(eqaudit.audit.run, "audit", bad)
+    monkeypatch.setattr(eqaudit.engine.run, "audit", bad)
     r = runner.invoke(app, ["measure", "--spec", str(write_spec(project, SPEC))])
     line = _one_line_2(r, f"{flag}: must be >= 1, got 0")
     assert f" {argument}:" not in line
@@ -104,12 +104,12 @@ def test_real_library_argument_errors_show_flags(project: Path) -> None:
 
 
 def test_unexpected_errors_name_the_spec(project: Path, monkeypatch) -> None:
-    import eqaudit.audit.run
+    import eqaudit.engine.run
 
     def boom(*a, **k):
         raise RuntimeError("The size of tensor a (7) must match the size of tensor b (8)")
 
-    monkeypatch.setattr(eqaudit.audit.run, "audit", boom)
+    monkeypatch.setattr(eqaudit.engine.run, "audit", boom)
     spec = write_spec(project, SPEC)
     _one_line_2(runner.invoke(app, ["measure", "--spec", str(spec)]), str(spec), "RuntimeError: The size of tensor a")
 

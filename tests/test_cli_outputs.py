@@ -26,14 +26,14 @@ def digits(tmp_path: Path, monkeypatch) -> Path:
     for name in ("digits.yaml", "digits.safetensors", "digits_cnn.safetensors"):
         shutil.copy(ROOT / "sample_configs" / name, tmp_path / name)
     shutil.copytree(ROOT / "sample_configs" / "sample_models", tmp_path / "sample_models")
-    import eqaudit.audit.run
-    import eqaudit.audit.sweep
+    import eqaudit.engine.run
+    import eqaudit.engine.sweep
 
     def no_run(*a, **k):
         raise AssertionError("the run started before the outputs were checked")
 
-    monkeypatch.setattr(eqaudit.audit.run, "audit", no_run)
-    monkeypatch.setattr(eqaudit.audit.sweep, "run_sweep", no_run)
+    monkeypatch.setattr(eqaudit.engine.run, "audit", no_run)
+    monkeypatch.setattr(eqaudit.engine.sweep, "run_sweep", no_run)
     for name in [m for m in sys.modules if m.split(".")[0] == "sample_models"]:
         monkeypatch.delitem(sys.modules, name)  # imported from another copy by an earlier test
     monkeypatch.chdir(tmp_path)

@@ -352,7 +352,7 @@ def test_every_zoo_transform_and_parameter_is_documented() -> None:
 
 
 def test_every_distance_is_documented() -> None:
-    from eqaudit.audit.distances import DISTANCE_NAMES
+    from eqaudit.engine.distances import DISTANCE_NAMES
 
     text = section(read("spec.md"), "Distances")
     for name in DISTANCE_NAMES:

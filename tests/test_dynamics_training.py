@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from eqaudit.audit.run import audit
+from eqaudit.engine.run import audit
 from eqaudit.errors import EqauditError
 from eqaudit.finetune import config_from_dict, run_finetune
 from eqaudit.finetune.dynamics import top_hessian_eigenvalue

@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from eqaudit.audit.run import audit
+from eqaudit.engine.run import audit
 from eqaudit.errors import ArgumentError, EqauditError
-from eqaudit.audit.estimator import summarize_values
+from eqaudit.engine.estimator import summarize_values
 from eqaudit.spec import spec_from_dict
 from transforms_zoo import SampleRNG
 
@@ -92,7 +92,7 @@ def test_bounds_are_respected():
          "checks": [{"input": "identity"}]}
     )
     assert audit(MaxAbs(), spec).checks[0].mean == 0.0
-    from eqaudit.audit.sampling import PointSampler
+    from eqaudit.engine.sampling import PointSampler
 
     x = PointSampler(spec, torch.device("cpu"), torch.float32).draw(SampleRNG.for_range(0, 0, 500))
     assert x[:, 2].min() >= 5 and x[:, 2].max() < 6 and x[:, 3].max() < -1
@@ -167,7 +167,7 @@ def test_an_undefined_user_distance_is_named_beside_the_model(tmp_path):
 
 
 def test_relative_l2_by_hand():
-    from eqaudit.audit.distances import relative_l2
+    from eqaudit.engine.distances import relative_l2
 
     nan = float("nan")
     a = torch.tensor([[3.0, 4.0], [0.0, 0.0], [1.0, 0.0], [nan, 1.0], [1.0, 1.0]])
@@ -269,7 +269,7 @@ def test_a_numeric_top_level_distance_is_read_as_at_check_level(pixel_reader):
 @pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has mps")
 def test_a_device_this_build_lacks_is_named_at_device():
     # mps used to fail later, inside torch, with a message naming no option
-    from eqaudit.audit.run import resolve_device
+    from eqaudit.engine.run import resolve_device
 
     with pytest.raises(ArgumentError, match=r"device 'mps' requested but .* has no mps") as info:
         resolve_device("mps")

@@ -117,7 +117,7 @@ class C4Lift(torch.nn.Module):
 
 
 def test_group_convolution_is_rot90_invariant_but_not_flip_invariant():
-    from eqaudit.audit.run import audit
+    from eqaudit.engine.run import audit
     from eqaudit.spec import spec_from_dict
 
     spec = spec_from_dict({"input": {"shape": [1, 9, 9]}, "samples": 256,

@@ -12,7 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from eqaudit.audit.run import audit
+from eqaudit.engine.run import audit
 from eqaudit.cli import app
 from eqaudit.errors import EqauditError
 from eqaudit.report import Report

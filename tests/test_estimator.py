@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from eqaudit.audit.estimator import BLOCK, BlockStats, summarize_values, z_value
+from eqaudit.engine.estimator import BLOCK, BlockStats, summarize_values, z_value
 
 
 def test_z_value_matches_normal_quantile():

@@ -9,12 +9,12 @@ import torch
 from torch import nn
 
 from eqaudit import EquivarianceError
-from eqaudit.audit.chunk import measure_chunk, n_columns
-from eqaudit.audit.estimator import BlockStats
-from eqaudit.audit.evaluate import evaluate_checks
-from eqaudit.audit.extras import first_block_errors
-from eqaudit.audit.sampling import PointSampler
-from eqaudit.audit.sweep import sweep_spec
+from eqaudit.engine.chunk import measure_chunk, n_columns
+from eqaudit.engine.estimator import BlockStats
+from eqaudit.engine.evaluate import evaluate_checks
+from eqaudit.engine.extras import first_block_errors
+from eqaudit.engine.sampling import PointSampler
+from eqaudit.engine.sweep import sweep_spec
 from eqaudit.spec import spec_from_dict
 from transforms_zoo import SampleRNG
 

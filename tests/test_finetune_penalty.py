@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from eqaudit.audit.evaluate import evaluate_checks
+from eqaudit.engine.evaluate import evaluate_checks
 from eqaudit.errors import EqauditError
 from eqaudit.finetune import Trainer, TensorData, config_from_dict
 

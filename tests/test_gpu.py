@@ -6,10 +6,10 @@ from collections import Counter
 import pytest
 import torch
 
-import eqaudit.audit.chunk as chunk
+import eqaudit.engine.chunk as chunk
 import transforms_zoo.random as zoo_random
-from eqaudit.audit.run import audit
-from eqaudit.audit.sampling import rows_by_check
+from eqaudit.engine.run import audit
+from eqaudit.engine.sampling import rows_by_check
 from eqaudit.spec import spec_from_dict
 from transforms_zoo import SampleRNG
 

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 import transforms_zoo
 from eqaudit.cli import app
-from eqaudit.audit.run import audit
+from eqaudit.engine.run import audit
 from eqaudit.errors import EqauditError
 from eqaudit.spec import spec_from_dict
 from transforms_zoo.group import finite_group

@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from eqaudit.cli import app
-from eqaudit.audit.run import audit
+from eqaudit.engine.run import audit
 from eqaudit.errors import EqauditError
 from eqaudit.io.atomic import write_text_atomic
 from eqaudit.spec import spec_from_dict

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from eqaudit.audit.run import audit
+from eqaudit.engine.run import audit
 from eqaudit.errors import EqauditError
 from eqaudit.spec import spec_from_dict
 

@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from eqaudit.audit.lie import lie_derivative
-from eqaudit.audit.run import audit
-from eqaudit.audit.sampling import PointSampler
+from eqaudit.engine.lie import lie_derivative
+from eqaudit.engine.run import audit
+from eqaudit.engine.sampling import PointSampler
 from eqaudit.errors import EqauditError
-from eqaudit.audit.estimator import summarize_values
+from eqaudit.engine.estimator import summarize_values
 from eqaudit.spec import spec_from_dict
 from transforms_zoo import SampleRNG
 

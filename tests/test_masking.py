@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-from eqaudit.audit.run import audit
+from eqaudit.engine.run import audit
 from eqaudit.errors import EqauditError
 from eqaudit.spec import spec_from_dict
 

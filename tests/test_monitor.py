@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from eqaudit.audit.run import audit
+from eqaudit.engine.run import audit
 from eqaudit.errors import ArgumentError
 from eqaudit.monitor import AuditMonitor
 from eqaudit.spec import spec_from_dict

@@ -16,7 +16,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from eqaudit.audit.run import audit
+from eqaudit.engine.run import audit
 from eqaudit.cli import app
 from eqaudit.cli.measure_many import measure_checkpoints, sample_errors
 from eqaudit.report.compare import compare_reports

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-import eqaudit.audit.evaluate as evaluate
-from eqaudit.audit.run import audit
+import eqaudit.engine.evaluate as evaluate
+from eqaudit.engine.run import audit
 from eqaudit.errors import EqauditError
 from eqaudit.spec import spec_from_dict
 
@@ -35,7 +35,7 @@ def test_complex_outputs_are_compared_as_complex_numbers() -> None:
 def test_complex_outputs_give_the_exact_complex_distance() -> None:
     spec = _spec([{"name": "shift", "input": {"shift": {"dx": 1, "dy": 0}}}], samples=64)
     report = audit(Spectrum(), spec, noise_floor=False)
-    from eqaudit.audit.sampling import PointSampler
+    from eqaudit.engine.sampling import PointSampler
     from transforms_zoo import SampleRNG
 
     x = PointSampler(spec, torch.device("cpu"), torch.float32).draw(SampleRNG.for_range(spec.seed, 0, 64))

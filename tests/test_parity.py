@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 import transforms_zoo as tz
-from eqaudit.audit.run import audit
+from eqaudit.engine.run import audit
 from eqaudit.cli import app
 from eqaudit.errors import EqauditError
 from eqaudit.spec import spec_from_dict

@@ -12,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eqaudit.audit.run import audit  # TEMP
+from eqaudit import audit
 from eqaudit.errors import EqauditError
 from eqaudit.spec import spec_from_dict
 

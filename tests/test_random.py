@@ -172,7 +172,7 @@ def test_the_numpy_path_declines_what_torch_would_treat_differently():
 
 
 def test_an_audit_is_the_same_on_the_numpy_and_torch_paths(monkeypatch):
-    from eqaudit.audit.run import audit
+    from eqaudit.engine.run import audit
     from eqaudit.spec import spec_from_dict
 
     torch.manual_seed(0)

@@ -12,7 +12,7 @@ from torch import nn
 
 import transforms_zoo as tz
 from eqaudit import EquivarianceError, EquivarianceRegularizer
-from eqaudit.audit.distances import parse_distance
+from eqaudit.engine.distances import parse_distance
 
 
 # -- helper models ------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from eqaudit.audit.run import audit
+from eqaudit.engine.run import audit
 from eqaudit.report import CheckResult, Report
 from eqaudit.spec import spec_from_dict
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from eqaudit.audit.run import audit
+from eqaudit.engine.run import audit
 from eqaudit.spec import load_spec
 
 from conftest import write_spec

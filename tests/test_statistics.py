@@ -8,9 +8,9 @@ import torch
 from typer.testing import CliRunner
 
 from eqaudit.cli import app
-from eqaudit.audit.run import audit
+from eqaudit.engine.run import audit
 from eqaudit.errors import ArgumentError, EqauditError
-from eqaudit.audit.estimator import BlockStats, quantiles, summarize_values
+from eqaudit.engine.estimator import BlockStats, quantiles, summarize_values
 from eqaudit.spec import spec_from_dict
 
 from conftest import write_spec
@@ -30,7 +30,7 @@ def test_quantiles_of_the_triangular_distribution(pixel_reader):
         # sample quantile: std sqrt(q (1 - q) / n) / density, density 2 sqrt(1 - q) there
         sigma = math.sqrt(q / c.quantile_n) / 2
         assert got == pytest.approx(1 - math.sqrt(1 - q), abs=4 * sigma)
-    from eqaudit.audit.estimator import QUANTILE_CAP
+    from eqaudit.engine.estimator import QUANTILE_CAP
 
     assert c.quantile_n == min(40000, QUANTILE_CAP)  # beyond the cap: the first QUANTILE_CAP samples
     assert c.p50 <= c.p95 <= c.p99 <= c.max
@@ -129,7 +129,7 @@ def test_sobol_points_are_the_sobol_sequence_whatever_the_chunking(pixel_reader)
     assert a.sampling == "sobol" and any("Sobol" in n for n in a.notes)
     # E|U1 - U2| for U ~ U(-1, 1) is 2/3.
     assert a.checks[0].mean == pytest.approx(2 / 3, abs=0.01)
-    from eqaudit.audit.sampling import PointSampler
+    from eqaudit.engine.sampling import PointSampler
     from transforms_zoo import SampleRNG
 
     sampler = PointSampler(spec, torch.device("cpu"), torch.float64)
@@ -210,7 +210,7 @@ def test_cli_precision_eps_and_quantiles(project):
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 64, 101, 4096])
 def test_column_quantiles_equal_torch_quantile_bit_for_bit(n):
-    from eqaudit.audit.estimator import QUANTILES, column_quantiles
+    from eqaudit.engine.estimator import QUANTILES, column_quantiles
 
     g = torch.Generator().manual_seed(n)
     values = torch.rand(n, 3, generator=g, dtype=torch.float64) ** 3

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from eqaudit.cli import app
 from eqaudit.errors import EqauditError
 from eqaudit.spec import spec_from_dict
-from eqaudit.audit.sweep import parse_values, run_sweep
+from eqaudit.engine.sweep import parse_values, run_sweep
 
 from conftest import write_spec
 
@@ -135,7 +135,7 @@ def test_disk_sum_is_nearly_invariant_at_every_angle_and_exact_at_quarter_turns(
 def test_a_sweep_point_equals_the_audit_of_the_check_at_that_value():
     # the other random parameter (dy) is drawn from the swept check's stream: the same draws at
     # every value, and the same as auditing the check with dx fixed
-    from eqaudit.audit.run import audit
+    from eqaudit.engine.run import audit
 
     class Reader(torch.nn.Module):
         def forward(self, x):
@@ -202,12 +202,12 @@ def test_cli_huge_range_is_exit_2(project):
 
 @pytest.mark.parametrize("flag", ["--json", "--plot"])
 def test_cli_output_to_a_directory_is_exit_2_before_the_run(project, tmp_path, monkeypatch, flag):
-    import eqaudit.audit.sweep
+    import eqaudit.engine.sweep
 
     def no_run(*a, **k):
         raise AssertionError("the sweep ran before the output path was checked")
 
-    monkeypatch.setattr(eqaudit.audit.sweep, "run_sweep", no_run)
+    monkeypatch.setattr(eqaudit.engine.sweep, "run_sweep", no_run)
     r = _sweep(_spec(project), "--values", "0,90", flag, tmp_path)
     assert r.exit_code == 2, r.output
     assert f"{flag}: '{tmp_path}' is a directory" in r.stderr and "--debug" not in r.stderr

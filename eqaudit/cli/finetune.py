@@ -64,7 +64,7 @@ def finetune_command(
     check_inputs(cfg.spec, input_files(cfg))
     json_file = None if json_path in (None, "-") else json_path
     check_output(json_file, "--json")  # before the run, which may be long; run_finetune compares it with the inputs
-    from ..audit.distributed import launched_by_torchrun
+    from ..engine.distributed import launched_by_torchrun
 
     if launched_by_torchrun() and os.environ.get("RANK", "0") != "0":
         quiet, json_path = True, None  # rank 0 speaks for the run

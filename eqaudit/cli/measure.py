@@ -1,5 +1,5 @@
 """``eqaudit measure``: audit a spec's checks and gate on their thresholds (parsing and printing
-around :func:`eqaudit.audit.run.audit`)."""
+around :func:`eqaudit.engine.run.audit`)."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def measure(
     Under torchrun (python -m torch.distributed.run --nproc-per-node N -m eqaudit measure ...)
     the samples are split across processes and rank 0 writes the reports.
     """
-    from ..audit.run import audit
+    from ..engine.run import audit
     from . import measure_many as many
 
     the_spec = load_spec_file(spec)
@@ -100,7 +100,7 @@ def measure(
     if len(paths) > 1:
         raise typer.Exit(many.measure_several(the_spec, paths, run, outputs, sampling))
     report = run(paths[0])
-    from ..audit.distributed import current_world
+    from ..engine.distributed import current_world
 
     kept, comparison = many.with_baseline(the_spec, report, paths[0], baseline, outputs, sampling)
     if current_world().is_main:  # every rank holds the same report; one writes it

@@ -3,7 +3,7 @@ differences and ``--save-samples``), several checkpoints audited on the same poi
 paired differences against the first, and the comparison with a ``--baseline`` report.
 
 The per-sample errors come from a second pass over the audit's points through the evaluation
-core's own chunk function (:func:`eqaudit.audit.chunk.measure_chunk`, into statistics that keep
+core's own chunk function (:func:`eqaudit.engine.chunk.measure_chunk`, into statistics that keep
 every value), so they are exactly the errors the audit folded into its estimates.
 """
 
@@ -29,7 +29,7 @@ def points_digest(sampler: Any, seed: int, dev: Any) -> str:
 
     from transforms_zoo import SampleRNG
 
-    from ..audit.estimator import BLOCK
+    from ..engine.estimator import BLOCK
 
     x = sampler.draw(SampleRNG.for_range(seed, 0, BLOCK, dev))
     return hashlib.sha256(x.detach().to("cpu", torch.float64).contiguous().numpy().tobytes()).hexdigest()[:16]
@@ -41,12 +41,12 @@ def sample_errors(spec: Any, report: Any, checkpoint: Path | None, *, trust_chec
     the run that gave ``report``: the same seed, sample count, device and chunk size."""
     import torch
 
-    from ..audit.chunk import measure_chunk, n_columns
-    from ..audit.chunking import round_up
-    from ..audit.device import Autocast, model_dtype
-    from ..audit.estimator import BLOCK, BlockStats
-    from ..audit.options import parse_precision
-    from ..audit.sampling import PointSampler
+    from ..engine.chunk import measure_chunk, n_columns
+    from ..engine.chunking import round_up
+    from ..engine.device import Autocast, model_dtype
+    from ..engine.estimator import BLOCK, BlockStats
+    from ..engine.options import parse_precision
+    from ..engine.sampling import PointSampler
 
     spec = spec.replace(samples=report.samples, seed=report.seed)
     dev = torch.device(report.device)
@@ -221,7 +221,7 @@ def measure_several(spec: Any, paths: Sequence[Path | None], run: Runner, output
                     sampling: dict[str, Any]) -> int:
     """Audit several checkpoints on the same points, write one report and print one table;
     the exit code is the worst over the checkpoints (and the regression gate, when asked)."""
-    from ..audit.distributed import current_world
+    from ..engine.distributed import current_world
     from ..report import compare_render
     from .output import emit, err, escape, fail
 

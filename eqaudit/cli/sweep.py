@@ -1,5 +1,5 @@
 """``eqaudit sweep``: one check's error over a range of one transform parameter (parsing and
-printing around :func:`eqaudit.audit.sweep.run_sweep`)."""
+printing around :func:`eqaudit.engine.sweep.run_sweep`)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def sweep(
     debug: DebugOpt = False,
 ) -> None:
     """Evaluate one check over a range of one transform parameter (error versus angle, shift...)."""
-    from ..audit import sweep as sweeps
+    from ..engine import sweep as sweeps
 
     the_spec = load_spec_file(spec)
     vals = sweeps.parse_values(values)

@@ -69,7 +69,7 @@ def dynamics_point(cfg: FinetuneConfig, options: DynamicsConfig, model: Any, tra
     ``dynamics.sharpness``, the sharpness phi; in eval mode, torch's generators left untouched."""
     import torch
 
-    from ..audit.run import audit
+    from ..engine.run import audit
 
     cuda = [device] if torch.device(device).type == "cuda" else []
     was_training = model.training

@@ -4,7 +4,7 @@ penalty, taken from the forward passes the penalty already runs (forward hooks; 
 
 The feature-map actions (quarter turns, flips, transposes, shifts with stride handling) and the
 per-sample error (``relative_l2`` of ``f_in(h(x))`` and ``h(f_in(x))``) are the per-layer audit's
-(:mod:`eqaudit.audit.layers`).
+(:mod:`eqaudit.engine.layers`).
 
 .. code-block:: yaml
 
@@ -39,7 +39,7 @@ class LayerTerm:
 def parse_layer_terms(src: YamlSource, raw: Any, spec: Spec) -> tuple[LayerTerm, ...]:
     """``regularizer.layers``: a list of ``{name, weight, epsilon}`` (or one such mapping); a
     name of ``all`` stands alone. At least one penalized check must act on feature maps."""
-    from ..audit.layers import acts_on_features
+    from ..engine.layers import acts_on_features
 
     if raw == "all":
         raise src.error("regularizer.layers", "'all' needs a weight",
@@ -85,7 +85,7 @@ class LayerPenalty:
     """The hooks on the chosen layers and the layer terms of one penalty step."""
 
     def __init__(self, cfg: Any, model: Any, terms: Sequence[LayerTerm]) -> None:
-        from ..audit.layers import LayerTap, acts_on_features, is_feature_map, resolve_layers
+        from ..engine.layers import LayerTap, acts_on_features, is_feature_map, resolve_layers
 
         self.cfg, self.terms = cfg, list(terms)
         spec = cfg.spec.replace(layers=layer_names(terms))
@@ -121,7 +121,7 @@ class LayerPenalty:
         outputs concatenated are the penalty points' features), then the checks' passes in order."""
         import torch
 
-        from ..audit.layers import layer_errors
+        from ..engine.layers import layer_errors
 
         outputs = self.tap.outputs
         after = max(base_passes) + 1

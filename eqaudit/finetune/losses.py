@@ -14,7 +14,7 @@ from .data import Examples, move_batch
 def call_model(model: Any, inputs: Any, cfg: FinetuneConfig, key: str) -> Any:
     """``model(inputs)`` checked by the evaluation core's forward: a failure, or an output without
     the batch dimension, is an error at the config key ``key`` (out-of-memory passes through)."""
-    from ..audit.forward import forward_once
+    from ..engine.forward import forward_once
 
     return forward_once(model, inputs, cfg, key)
 
@@ -61,7 +61,7 @@ def loss_value(loss_fn: Callable, outputs: Any, targets: Any, cfg: FinetuneConfi
     except EqauditError:
         raise
     except Exception as exc:
-        from ..audit.forward import is_oom
+        from ..engine.forward import is_oom
 
         if is_oom(exc):
             raise

@@ -15,7 +15,7 @@ def step_penalty(cfg: FinetuneConfig, model: Any, checks: Sequence[int], inputs:
     """The penalty at the points ``inputs`` whose model outputs are ``outputs``, over the checks
     ``checks`` (indices into the spec), each drawing its parameters from
     ``rng.child("check:NAME")``. The per-sample errors come from the evaluation core
-    (:func:`eqaudit.audit.evaluate.evaluate_checks`), one check after the other (a fused model call
+    (:func:`eqaudit.engine.evaluate.evaluate_checks`), one check after the other (a fused model call
     would change batch-norm statistics in training mode) in the outputs' dtype, with gradients.
 
     ``layers`` (a recording :class:`~.layer_penalty.LayerPenalty`) adds the layer terms, from the
@@ -25,7 +25,7 @@ def step_penalty(cfg: FinetuneConfig, model: Any, checks: Sequence[int], inputs:
     each penalized layer's mean error as ``layer:NAME``."""
     import torch
 
-    from ..audit.evaluate import evaluate_checks
+    from ..engine.evaluate import evaluate_checks
 
     evaluation = evaluate_checks(model, cfg.spec.checks, inputs, outputs, rng, cfg, chosen=list(checks),
                                  fuse=False, distance_dtype=None)

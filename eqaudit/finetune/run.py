@@ -182,8 +182,8 @@ def _resolve_device(cfg: FinetuneConfig, device: str | None) -> tuple[Any, Any]:
     """``--device`` if given, else the config's ``device``; under torchrun, this process's GPU."""
     import torch
 
-    from ..audit.distributed import current_world
-    from ..audit.run import resolve_device
+    from ..engine.distributed import current_world
+    from ..engine.run import resolve_device
 
     if device is not None:
         resolved = resolve_device(device)
@@ -232,7 +232,7 @@ def _audit_before(session: _Session, callback: Callback | None) -> _Progress:
     """The audit and the metrics before training; then torch's generator seeded for dropout."""
     import torch
 
-    from ..audit.run import audit
+    from ..engine.run import audit
 
     _emit(callback, "audit", phase="before")
     session.model.eval()
@@ -328,7 +328,7 @@ def _train(session: _Session, progress: _Progress, callback: Callback | None, ha
 def _finish(session: _Session, progress: _Progress, dynamics_options: DynamicsConfig, callback: Callback | None,
             started: float) -> FinetuneResult:
     """The audit and metrics after training, the dynamics, the report; the model and report written."""
-    from ..audit.run import audit
+    from ..engine.run import audit
 
     cfg, model, trainer = session.cfg, session.model, session.trainer
     _emit(callback, "audit", phase="after")

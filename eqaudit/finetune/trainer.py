@@ -60,9 +60,9 @@ class Trainer:
         import torch
         from transforms_zoo.random import stream_id
 
-        from ..audit.device import model_dtype
-        from ..audit.distributed import World
-        from ..audit.sampling import PointSampler
+        from ..engine.device import model_dtype
+        from ..engine.distributed import World
+        from ..engine.sampling import PointSampler
 
         self.cfg = cfg
         self.spec = cfg.spec

@@ -27,7 +27,7 @@ argument checks):
   points), models without parameters work, and ``bounds`` may be a list, nested lists, a NumPy array
   or a tensor (the original crashed on a tensor and on parameter-free models);
 * ``dist`` is validated when the regularizer is built (unknown names are a ``ValueError`` with a
-  suggestion; the original silently returned ``None``), and every name of :mod:`eqaudit.audit.distances`
+  suggestion; the original silently returned ``None``), and every name of :mod:`eqaudit.engine.distances`
   is accepted; ``'cross_entropy'`` keeps NaN/inf from ``log 0`` visible instead of replacing
   ``log 0`` by 0 (which scored a zero probability like a certain one);
 * the result is always a 0-dim tensor (a zero tensor when no check is chosen, not the int ``0``);
@@ -38,7 +38,7 @@ argument checks):
   changing the number of rows, an ``f_out`` whose shape differs from the model's output on
   ``f_in(x)``, and any failure of the model, a transform or the distance.
 
-The penalty is computed by the evaluation core (:func:`eqaudit.audit.evaluate.evaluate_checks`),
+The penalty is computed by the evaluation core (:func:`eqaudit.engine.evaluate.evaluate_checks`),
 each chosen check in turn, as the audit and the fine-tune penalty compute it.
 """
 
@@ -54,9 +54,9 @@ from torch import nn
 
 from transforms_zoo import SampleRNG, Transform
 
-from ..audit.device import model_device_dtype
-from ..audit.evaluate import evaluate_checks
-from ..audit.forward import forward_once
+from ..engine.device import model_device_dtype
+from ..engine.evaluate import evaluate_checks
+from ..engine.forward import forward_once
 from ..spec import CheckSpec
 from .adapters import ArgumentNamer
 from .arguments import (ParsedCheck, parse_bounds, parse_checks, parse_count, parse_dist, parse_num_funcs,
@@ -89,7 +89,7 @@ class EquivarianceError(nn.Module):
             one value per row). ``epsilon >= 0`` is the hinge, ``lambda_eq >= 0`` the weight.
         dist: how two batches of outputs are compared, per sample over the flattened output and
             then averaged: a number ``p >= 1`` (the l_p norm), ``'inf'``, ``'cross_entropy'``,
-            ``'cross_entropy_logits'``, any name of :mod:`eqaudit.audit.distances` (``'l2'``,
+            ``'cross_entropy_logits'``, any name of :mod:`eqaudit.engine.distances` (``'l2'``,
             ``'relative_l2'``, ``'kl_logits'``, ``'lp:3'``...), or a callable ``dist(a, b)``
             returning a scalar or one value per row, of which the mean is taken (the original's
             ``torch.mean(dist(a, b))``). Computed in the model output's dtype.

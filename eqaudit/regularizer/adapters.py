@@ -12,7 +12,7 @@ import torch
 
 from transforms_zoo import SampleRNG, Transform
 
-from ..audit.distances import Distance, _UserDistance
+from ..engine.distances import Distance, _UserDistance
 
 
 def _label(f: Any) -> str:

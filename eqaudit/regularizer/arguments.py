@@ -14,7 +14,7 @@ import torch
 from transforms_zoo import Transform, TransformError
 from transforms_zoo import build as build_transform
 
-from ..audit.distances import Distance, parse_distance
+from ..engine.distances import Distance, parse_distance
 from ..errors import EqauditError
 from .adapters import PlainTransform, ReplayedTransform, TorchDrawn, per_row_distance
 

@@ -4,7 +4,7 @@ carry per-sample errors of the same points, Welch otherwise), and the regression
 
 A check *regresses* when the lower confidence bound of ``new - old`` exceeds ``tolerance * old``
 (``tolerance`` 0: any significant increase). Intervals use the normal quantile, as every interval
-of eqaudit does (:func:`eqaudit.audit.estimator.z_value`).
+of eqaudit does (:func:`eqaudit.engine.estimator.z_value`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..audit.estimator import z_value
+from ..engine.estimator import z_value
 from ..errors import EqauditError
 from .model import CheckResult, Report, _json_safe
 

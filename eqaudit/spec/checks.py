@@ -13,7 +13,7 @@ from transforms_zoo import Transform, TransformError
 from transforms_zoo._resolve import is_reference
 from transforms_zoo.group import finite_group
 
-from ..audit.distances import Distance, parse_distance
+from ..engine.distances import Distance, parse_distance
 from ..errors import EqauditError, did_you_mean
 from ..io.yaml_source import YamlSource, join
 from .fields import check_keys, describe_value, expect_mapping, parse_float

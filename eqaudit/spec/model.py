@@ -12,7 +12,7 @@ from typing import Any
 from transforms_zoo import Transform
 from transforms_zoo._resolve import reference_file
 
-from ..audit.distances import Distance
+from ..engine.distances import Distance
 from ..errors import EqauditError
 from ..io.yaml_source import YamlSource
 

@@ -1,7 +1,7 @@
 """The audit run: ``audit(model, spec) -> Report``.
 
 It prepares the model (device, eval mode, autocast, compile), chooses the chunk size, runs this
-process's share of the chunk grid (:func:`eqaudit.audit.chunk.measure_chunk`, backing off on
+process's share of the chunk grid (:func:`eqaudit.engine.chunk.measure_chunk`, backing off on
 out-of-memory), keeps sampling until a target half-width when asked, sums the statistics across
 processes, and adds the extras (noise floor, inverse hints, per-layer rows) beside the estimates.
 """

@@ -1,5 +1,5 @@
 """This process's share of the audit's chunk grid: each chunk measured by
-:func:`eqaudit.audit.chunk.measure_chunk`, halved on out-of-memory, and a check that fails left
+:func:`eqaudit.engine.chunk.measure_chunk`, halved on out-of-memory, and a check that fails left
 out of the later chunks (its error is reported as the check's row)."""
 
 from __future__ import annotations

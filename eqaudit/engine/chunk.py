@@ -1,5 +1,5 @@
 """One chunk of the audit: draw the points of a range of sample indices, forward them once,
-evaluate every check on them (:func:`eqaudit.audit.evaluate.evaluate_checks`) and fold the
+evaluate every check on them (:func:`eqaudit.engine.evaluate.evaluate_checks`) and fold the
 per-sample errors into the statistics columns. Nothing is read back to the host (``num_funcs``
 reads its per-check row counts once).
 """

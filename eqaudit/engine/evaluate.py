@@ -2,7 +2,7 @@
 
 Everything that measures a check calls :func:`evaluate_checks`: the audit's chunks, the sweep
 (an audit of a swept spec), the inverse-output hints and the noise floor
-(:mod:`eqaudit.audit.extras`), the differentiable :class:`eqaudit.EquivarianceError` and the
+(:mod:`eqaudit.engine.extras`), the differentiable :class:`eqaudit.EquivarianceError` and the
 fine-tune penalty. A check is one of three strategies behind the same call:
 
 * ``sample`` (the default): draw the check's parameters once per sample, compare
@@ -11,7 +11,7 @@ fine-tune penalty. A check is one of three strategies behind the same call:
 * ``group:``: every element of a finite group on every sample, the check's error being the mean
   over the elements (each element's errors are returned too);
 * ``mode: lie``: the norm of the Lie derivative along the transform's path
-  (:mod:`eqaudit.audit.lie`), its own forward-mode pass.
+  (:mod:`eqaudit.engine.lie`), its own forward-mode pass.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def evaluate_checks(
             ``distance``, ``mode``, ``group``, ``mask``, ``stream_name``).
         x: the points, ``(n, *shape)``.
         y: ``model(x)``, computed once by the caller and shared by every check (see
-            :func:`eqaudit.audit.forward.forward_rows`).
+            :func:`eqaudit.engine.forward.forward_rows`).
         rng: the draws of the rows of ``x``; check ``j`` draws its parameters from
             ``rng.child(f"check:{checks[j].stream_name}")`` (restricted to its rows).
         locate: turns a failure into an error at ``checks[j].input`` / ``.output`` / ``.both`` /

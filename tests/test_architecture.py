@@ -126,3 +126,14 @@ def test_measure_loads_no_finetune_module(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert (tmp_path / "r.json").exists(), out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+
+
+def test_public_imports_are_the_documented_objects() -> None:
+    """``from eqaudit import audit`` is the function (a subpackage named ``audit`` once shadowed it)."""
+    import eqaudit
+    import eqaudit.engine.run
+    from eqaudit import EquivarianceError, audit
+
+    assert callable(audit) and audit is eqaudit.engine.run.audit
+    assert eqaudit.audit is audit
+    assert EquivarianceError.__name__ == "EquivarianceError"

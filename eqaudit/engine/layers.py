@@ -18,6 +18,7 @@ import torch
 
 from transforms_zoo import Compose
 
+from .channels import ChannelTable
 from .distances import relative_l2
 from .estimator import BlockStats
 from ..errors import did_you_mean
@@ -27,6 +28,8 @@ from ..spec import Spec
 ANY_SIZE = frozenset({"identity", "rot90", "hflip", "vflip", "transpose"})
 #: Transforms that act the same only on maps of the input's spatial size.
 SAME_SIZE = frozenset({"shift"})
+#: The reason of a strided row whose only samples the stride divides did not move (shift (0, 0)).
+ONLY_IDENTITY = "only identity draws act here"
 
 
 def _parts(t: Any) -> list[Any]:
@@ -95,14 +98,16 @@ class LayerTap:
 
 
 def layer_errors(
-    tap: LayerTap, check: Any, p_in: Any, call: int, offset: int, n: int, input_hw: tuple[int, ...]
+    tap: LayerTap, check: Any, p_in: Any, call: int, offset: int, n: int, input_hw: tuple[int, ...],
+    maps: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> dict[str, Any]:
     """Per-sample errors of each recorded layer for one check, or the reason it was skipped.
 
     ``call`` is the index of the forward pass that carried this check's transformed points and
     ``offset``/``n`` its rows there; pass 0 is the base forward. On a map downsampled by an
     integer stride, a shift acts when it is a multiple of the stride: the entry is then
-    ``(errors, keep)`` with ``keep`` the samples where it is.
+    ``(errors, keep)`` with ``keep`` the samples where it is. ``maps``, when given, receives each
+    measured layer's aligned maps ``(transform(feature(x)), feature(transform(x)))``.
     """
     out: dict[str, torch.Tensor | str] = {}
     for name in tap.names:
@@ -128,6 +133,8 @@ def layer_errors(
             out[name] = f"the transform gives shape {list(expected.shape[1:])}, the layer {list(moved.shape[1:])}"
             continue
         e = relative_l2(expected.to(torch.float64), moved.to(torch.float64))
+        if maps is not None:
+            maps[name] = (expected, moved)
         out[name] = e if keep is None else (e, keep)
     return out
 
@@ -173,6 +180,22 @@ def _strided_params(t: Any, p: Any, n: int, input_hw: tuple[int, ...], map_hw: t
     return (tuple(scaled) if isinstance(t, Compose) else scaled[0]), keep
 
 
+def identity_draws(t: Any, p: Any, n: int, device: torch.device) -> torch.Tensor:
+    """The samples whose draw of a shift-only transform moves nothing (every shift is (0, 0)):
+    no evidence about a strided map, where the stride keeps them more often than the others."""
+    parts = _parts(t)
+    if any(part.name not in SAME_SIZE for part in parts):
+        return torch.zeros(n, dtype=torch.bool, device=device)
+    given = (p if p is not None else (None,) * len(parts)) if isinstance(t, Compose) else (p,)
+    still = torch.ones(n, dtype=torch.bool, device=device)
+    for part, q in zip(parts, given):
+        if q is None:
+            still &= torch.tensor(part.dx[0] == 0 and part.dy[0] == 0, device=device)
+        else:
+            still &= (q.dx.to(device) == 0) & (q.dy.to(device) == 0)
+    return still
+
+
 def is_feature_map(output: Any) -> bool:
     """A 4-D tensor (N, C, H, W): what ``layers: all`` reports."""
     return isinstance(output, torch.Tensor) and output.dim() == 4
@@ -188,6 +211,9 @@ class LayerPlan:
         self.skipped: dict[tuple[int, str], str] = {}
         self.strided: dict[tuple[int, str], tuple[int, int]] = {}  # shifts divided by a map's stride
         self.maps: set[str] = set()  # layers seen with a 4-D (N, C, H, W) output
+        #: identity draws a stride kept, per (check, layer): counted, never folded as evidence
+        self.identity: dict[tuple[int, str], torch.Tensor] = {}
+        self.channels = ChannelTable() if spec.per_channel else None
 
     @classmethod
     def build(cls, model: Any, spec: Spec, first_column: int) -> LayerPlan | None:
@@ -220,7 +246,8 @@ class LayerPlan:
             if j not in self.checks or item.rows is not None or item.element is not None:
                 continue
             check = self.spec.checks[j]
-            errors = layer_errors(self.tap, check, item.p_in, item.call, item.offset, item.rows_in_call, hw)
+            maps: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = {} if self.channels is not None else None
+            errors = layer_errors(self.tap, check, item.p_in, item.call, item.offset, item.rows_in_call, hw, maps)
             for li, name in enumerate(self.names):
                 e = errors[name]
                 if isinstance(e, str):
@@ -229,12 +256,24 @@ class LayerPlan:
                 keep = valid
                 if isinstance(e, tuple):  # a shift on a strided map: only samples it divides
                     e, kept = e
-                    keep = valid & kept
-                    stride = map_stride(hw, tuple(self.tap.outputs[name][0].shape[-2:])) or (1, 1)
-                    self.strided[(j, name)] = stride
-                    self.skipped.setdefault((j, name), f"no sample's shift is a multiple of the map's "
-                                            f"stride {stride[0]}x{stride[1]}")
+                    keep = self._strided_keep(j, name, valid & kept, check, item.p_in, hw)
                 stats.update(self.column(j, li), start, e, keep)
+                if maps is not None and name in maps:
+                    self.channels.fold(j, name, *maps[name], keep)  # type: ignore[union-attr]
+
+    def _strided_keep(self, j: int, name: str, kept: torch.Tensor, check: Any, p_in: Any,
+                      hw: tuple[int, ...]) -> torch.Tensor:
+        """The samples of a strided map that are evidence: the stride divides their shift and it is
+        not (0, 0) (those are counted, for the reason of an empty row)."""
+        stride = map_stride(hw, tuple(self.tap.outputs[name][0].shape[-2:])) or (1, 1)
+        self.strided[(j, name)] = stride
+        self.skipped.setdefault((j, name), f"no sample's shift is a multiple of the map's "
+                                f"stride {stride[0]}x{stride[1]}")
+        still = kept & identity_draws(check.input, p_in, kept.shape[0], kept.device)
+        count = still.sum()
+        old = self.identity.get((j, name))
+        self.identity[(j, name)] = count if old is None else old + count
+        return kept & ~still
 
     def results(self, j: int, summaries: list[Any]) -> list[dict[str, Any]] | None:
         """Check ``j``'s per-layer rows of the report (None: the check has none)."""
@@ -246,12 +285,16 @@ class LayerPlan:
                 continue  # "all": the leaf modules whose outputs are (N, C, H, W) feature maps
             s = summaries[self.column(j, li)]
             if s.n == 0:
-                out.append({"name": name, "skipped": self.skipped.get((j, name), "no samples")})
+                identity = self.identity.get((j, name))
+                reason = ONLY_IDENTITY if identity is not None and int(identity) > 0 else None
+                out.append({"name": name, "skipped": reason or self.skipped.get((j, name), "no samples")})
             else:
                 row = {"name": name, "n": s.n, "mean": s.mean, "std": s.std, "ci_low": s.ci_low,
                        "ci_high": s.ci_high, "max": s.max}
                 if (j, name) in self.strided:  # n counts the samples whose shift the stride divides
                     row["stride"] = list(self.strided[(j, name)])
+                if self.channels is not None:
+                    row["channels"] = self.channels.row(j, name)
                 out.append(row)
         return out
 

@@ -93,6 +93,8 @@ class Spec:
     seed: int = 0
     #: Per-layer attribution: module names, "all" (every leaf module), or None.
     layers: tuple[str, ...] | str | None = None
+    #: ``layers: {per_channel: true}``: each layer's errors per channel too.
+    per_channel: bool = False
     file: str | None = None
     base_dir: Path = field(default_factory=Path.cwd)
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)

@@ -13,7 +13,7 @@ from ..io.yaml_source import YamlSource, load_yaml
 from .checks import code_references, parse_check
 from .fields import MAX_SAMPLES, check_keys, describe_value, parse_int
 from .model import Spec
-from .sections import parse_input, parse_layers, parse_model
+from .sections import parse_input, parse_layer_options, parse_model
 
 SPEC_KEYS = ("model", "input", "distance", "samples", "num_funcs", "seed", "checks", "layers")
 
@@ -58,8 +58,9 @@ def parse_spec(
             raise src.error("num_funcs", f"{num_funcs} exceeds the number of checks ({len(checks)})", "use 'all'")
         if num_funcs == len(checks):
             num_funcs = None
-    layers = parse_layers(src, d.get("layers"))
-    return Spec(model, inp, tuple(checks), str(distance), samples, num_funcs, seed, layers=layers, file=src.file,
+    layers, per_channel = parse_layer_options(src, d.get("layers"))
+    return Spec(model, inp, tuple(checks), str(distance), samples, num_funcs, seed, layers=layers,
+                per_channel=per_channel, file=src.file,
                 base_dir=base, lines=src.lines, code_refs=code_references(raw_checks, distance))
 
 

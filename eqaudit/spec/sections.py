@@ -118,20 +118,39 @@ def parse_input(src: YamlSource, raw: Any, base_dir: Path, require: bool) -> Inp
     return InputSpec(shape, bounds, data, dtype, sampling)
 
 
-def parse_layers(src: YamlSource, raw: Any) -> tuple[str, ...] | str | None:
+LAYERS_KEYS = ("names", "per_channel")
+
+
+def parse_layer_options(src: YamlSource, raw: Any) -> tuple[tuple[str, ...] | str | None, bool]:
+    """``layers``: ``all``, a list of module names, or ``{names: all | [...], per_channel: bool}``
+    (names default to ``all``); returns the names and whether per-channel errors are asked for."""
+    if not isinstance(raw, dict):
+        return parse_layers(src, raw), False
+    check_keys(src, raw, LAYERS_KEYS, "layers")
+    per_channel = raw.get("per_channel", False)
+    if not isinstance(per_channel, bool):
+        raise src.error("layers.per_channel", f"expected true or false, got {describe_value(per_channel)}")
+    names = raw.get("names", "all")
+    if names is None:
+        raise src.error("layers.names", "expected 'all' or a list of module names, got null",
+                        "e.g. layers: {names: all, per_channel: true}")
+    return parse_layers(src, names, "layers.names"), per_channel
+
+
+def parse_layers(src: YamlSource, raw: Any, key: str = "layers") -> tuple[str, ...] | str | None:
     if raw is None:
         return None
     if raw == "all":
         return "all"
     if not isinstance(raw, list) or not raw:
-        raise src.error("layers", f"expected 'all' or a list of module names, got {describe_value(raw)}",
+        raise src.error(key, f"expected 'all', a list of module names or {{names, per_channel}}, got {describe_value(raw)}",
                         "e.g. layers: [features.0, features.2]")
     names = []
     for i, n in enumerate(raw):
         if isinstance(n, int) and not isinstance(n, bool) and n >= 0:
             n = str(n)  # nn.Sequential children are named "0", "1", ...: YAML reads them as integers
         if not isinstance(n, str) or not n:
-            raise src.error(f"layers[{i}]", f"expected a module name, got {describe_value(n)}",
+            raise src.error(f"{key}[{i}]", f"expected a module name, got {describe_value(n)}",
                             "names as in model.named_modules(), e.g. features.0")
         names.append(n)
     return tuple(names)

@@ -1,0 +1,112 @@
+"""Per-channel attribution (``layers: {per_channel: true}``): each channel's error and its
+normalized-variance invariance measure, accumulated over the chunks of one (check, layer) pair.
+
+For sample ``i`` with the check's draw ``t_i``, the two aligned maps of channel ``c`` are
+``A[i, 0] = t_i(feature_c(x_i))`` (the base map moved by the transform) and
+``A[i, 1] = feature_c(t_i(x_i))`` (the map of the moved input). Over the ``P`` positions ``p``:
+
+- ``error_c``: the mean over samples of ``relative_l2(A[i, 0], A[i, 1])`` (the per-layer distance,
+  on one channel's map);
+- ``transform_variance_c = mean_{i, p} Var_k A[i, k, p] = mean_{i, p} (A[i,0,p] - A[i,1,p])^2 / 4``
+  (the variance over the two transform conditions, identity and the draw);
+- ``sample_variance_c = mean_{k, p} Var_i A[i, k, p]`` (the variance over samples, per condition);
+- ``normalized_variance_c = transform_variance_c / sample_variance_c`` (Quiroga et al.'s normalized
+  variance, as in the ``tmeasures`` library; null when the sample variance is 0).
+
+Variances are population variances (divided by the count). Sums are kept in float64 on the
+device (nothing is read back until the report) and summed across processes under torchrun.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from .distances import relative_l2
+
+
+class ChannelStats:
+    """Per-channel sums of one (check, layer) pair over the samples folded so far."""
+
+    def __init__(self) -> None:
+        self.n: torch.Tensor | None = None  # samples folded
+        self.error_sum: torch.Tensor | None = None  # (C,)
+        self.error_max: torch.Tensor | None = None  # (C,)
+        self.tv_sum: torch.Tensor | None = None  # (C,) sum over samples and positions of (a - b)^2 / 4
+        self.s1: torch.Tensor | None = None  # (2, C, *map) sums of the aligned maps
+        self.s2: torch.Tensor | None = None  # (2, C, *map) sums of their squares
+
+    def fold(self, expected: torch.Tensor, moved: torch.Tensor, keep: torch.Tensor) -> None:
+        """Add the samples ``keep`` of the aligned maps ``expected`` and ``moved`` (N, C, ...)."""
+        a, b = expected.to(torch.float64), moved.to(torch.float64)
+        n, c = a.shape[0], a.shape[1]
+        w = keep.to(torch.float64)
+        errors = relative_l2(a.reshape(n * c, -1), b.reshape(n * c, -1)).reshape(n, c)
+        errors = torch.where(keep[:, None], errors, torch.zeros_like(errors))
+        pair = torch.stack([a, b], dim=1) * w.reshape(n, 1, *([1] * (a.dim() - 1)))
+        tv = ((a - b) ** 2 / 4).reshape(n, c, -1).sum(dim=2)
+        parts = {"n": w.sum(), "error_sum": errors.sum(dim=0), "tv_sum": (tv * w[:, None]).sum(dim=0),
+                 "s1": pair.sum(dim=0), "s2": (pair * pair).sum(dim=0)}
+        for key, value in parts.items():
+            old = getattr(self, key)
+            setattr(self, key, value if old is None else old + value)
+        top = errors.max(dim=0).values
+        self.error_max = top if self.error_max is None else torch.maximum(self.error_max, top)
+
+    def reduce(self) -> None:
+        """Sum (max for the maxima) the sums of every process, in place (no-op in one process)."""
+        import torch.distributed as dist
+
+        if self.n is None or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        nccl = dist.get_backend() == "nccl"
+        for key in ("n", "error_sum", "tv_sum", "s1", "s2", "error_max"):
+            value = getattr(self, key)
+            t = value if nccl else value.cpu()
+            dist.all_reduce(t, op=dist.ReduceOp.MAX if key == "error_max" else dist.ReduceOp.SUM)
+            setattr(self, key, t.to(value.device))
+
+    def row(self) -> dict[str, list[float | None]] | None:
+        """The report's ``channels`` object (None when no sample was folded)."""
+        if self.n is None or float(self.n) == 0:
+            return None
+        n = float(self.n)
+        positions = self.s1[0, 0].numel()  # type: ignore[index]
+        mean = self.s1 / n  # type: ignore[operator]
+        sample_var = (self.s2 / n - mean * mean).clamp_min(0.0)  # type: ignore[operator]
+        sample_var = sample_var.transpose(0, 1).reshape(mean.shape[1], -1).mean(dim=1)
+        transform_var = self.tv_sum / (n * positions)  # type: ignore[operator]
+        normalized = [t / s if s > 0 else None for t, s in zip(transform_var.tolist(), sample_var.tolist())]
+        return {"error": _floats(self.error_sum / n), "error_max": _floats(self.error_max),  # type: ignore[operator]
+                "transform_variance": _floats(transform_var), "sample_variance": _floats(sample_var),
+                "normalized_variance": normalized}
+
+
+def _floats(t: torch.Tensor) -> list[float | None]:
+    """Host floats, None for non-finite values (JSON has no NaN)."""
+    return [v if math.isfinite(v) else None for v in t.tolist()]
+
+
+class ChannelTable:
+    """The :class:`ChannelStats` of every (check, layer) pair of a run."""
+
+    def __init__(self) -> None:
+        self.stats: dict[tuple[int, str], ChannelStats] = {}
+        self._reduced = False
+
+    def fold(self, j: int, name: str, expected: torch.Tensor, moved: torch.Tensor, keep: torch.Tensor) -> None:
+        """Fold check ``j``'s aligned maps at layer ``name`` (4-D feature maps only)."""
+        if expected.dim() < 3:
+            return
+        self.stats.setdefault((j, name), ChannelStats()).fold(expected, moved, keep)
+
+    def row(self, j: int, name: str) -> dict[str, Any] | None:
+        """The ``channels`` object of check ``j`` at layer ``name`` (every process's samples)."""
+        if not self._reduced:
+            for key in sorted(self.stats):
+                self.stats[key].reduce()
+            self._reduced = True
+        stats = self.stats.get((j, name))
+        return stats.row() if stats is not None else None

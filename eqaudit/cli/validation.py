@@ -1,5 +1,6 @@
 """What ``eqaudit validate`` checks beyond parsing, without building the model: the files and
-factory a spec names, every named tensor (``input.data``; a fine-tune config's ``data`` keys), and
+factory a spec names, the audit's data (``input.data`` or ``input.dataset``, read as ``measure``
+reads it) and every tensor a fine-tune config names (its ``data`` keys), and
 a dry run of every check's input transforms (parameters drawn with seed 0) on a zero sample of
 the declared shape, so that what validate accepts, measure does not refuse for a spec reason."""
 
@@ -13,6 +14,7 @@ from transforms_zoo import TransformError
 from transforms_zoo._resolve import ReferenceError_, resolve_reference
 from transforms_zoo.random import SampleRNG
 
+from ..engine.sampling import load_input_data
 from ..errors import EqauditError, first_line
 from ..io.files import require_regular_file
 from ..io.tensors import tensor_shape
@@ -38,12 +40,8 @@ def check_files(spec: Spec) -> None:
     if ckpt is None and spec.model.factory is None:
         raise spec.error("model", "needs a factory, a checkpoint, or a CHECKPOINT on the command line",
                          "set model.factory and/or model.checkpoint")
-    data = spec.input.data
-    if data is not None:
-        shape = _shape(spec, data.path, data.key, "input.data")
-        if spec.input.shape and list(spec.input.shape) != shape[1:]:
-            raise spec.error("input.shape", f"data '{data.key}' holds samples of shape {shape[1:]}, "
-                             f"the spec says {list(spec.input.shape)}")
+    if spec.input.from_data:
+        load_input_data(spec)  # read as measure reads it: what validate accepts, measure does not refuse
 
 
 def check_config_data(config: Any) -> None:
@@ -71,10 +69,9 @@ def _shape(spec: Spec, path: Any, name: str, key: str) -> list[int]:
 
 def sample_shape(spec: Spec) -> list[int]:
     """The shape of one sample: ``input.shape``, or the data's rows."""
-    if spec.input.shape:
+    if spec.input.shape or not spec.input.from_data:
         return list(spec.input.shape)
-    data = spec.input.data
-    return _shape(spec, data.path, data.key, "input.data")[1:] if data is not None else []
+    return list(load_input_data(spec).shape[1:])
 
 
 def dry_run_transforms(spec: Spec) -> None:

@@ -1,5 +1,6 @@
 """Where the audit measures: the model inputs of a range of sample indices (a uniform box,
-scrambled Sobol points, or rows of a data tensor), and which checks each sample runs under
+scrambled Sobol points, or rows of the data: ``input.data`` or ``input.dataset``, read by
+:mod:`eqaudit.io.datasets`), and which checks each sample runs under
 ``num_funcs``. Sample ``i``'s point depends only on ``(seed, i)``.
 """
 
@@ -12,7 +13,7 @@ import torch
 
 from transforms_zoo import SampleRNG
 
-from ..errors import did_you_mean
+from ..errors import EqauditError
 from ..spec import InputSpec, Spec
 
 
@@ -24,15 +25,9 @@ class PointSampler:
         self.dtype = getattr(torch, inp.dtype) if inp.dtype else dtype
         self.data: torch.Tensor | None = None
         self.sequential = inp.sampling == "sequential"
-        if inp.data is not None:
-            self.data = _load_data(spec).to(device=device, dtype=self.dtype)
+        if inp.from_data:
+            self.data = load_input_data(spec).to(device=device, dtype=self.dtype)
             self.shape = tuple(self.data.shape[1:])
-            if inp.shape and tuple(inp.shape) != self.shape:
-                raise spec.error(
-                    "input.shape",
-                    f"data '{inp.data.key}' holds samples of shape {list(self.shape)}, the spec says {list(inp.shape)}",
-                    "fix input.shape or drop it to use the data's shape",
-                )
         else:
             self.shape = tuple(inp.shape)
             b = torch.tensor(inp.bounds, dtype=torch.float64)
@@ -83,27 +78,27 @@ class PointSampler:
         return u.mul_(self.span).add_(self.lo)  # lo + span * u, in place
 
 
-def _load_data(spec: Spec) -> torch.Tensor:
-    ref = spec.input.data
-    assert ref is not None
-    from safetensors import SafetensorError, safe_open
+def load_input_data(spec: Spec) -> torch.Tensor:
+    """The samples of ``input.data`` or ``input.dataset`` as one tensor (dimension 0: the samples),
+    read the same way for ``measure`` and ``validate``; the sample shape must match ``input.shape``
+    when given. Errors are located at the key that names the data."""
+    from ..io.datasets import call_reference, dataset_inputs, read_data
 
+    inp = spec.input
+    key = "input.data" if inp.data is not None else "input.dataset"
     try:
-        with safe_open(str(ref.path), framework="pt") as fh:
-            keys = list(fh.keys())
-            if ref.key not in keys:
-                raise spec.error(
-                    "input.data",
-                    f"no tensor '{ref.key}' in {ref.path.name}",
-                    did_you_mean(ref.key, keys) or ("keys: " + ", ".join(keys[:10])),
-                )
-            data = fh.get_tensor(ref.key)
-    except (SafetensorError, OSError) as exc:
-        raise spec.error("input.data", f"cannot read '{ref.path}' as safetensors: {exc}") from None
-    if data.dim() < 1 or data.shape[0] == 0:
-        raise spec.error("input.data", f"tensor '{ref.key}' has no rows (shape {list(data.shape)})")
-    if not data.is_floating_point():
-        data = data.to(torch.float32)
+        if inp.data is not None:
+            data = read_data(inp.data.path, inp.data.key, tuple(inp.shape), resize=inp.resize)
+        elif inp.dataset is not None:
+            data = dataset_inputs(call_reference(inp.dataset, spec.base_dir), inp.dataset)
+        else:
+            raise ValueError("the spec draws from a box, not data")
+    except EqauditError as exc:
+        raise spec.error(key, exc.message, exc.hint) from None
+    if inp.shape and tuple(inp.shape) != tuple(data.shape[1:]):
+        what = f"data '{inp.data.key or inp.data.path.name}'" if inp.data is not None else f"dataset {inp.dataset}"
+        raise spec.error("input.shape", f"{what} holds samples of shape {list(data.shape[1:])}, "
+                         f"the spec says {list(inp.shape)}", "fix input.shape or drop it to use the data's shape")
     return data
 
 

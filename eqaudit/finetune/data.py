@@ -101,16 +101,13 @@ def load_data(cfg: FinetuneConfig) -> tuple[Examples, Examples | None]:
 def _from_callable(cfg: FinetuneConfig, ref: str, key: str, label: str) -> Examples:
     """The examples that the ``module:callable`` ``ref`` returns (called with ``data.kwargs``)."""
     import torch
-    from transforms_zoo._resolve import ReferenceError_, resolve_reference
+
+    from ..io.datasets import call_reference
 
     try:
-        fn = resolve_reference(ref, cfg.base_dir)
-    except ReferenceError_ as exc:
-        raise cfg.error(key, str(exc)) from None
-    try:
-        obj = fn(**dict(cfg.data.kwargs)) if callable(fn) else fn
-    except Exception as exc:
-        raise cfg.error(key, f"calling {ref} failed: {type(exc).__name__}: {exc}") from None
+        obj = call_reference(ref, cfg.base_dir, cfg.data.kwargs)
+    except EqauditError as exc:
+        raise cfg.error(key, exc.message, exc.hint) from None
     if isinstance(obj, tuple) and len(obj) == 2 and all(isinstance(t, torch.Tensor) for t in obj):
         return _tensor_pair(cfg, obj[0], obj[1], key, key, label)
     if isinstance(obj, torch.utils.data.TensorDataset) and len(obj.tensors) == 2:

@@ -28,21 +28,31 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class DataRef:
-    """Points drawn from a tensor stored under ``key`` in a safetensors file."""
+    """Points drawn from the samples stored at ``path``: a tensor under ``key`` (safetensors,
+    ``.npz``, ``.pt``), the one array of a ``.npy`` or ``.pt`` file (``key`` None), or a folder of
+    images (``key`` None)."""
 
     path: Path
-    key: str
+    key: str | None
 
 
 @dataclass(frozen=True)
 class InputSpec:
-    """The input domain: a uniform box over ``shape``, or rows of a data tensor."""
+    """The input domain: a uniform box over ``shape``, or rows of a data tensor (``data``, or the
+    inputs of the Dataset that the ``dataset`` callable returns)."""
 
     shape: tuple[int, ...]
     bounds: Any = (0.0, 1.0)  # [lo, hi] or nested lists broadcast to shape + (2,)
     data: DataRef | None = None
     dtype: str | None = None  # None: the model's parameter dtype
     sampling: str = "random"  # data: "random" (with replacement) or "sequential"; box: "random" or "sobol"
+    dataset: str | None = None  # "module:callable" returning a torch Dataset (instead of data)
+    resize: bool = False  # an image folder: resize images of another size to shape (else refused)
+
+    @property
+    def from_data(self) -> bool:
+        """Whether the points are rows of stored samples (``data`` or ``dataset``), not a box."""
+        return self.data is not None or self.dataset is not None
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,15 @@ class CheckSpec:
         return self.output.describe()
 
 
+def _data_files(path: Path) -> dict[str, Path]:
+    """The data file, or each image of a data folder, by key (``input.data``, ``input.data[i]``)."""
+    if not path.is_dir():
+        return {"input.data": path}
+    from ..io.images import image_files
+
+    return {f"input.data[{i}]": p for i, p in enumerate(image_files(path))}
+
+
 @dataclass(frozen=True)
 class Spec:
     """A validated audit spec."""
@@ -104,8 +123,9 @@ class Spec:
     def input_files(self) -> dict[str, Path]:
         """Every file an audit of this spec reads, by the key that names it, as resolved paths.
 
-        Keys: ``spec`` (the spec file, when there is one), ``model.checkpoint``, ``input.data``,
-        ``model.factory`` and the user-code references (``distance``, ``checks[i].distance``,
+        Keys: ``spec`` (the spec file, when there is one), ``model.checkpoint``, ``input.data`` (a
+        folder of images: each image, ``input.data[i]``; an output may be written beside them),
+        ``model.factory``, ``input.dataset`` and the user-code references (``distance``, ``checks[i].distance``,
         ``checks[i].input`` / ``.output`` / ``.both``, ``checks[i].input[j]`` inside a list) whose
         code is a file (``file.py:attr``, or ``module:attr`` found beside the spec or on
         ``sys.path``). Outputs compare against these so that no output overwrites an input.
@@ -116,10 +136,12 @@ class Spec:
         if self.model.checkpoint is not None:
             files["model.checkpoint"] = self.model.checkpoint
         if self.input.data is not None:
-            files["input.data"] = self.input.data.path
+            files.update(_data_files(self.input.data.path))
         refs = dict(self.code_refs)
         if isinstance(self.model.factory, str):
             refs["model.factory"] = self.model.factory
+        if self.input.dataset is not None:
+            refs["input.dataset"] = self.input.dataset
         for key, ref in refs.items():
             path = reference_file(ref, self.base_dir)
             if path is not None:

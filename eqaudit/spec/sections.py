@@ -12,7 +12,7 @@ from .fields import check_keys, describe_value, expect_mapping, parse_float, par
 from .model import DataRef, InputSpec, ModelSpec
 
 MODEL_KEYS = ("factory", "kwargs", "checkpoint")
-INPUT_KEYS = ("shape", "bounds", "data", "dtype", "sampling")
+INPUT_KEYS = ("shape", "bounds", "data", "dataset", "resize", "dtype", "sampling")
 #: At most this many elements in one sample (2^31: ~8 GiB of float32 for a single point).
 MAX_SAMPLE_ELEMENTS = 1 << 31
 DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -70,18 +70,8 @@ def parse_input(src: YamlSource, raw: Any, base_dir: Path, require: bool) -> Inp
         raw = {}
     m = expect_mapping(src, raw, "input")
     check_keys(src, m, INPUT_KEYS, "input")
-    data = None
-    if "data" in m:
-        d = m["data"]
-        if not isinstance(d, str) or ":" not in d:
-            raise src.error("input.data", f"expected 'file.safetensors:key', got {describe_value(d)}")
-        fname, _, key = d.rpartition(":")
-        path = resolve_path(base_dir, fname)
-        if not path.is_file():
-            raise src.error("input.data", f"data file '{path}' not found", "paths resolve against the spec's folder")
-        data = DataRef(path, key)
-        if "bounds" in m:
-            raise src.error("input.bounds", "give either 'bounds' or 'data', not both")
+    data = _parse_data(src, m, base_dir)
+    dataset = _parse_dataset(src, m, data)
     shape: tuple[int, ...]
     if "shape" in m:
         s = m["shape"]
@@ -92,8 +82,11 @@ def parse_input(src: YamlSource, raw: Any, base_dir: Path, require: bool) -> Inp
             raise src.error("input.shape", f"one sample of shape {list(shape)} has {math.prod(shape):,} elements, "
                             f"more than the {MAX_SAMPLE_ELEMENTS:,} allowed",
                             "give the shape of one sample, without the batch dimension")
-    elif data is not None:
-        shape = ()  # taken from the data file when it is loaded
+    elif data is not None and data.path.is_dir():
+        raise src.error("input.shape", "missing: a folder of images needs the shape [C, H, W] to read them as",
+                        "e.g. shape: [3, 64, 64] (C = 1: grayscale, 3: RGB)")
+    elif data is not None or dataset is not None:
+        shape = ()  # taken from the data when it is loaded
     else:
         raise src.error("input.shape", "missing", "give the shape of one sample, without the batch dimension")
     bounds: Any = (0.0, 1.0)
@@ -106,16 +99,66 @@ def parse_input(src: YamlSource, raw: Any, base_dir: Path, require: bool) -> Inp
     if sampling not in SAMPLINGS:
         raise src.error("input.sampling", f"expected random, sequential or sobol, got {describe_value(sampling)}",
                         did_you_mean(str(sampling), SAMPLINGS))
-    if sampling == "sequential" and data is None:
-        raise src.error("input.sampling", "'sequential' only applies to 'input.data'")
+    if sampling == "sequential" and data is None and dataset is None:
+        raise src.error("input.sampling", "'sequential' only applies to 'input.data' or 'input.dataset'")
     if sampling == "sobol":
-        if data is not None:
+        if data is not None or dataset is not None:
             raise src.error("input.sampling", "'sobol' (quasi-Monte Carlo) needs a uniform box, not 'input.data'",
                             "use random or sequential with data")
         if math.prod(shape) > SOBOL_MAX_DIM:
             raise src.error("input.sampling", f"'sobol' supports at most {SOBOL_MAX_DIM} input elements, "
                             f"the input has {math.prod(shape)}", "use sampling: random")
-    return InputSpec(shape, bounds, data, dtype, sampling)
+    resize = m.get("resize", False)
+    if not isinstance(resize, bool):
+        raise src.error("input.resize", f"expected true or false, got {describe_value(resize)}")
+    if resize and (data is None or not data.path.is_dir()):
+        raise src.error("input.resize", "'resize' only applies to a folder of images in 'input.data'")
+    return InputSpec(shape, bounds, data, dtype, sampling, dataset, resize)
+
+
+def _parse_data(src: YamlSource, m: dict, base_dir: Path) -> DataRef | None:
+    """``input.data``: ``file.safetensors:key``, ``file.npz:key``, ``file.pt[:key]``, ``file.npy``
+    or a folder of images. The whole text is tried as a path first, then split at its last ``:``."""
+    if "data" not in m:
+        return None
+    d = m["data"]
+    expected = "'file.safetensors:key', 'file.npz:key', 'file.pt[:key]', 'file.npy' or a folder of images"
+    if not isinstance(d, str) or not d.strip():
+        raise src.error("input.data", f"expected {expected}, got {describe_value(d)}")
+    if "bounds" in m:
+        raise src.error("input.bounds", "give either 'bounds' or 'data', not both")
+    whole = resolve_path(base_dir, d)
+    if whole.is_dir() or (whole.exists() and whole.suffix.lower() in (".npy", ".pt", ".pth")):
+        return DataRef(whole, None)
+    if ":" not in d:
+        if whole.exists():
+            raise src.error("input.data", f"'{d}' needs the name of a tensor in the file", f"write '{d}:key'")
+        raise src.error("input.data", f"data file '{whole}' not found", "paths resolve against the spec's folder")
+    fname, _, key = d.rpartition(":")
+    path = resolve_path(base_dir, fname)
+    if not path.exists():
+        raise src.error("input.data", f"data file '{path}' not found", "paths resolve against the spec's folder")
+    if path.is_dir() or path.suffix.lower() == ".npy":
+        raise src.error("input.data", f"'{fname}' holds one set of samples, it takes no ':{key}'",
+                        f"write '{fname}' alone")
+    if not key:
+        raise src.error("input.data", f"expected {expected}, got {describe_value(d)}", f"write '{fname}:key'")
+    return DataRef(path, key)
+
+
+def _parse_dataset(src: YamlSource, m: dict, data: DataRef | None) -> str | None:
+    """``input.dataset``: ``module:callable`` or ``file.py:callable`` returning a torch Dataset."""
+    ref = m.get("dataset")
+    if ref is None:
+        return None
+    if not isinstance(ref, str) or ":" not in ref:
+        raise src.error("input.dataset", f"expected 'package.module:callable' or 'file.py:callable', "
+                        f"got {describe_value(ref)}")
+    if data is not None:
+        raise src.error("input.dataset", "give either 'data' or 'dataset', not both")
+    if "bounds" in m:
+        raise src.error("input.bounds", "give either 'bounds' or 'dataset', not both")
+    return ref
 
 
 LAYERS_KEYS = ("names", "per_channel")

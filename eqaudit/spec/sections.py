@@ -186,8 +186,8 @@ def parse_layers(src: YamlSource, raw: Any, key: str = "layers") -> tuple[str, .
     if raw == "all":
         return "all"
     if not isinstance(raw, list) or not raw:
-        raise src.error(key, f"expected 'all', a list of module names or {{names, per_channel}}, got {describe_value(raw)}",
-                        "e.g. layers: [features.0, features.2]")
+        raise src.error(key, f"expected 'all', a list of module names or {{names, per_channel}}, "
+                        f"got {describe_value(raw)}", "e.g. layers: [features.0, features.2]")
     names = []
     for i, n in enumerate(raw):
         if isinstance(n, int) and not isinstance(n, bool) and n >= 0:

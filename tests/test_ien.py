@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from eqaudit.audit.distances import relative_l2
+from eqaudit.engine.distances import relative_l2
 from eqaudit.errors import EqauditError
 from eqaudit.finetune import TensorData, Trainer, config_from_dict, run_finetune
 

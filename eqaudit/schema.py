@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import transforms_zoo
+
 from .finetune import config as finetune_config
 from .finetune import sections as finetune_sections
 from .spec import checks as spec_checks
@@ -26,10 +28,13 @@ _PATH = {"type": "string", "minLength": 1, "description": "a path, relative to t
 _TRANSFORM = {
     "description": "a transform: a zoo name (rot90), a name with parameters ({rotate: {degrees: 30}}), "
                    "'module:callable', or a list of these applied in order (see `eqaudit transforms`)",
-    "anyOf": [{"type": "string"}, {"type": "object", "minProperties": 1, "maxProperties": 1},
+    "anyOf": [{"enum": transforms_zoo.names()},  # the zoo's names, for completion
+              {"type": "string"}, {"type": "object", "minProperties": 1, "maxProperties": 1},
               {"type": "array", "minItems": 1}],
     "examples": ["rot90", "hflip", {"rotate": {"degrees": [-30, 30]}}, {"shift": {"dx": 1}}],
 }
+
+_LAYER_NAMES = {"anyOf": [{"const": "all"}, {"type": "array", "minItems": 1, "items": {"type": ["string", "integer"]}}]}
 
 
 def _enum(words: tuple[str, ...], default: Any = None, **more: Any) -> dict[str, Any]:
@@ -58,9 +63,13 @@ FIELDS: dict[str, tuple[tuple[str, ...], dict[str, dict[str, Any]]]] = {
                             "all"),
         "seed": _field(_NAT, "random seed", 0),
         "checks": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/check"}},
-        "layers": _field({"anyOf": [{"const": "all"}, {"type": "array", "minItems": 1,
-                                                       "items": {"type": ["string", "integer"]}}]},
-                         "per-layer audit: 'all' or module names as in model.named_modules()"),
+        "layers": _field({"anyOf": [_LAYER_NAMES, {"$ref": "#/$defs/layers"}]},
+                         "per-layer audit: 'all', module names as in model.named_modules(), or "
+                         "{names, per_channel}"),
+    }),
+    "layers": (spec_sections.LAYERS_KEYS, {
+        "names": {**_LAYER_NAMES, "default": "all"},
+        "per_channel": _field({"type": "boolean"}, "also the error of each output channel", False),
     }),
     "model": (spec_sections.MODEL_KEYS, {
         "factory": _field({"type": "string", "pattern": ":"}, "'package.module:callable' or 'file.py:callable' "
@@ -73,7 +82,9 @@ FIELDS: dict[str, tuple[tuple[str, ...], dict[str, dict[str, Any]]]] = {
         "shape": _field({"type": "array", "minItems": 1, "items": _POS_INT}, "shape of one sample, no batch"),
         "bounds": _field({"type": "array", "minItems": 1}, "[lo, hi], or nested lists ending in [lo, hi] pairs",
                          [0.0, 1.0]),
-        "data": _field({"type": "string", "pattern": ":"}, "'file.safetensors:key': real samples"),
+        "data": _field(_STR, "real samples: 'file.safetensors:key', or a folder of images"),
+        "dataset": _field({"type": "string", "pattern": ":"}, "'module:callable' returning a torch Dataset"),
+        "resize": _field({"type": "boolean"}, "resize a folder's images to input.shape", False),
         "dtype": _enum(spec_sections.DTYPES, description="dtype of the inputs"),
         "sampling": _enum(spec_sections.SAMPLINGS, "random", description="how samples are drawn"),
     }),
@@ -155,6 +166,7 @@ def build_schema(finetune: bool = False) -> dict[str, Any]:
     """The JSON Schema of a spec (or, with ``finetune``, of a fine-tune config)."""
     sections = {**FIELDS, **(FINETUNE_FIELDS if finetune else {})}
     defs = {name: section_schema(name, *sections[name]) for name in sections if name not in ("spec", "finetune")}
+    defs["check"]["anyOf"] = [{"required": ["input"]}, {"required": ["both"]}, {"required": ["group"]}]
     root = section_schema("spec", *FIELDS["spec"])
     required = ["input", "checks"]
     if finetune:

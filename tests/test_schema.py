@@ -16,6 +16,7 @@ from eqaudit.finetune import config as finetune_config
 from eqaudit.finetune import sections as finetune_sections
 from eqaudit.schema import build_schema, section_schema
 from eqaudit.spec import CHECK_KEYS, INPUT_KEYS, MODEL_KEYS, SPEC_KEYS, spec_from_dict
+from eqaudit.spec.sections import LAYERS_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = sorted((ROOT / "sample_configs").glob("*.yaml"))
@@ -32,7 +33,7 @@ def test_the_schema_has_exactly_the_keys_the_parsers_accept():
     assert list(spec["properties"]) == list(SPEC_KEYS)
     assert set(config["properties"]) == set(SPEC_KEYS) | set(finetune_config.FINETUNE_KEYS)
     defs = config["$defs"]
-    for name, keys in [("model", MODEL_KEYS), ("input", INPUT_KEYS), ("check", CHECK_KEYS),
+    for name, keys in [("model", MODEL_KEYS), ("input", INPUT_KEYS), ("check", CHECK_KEYS), ("layers", LAYERS_KEYS),
                        ("data", finetune_sections.DATA_KEYS), ("optimizer", finetune_sections.OPTIMIZER_KEYS),
                        ("regularizer", finetune_sections.REGULARIZER_KEYS), ("output", finetune_sections.OUTPUT_KEYS),
                        ("dynamics", finetune_sections.DYNAMICS_KEYS)]:
@@ -69,6 +70,7 @@ GOOD = {"model": {"factory": "m.py:Net"}, "input": {"shape": [1, 8, 8]}, "checks
     ({"checks": []}, "checks"),
     ({"checks": [{"input": "rot90", "mode": "exact"}]}, "mode"),
     ({"checks": [{"input": "rot90", "treshold": 0.1}]}, "treshold"),
+    ({"checks": [{"threshold": 0.1}]}, "checks/0"),                         # no transform at all
     ({"input": {"shape": [1, 0]}}, "shape"),
     ({"input": {"shape": [8], "sampling": "grid"}}, "sampling"),
     ({"model": {"factory": "m.py:Net", "weights": "x.pt"}}, "weights"),
@@ -83,6 +85,16 @@ def test_invalid_specs_are_rejected(change, where):
 def test_the_valid_example_parses():
     assert list(validator(False).iter_errors(GOOD)) == []
     assert spec_from_dict(GOOD).checks[0].name
+    both_and_group = {**GOOD, "checks": [{"both": "hflip"}, {"group": "C4"}]}
+    assert list(validator(False).iter_errors(both_and_group)) == []
+    assert len(spec_from_dict(both_and_group).checks) == 2
+
+
+def test_the_transform_names_are_offered_for_completion():
+    import transforms_zoo
+
+    check = build_schema(False)["$defs"]["check"]["properties"]
+    assert set(check["input"]["anyOf"][0]["enum"]) == set(transforms_zoo.names()) >= {"rot90", "hflip", "rotate3d"}
 
 
 def test_a_config_needs_steps_or_epochs_and_data():

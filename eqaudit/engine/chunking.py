@@ -2,8 +2,10 @@
 when ``--batch-size`` is not given.
 
 A chunk is the unit of drawing, transforming and folding into the statistics: the larger, the
-fewer small tensor operations per sample. On a GPU it is as large as an input budget allows
-(backed off on out-of-memory by the engine), and each forward pass takes a whole chunk.
+fewer small tensor operations per sample. On a GPU it is as large as free device memory allows
+(:func:`device_chunk`: a fraction of the free bytes over the bytes a sample holds, measured by
+the probe; backed off on out-of-memory by the engine), and each forward pass takes a whole chunk:
+every chunk costs a fixed number of kernel launches, so fewer chunks keep the GPU busy.
 
 On a CPU the forward passes run fastest when a layer's input and output stay in the processor's
 cache: a single batch of 16384 small images is slower than 64 batches of 256. So there the
@@ -27,6 +29,12 @@ CPU_ELEMENTS = 1 << 18
 GPU_ELEMENTS = 1 << 22
 #: Largest chunk in samples (keeps memory flat in the sample count).
 MAX_CHUNK = 1 << 12
+#: Largest chunk on a GPU sized by free memory (:func:`device_chunk`): memory stays flat in the
+#: sample count above it, and a 65536-sample audit of a small model is one chunk.
+DEVICE_MAX_CHUNK = 1 << 16
+#: The share of free device memory a chunk may hold: the rest is left to the distances'
+#: temporaries, the allocator's rounding and other users of the device.
+DEVICE_MEMORY_FRACTION = 0.25
 #: Bytes a CPU chunk may hold: its points, every transformed copy, their outputs and the
 #: float64 copies the distances compare (see :func:`held_bytes`).
 CPU_CHUNK_BYTES = 64 << 20
@@ -79,6 +87,28 @@ def held_bytes(input_bytes: int, output_bytes: int, copies: int) -> int:
     return (1 + copies) * input_bytes + (1 + 5 * copies) * output_bytes
 
 
+def device_chunk(free_bytes: int, sample_bytes: int, n_samples: int, copies: int) -> int:
+    """Samples per chunk on a GPU: the largest power of two whose chunk holds at most
+    :data:`DEVICE_MEMORY_FRACTION` of ``free_bytes``, each sample holding ``sample_bytes`` (see
+    :meth:`Probe.device_bytes`) for itself and for each of its ``copies`` transformed copies;
+    at most :data:`DEVICE_MAX_CHUNK`, never far above ``n_samples``, at least one block."""
+    per_sample = max(1, sample_bytes) * (1 + max(1, copies))
+    size = min(DEVICE_MAX_CHUNK, largest_power_of_two(free_bytes * DEVICE_MEMORY_FRACTION / per_sample))
+    size = min(size, round_up(n_samples, BLOCK))
+    return max(BLOCK, (size // BLOCK) * BLOCK)
+
+
+def free_device_bytes(device: torch.device) -> int | None:
+    """Free bytes on a CUDA ``device`` (None elsewhere, or when the driver cannot say)."""
+    if device.type != "cuda":
+        return None
+    try:
+        free, _total = torch.cuda.mem_get_info(device)
+    except (RuntimeError, AssertionError):
+        return None
+    return int(free)
+
+
 def largest_power_of_two(x: float) -> int:
     """The largest power of two not above ``x`` (1 below 2)."""
     return 1 << max(0, math.floor(math.log2(max(x, 1.0))))
@@ -116,6 +146,12 @@ class Probe(NamedTuple):
     def held(self, copies: int) -> int:
         """Bytes a chunk holds per sample (see :func:`held_bytes`)."""
         return held_bytes(self.input, self.output, copies)
+
+    def device_bytes(self) -> int:
+        """Bytes one sample or one transformed copy holds at most in a chunk on a GPU, where a
+        forward pass takes the whole chunk: its input, the widest layer's input and output, and
+        its output with the copies the distances compare (see :func:`held_bytes`)."""
+        return self.input + self.layer + 5 * self.output
 
 
 def probe(model: Any, x: torch.Tensor) -> Probe | None:

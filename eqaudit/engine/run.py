@@ -23,7 +23,8 @@ from ..errors import ArgumentError, EqauditError
 from ..report import Report
 from ..spec import Spec, check_seed, load_spec
 from . import chunk
-from .chunking import Probe, auto_batch_size, bounded_chunk, forward_rows, probe, round_up
+from .chunking import (Probe, auto_batch_size, bounded_chunk, device_chunk, forward_rows, free_device_bytes, probe,
+                       round_up)
 from .device import Autocast, model_dtype, resolve_device
 from .distributed import World, current_world, merged_failures, reduce_stats
 from .estimator import BLOCK, BlockStats, Summary
@@ -201,10 +202,14 @@ def _measure(target: _Target, spec: Spec, batch_size: int | None, progress: Prog
 
 def _probe(target: _Target, spec: Spec, sampler: PointSampler) -> Probe | None:
     """The model's layer sizes on one block of points, on the CPU when the automatic chunk size
-    may be more than one block (may the model's layers want less?)."""
+    may be more than one block (may the model's layers want less?), on CUDA when the sample count
+    is (how many samples fit the free device memory?)."""
     dev = target.dev
-    size = auto_batch_size(max(1, math.prod(sampler.shape)), dev, spec.samples)
-    if dev.type != "cpu" or not target.is_module or size <= BLOCK:
+    if dev.type == "cuda":  # the device policy may pick any size up to the sample count
+        size = round_up(spec.samples, BLOCK)
+    else:
+        size = auto_batch_size(max(1, math.prod(sampler.shape)), dev, spec.samples)
+    if dev.type not in ("cpu", "cuda") or not target.is_module or size <= BLOCK:
         return None
     with torch.inference_mode():
         return probe(target.model, sampler.draw(SampleRNG.for_range(spec.seed, 0, BLOCK, dev)))
@@ -225,8 +230,23 @@ def _chunk_size(target: _Target, spec: Spec, sampler: PointSampler, batch_size: 
             max_rows = forward_rows(measured.layer, dev)
         else:  # the layer taps record each check's rows in one call: bound the chunk instead
             size = auto_batch_size(sample_numel, dev, spec.samples, layer_bytes=measured.layer, copies=copies)
+    free = free_device_bytes(dev) if measured is not None else None
+    if free is not None:
+        free = _least_across(free, target.world)  # every process must cut the same chunk grid
+        size = device_chunk(free, measured.device_bytes(), spec.samples, copies)
     held = measured.held(copies) if measured is not None else None
     return bounded_chunk(size, dev, held, target.world.size, spec.samples), max_rows
+
+
+def _least_across(value: int, world: World) -> int:
+    """The least of ``value`` over the processes of ``world`` (``value`` in a single process)."""
+    if world.size == 1:
+        return value
+    import torch.distributed as dist
+
+    gathered: list[int | None] = [None] * world.size
+    dist.all_gather_object(gathered, value)
+    return min(int(v) for v in gathered if v is not None)
 
 
 def _next_sample_count(summaries: list[Summary], target: float, n: int, cap: int) -> int | None:

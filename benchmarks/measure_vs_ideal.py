@@ -8,9 +8,18 @@ model, interleaved, the median of R runs of:
   (a) eqaudit   `audit(model, spec)`: draw points, forward once, 4 checks, statistics;
   (b) ideal     one batched forward of the N base points plus one of the N*K transformed points
                 (inference mode, inputs made beforehand): the least any method must compute;
+  (b') best batch  the same N(1+K) forward passes in calls of the power-of-two batch size that a
+                sweep found fastest (inputs made beforehand): the true forward-pass limit on the
+                machine, which the single batch of (b) is not on a CPU (its activations spill the
+                caches);
   (c) original  `equivariance_regularizer.EquivarianceRegularizer` (0.1.1, from PyPI) computing
                 the same four errors over the same N points, one transform per call (it
                 recomputes model(x) for every transform), under torch.no_grad().
+
+Beside the times it counts, on CPU, the aten operator calls of one audit at the chunk size the
+CUDA policy picks for an 80 GB device (``chunk_cuda_80gb_*``; the random draws on their torch
+path, as on CUDA) and of the ideal's two forward passes (``ops_eqaudit_*``, ``ops_ideal_*``): a
+device-independent proxy for the kernel launches a GPU would make.
 
 Ratios come from one run so machine noise cancels: ratio_vs_ideal is the median over rounds of
 a / b timed in the same round, speedup_vs_original the median of c / a; the times printed are
@@ -23,7 +32,8 @@ to mmap blocks over 64 KiB so that RSS follows the live tensors rather than allo
     python benchmarks/measure_vs_ideal.py [--device cpu|cuda] [--samples 4096] [--repeats 7] [--json]
                                           [--models cnn,mlp] [--same-process] [--no-memory]
 
-Targets: ratio_vs_ideal <= 1.10, speedup_vs_original >= 1.5, peak memory at 16 N within 10%
+Targets: ratio_vs_best_batch <= 1.15 on CPU, ops_eqaudit <= 2 ops_ideal + a constant per audit,
+ratio_vs_ideal <= 1.10, speedup_vs_original >= 1.5, peak memory at 16 N within 10%
 of the peak at N.
 """
 
@@ -41,10 +51,14 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from eqaudit.engine.chunk import copies_per_sample  # noqa: E402
+from eqaudit.engine.chunking import device_chunk, probe  # noqa: E402
+from eqaudit.engine.estimator import BLOCK  # noqa: E402
 from eqaudit.engine.run import audit  # noqa: E402
 from eqaudit.spec import spec_from_dict  # noqa: E402
 import transforms_zoo  # noqa: E402
@@ -124,6 +138,78 @@ def run_ideal(model: nn.Module, spec, device: torch.device) -> Callable[[], None
     return go
 
 
+def run_best_batch(model: nn.Module, spec, device: torch.device, batch: int) -> Callable[[], None]:
+    """The same N(1+K) forward passes as the ideal, in calls of ``batch`` rows (inputs made
+    beforehand): at the best ``batch`` of :func:`best_batch_size`, the forward-pass limit."""
+    n, k = spec.samples, len(spec.checks)
+    x = torch.rand(n * (1 + k), *spec.input.shape, device=device)
+
+    def go() -> None:
+        with torch.inference_mode():
+            for i in range(0, x.shape[0], batch):
+                model(x[i : i + batch])
+        _sync(device)
+
+    return go
+
+
+def best_batch_size(model: nn.Module, spec, device: torch.device, smallest: int = 8) -> int:
+    """The power-of-two batch (from ``smallest`` up to all N(1+K) rows) that forwards the N(1+K)
+    rows fastest, each size timed once after a warm-up at the first."""
+    rows = spec.samples * (1 + len(spec.checks))
+    sizes = [1 << p for p in range(smallest.bit_length() - 1, rows.bit_length()) if 1 << p < rows] + [rows]
+    times = {}
+    for i, b in enumerate(sizes):
+        go = run_best_batch(model, spec, device, b)
+        if i == 0:
+            go()
+        t0 = time.perf_counter()
+        go()
+        times[b] = time.perf_counter() - t0
+    return min(times, key=times.__getitem__)
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the aten operators dispatched while active (a device-independent proxy for the
+    kernel launches a GPU would make; views and shape queries included)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+def cuda_chunk(model: nn.Module, spec, free_bytes: int = 80 * 10**9) -> int:
+    """The chunk the CUDA policy picks for ``spec`` on a device with ``free_bytes`` free."""
+    sample = torch.rand(BLOCK, *spec.input.shape)
+    measured = probe(model, sample)
+    return device_chunk(free_bytes, measured.device_bytes(), spec.samples, copies_per_sample(spec))
+
+
+def count_ops(case: str, n: int) -> dict[str, int]:
+    """Operator calls of one audit at the CUDA chunk for an 80 GB device, counted on CPU with the
+    random draws on their torch (CUDA) path, and of the ideal's two forward passes."""
+    import transforms_zoo.random as zoo_random
+
+    cpu = torch.device("cpu")
+    model, spec = build(case, n, cpu)
+    size = cuda_chunk(model, spec)
+    saved, zoo_random._np = zoo_random._np, None
+    try:
+        audit(model, spec.replace(samples=BLOCK), device=cpu)  # warm-up (lazy set-up)
+        with OpCounter() as eq:
+            audit(model, spec, device=cpu, batch_size=size)
+    finally:
+        zoo_random._np = saved
+    ideal = run_ideal(model, spec, cpu)
+    with OpCounter() as ide:
+        ideal()
+    return {"eqaudit": eq.ops, "ideal": ide.ops, "chunk": size}
+
+
 def run_original(model: nn.Module, spec, device: torch.device) -> Callable[[], None] | None:
     try:
         from equivariance_regularizer import EquivarianceRegularizer
@@ -171,7 +257,7 @@ def round_ratio(times: dict[str, list[float]], num: str, den: str) -> float | No
     return statistics.median(a / b for a, b in zip(times[num], times[den]))
 
 
-def rounds_child(case: str, n: int, repeats: int, device: str) -> dict[str, list[float]]:
+def rounds_child(case: str, n: int, repeats: int, device: str) -> dict[str, Any]:
     """:func:`timed_rounds` of one model's three contenders, in a fresh process: the allocator
     state one model leaves behind (the CNN ideal's 1.6 GB batches grow the heap, after which the
     MLP ideal's 16 MB activations are no longer page-faulted in) does not shape the next one's."""
@@ -186,17 +272,20 @@ def rounds_child(case: str, n: int, repeats: int, device: str) -> dict[str, list
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _rounds_in_this_process(case: str, n: int, repeats: int, device_name: str) -> dict[str, list[float]]:
+def _rounds_in_this_process(case: str, n: int, repeats: int, device_name: str) -> dict[str, Any]:
     device = torch.device(device_name)
     model, spec = build(case, n, device)
-    return timed_rounds(
+    best = best_batch_size(model, spec, device)
+    rounds = timed_rounds(
         {
             "eqaudit": run_eqaudit(model, spec, device),
             "ideal": run_ideal(model, spec, device),
+            "best_batch": run_best_batch(model, spec, device, best),
             "original": run_original(model, spec, device),
         },
         repeats,
     )
+    return {"rounds": rounds, "best_batch": best}
 
 
 def _rss_kib(field: str) -> int:
@@ -260,15 +349,23 @@ def main() -> None:
         if case not in CASES:
             ap.error(f"unknown model {case!r}; choose from {', '.join(CASES)}")
         if args.same_process:
-            rounds = _rounds_in_this_process(case, args.samples, args.repeats, args.device)
+            timed = _rounds_in_this_process(case, args.samples, args.repeats, args.device)
         else:
-            rounds = rounds_child(case, args.samples, args.repeats, args.device)
+            timed = rounds_child(case, args.samples, args.repeats, args.device)
+        rounds = timed["rounds"]
         t = {k: (statistics.median(v) if v else None) for k, v in rounds.items()}
         result[f"time_eqaudit_{case}_s"] = t["eqaudit"]
         result[f"time_ideal_{case}_s"] = t["ideal"]
+        result[f"time_best_batch_{case}_s"] = t["best_batch"]
+        result[f"best_batch_{case}"] = timed["best_batch"]
         result[f"time_original_{case}_s"] = t["original"]
         result[f"ratio_vs_ideal_{case}"] = round_ratio(rounds, "eqaudit", "ideal")
+        result[f"ratio_vs_best_batch_{case}"] = round_ratio(rounds, "eqaudit", "best_batch")
         result[f"speedup_vs_original_{case}"] = round_ratio(rounds, "original", "eqaudit")
+        ops = count_ops(case, args.samples)
+        result[f"ops_eqaudit_{case}"] = ops["eqaudit"]
+        result[f"ops_ideal_{case}"] = ops["ideal"]
+        result[f"chunk_cuda_80gb_{case}"] = ops["chunk"]
         if not args.no_memory:
             small = peak_memory_child(case, args.samples, args.device)
             large = peak_memory_child(case, args.samples * 16, args.device)
@@ -282,8 +379,8 @@ def main() -> None:
     from rich.table import Table
 
     table = Table(title=f"eqaudit vs ideal vs original — {result['device']}, N={args.samples}, K=4")
-    for col in ["model", "eqaudit (s)", "ideal (s)", "original (s)", "eqaudit/ideal", "original/eqaudit",
-                "peak mem 16N / N"]:
+    for col in ["model", "eqaudit (s)", "ideal (s)", "original (s)", "eqaudit/ideal", "eqaudit/best batch",
+                "original/eqaudit", "ops eqaudit/ideal", "peak mem 16N / N"]:
         table.add_column(col, justify="right")
     for case in cases:
         orig = result[f"time_original_{case}_s"]
@@ -294,7 +391,9 @@ def main() -> None:
             f"{result[f'time_ideal_{case}_s']:.4f}",
             f"{orig:.4f}" if orig else "not installed",
             f"{result[f'ratio_vs_ideal_{case}']:.3f}",
+            f"{result[f'ratio_vs_best_batch_{case}']:.3f} ({result[f'best_batch_{case}']} rows)",
             f"{result[f'speedup_vs_original_{case}']:.2f}" if orig else "-",
+            f"{result[f'ops_eqaudit_{case}']} / {result[f'ops_ideal_{case}']}",
             f"{mem:.3f}" if mem else "-",
         )
     Console().print(table)

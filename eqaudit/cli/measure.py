@@ -8,7 +8,9 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from ..report.heatmap import plot_layer_channels, require_plotting
 from .errors import handles_errors
+from .html_report import HtmlOpt, write_html
 from .options import DebugOpt, DeviceOpt, QuietOpt, SeedOpt, TrustOpt, load_spec_file
 from .output import check_inputs, check_outputs, err, escape, fail, note, out, run_inputs, with_progress
 
@@ -31,6 +33,9 @@ PrecisionOpt = Annotated[Optional[str], typer.Option(
 MaxSamplesOpt = Annotated[Optional[int], typer.Option("--max-samples", help="Sample cap for --precision EPS (default 16x samples).")]
 QuantilesOpt = Annotated[bool, typer.Option("--quantiles", help="Add p50, p95, p99 and max columns to the table.")]
 LayersOpt = Annotated[bool, typer.Option("--layers", help="Print the per-layer table (spec key 'layers').")]
+PlotLayersOpt = Annotated[Optional[Path], typer.Option(
+    "--plot-layers", help="Write the layers x channels heatmap as a PNG (spec key layers: {per_channel: true}; "
+                          "needs matplotlib, the 'plot' extra).")]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="Wrap the model in torch.compile.")]
 BaselineOpt = Annotated[Optional[Path], typer.Option(
     "--baseline", help="An earlier JSON report of the same spec: report each check's change against it, with a "
@@ -56,12 +61,14 @@ def measure(
     json_path: JsonOpt = None,
     junit: JunitOpt = None,
     markdown: MarkdownOpt = None,
+    html: HtmlOpt = None,
     gate: GateOpt = "mean",
     confidence: ConfidenceOpt = 0.95,
     precision: PrecisionOpt = None,
     max_samples: MaxSamplesOpt = None,
     quantiles: QuantilesOpt = False,
     layers: LayersOpt = False,
+    plot_layers: PlotLayersOpt = None,
     compile_model: CompileOpt = False,
     baseline: BaselineOpt = None,
     fail_on_regression: RegressionOpt = None,
@@ -84,7 +91,9 @@ def measure(
     the_spec = load_spec_file(spec)
     paths: list[Path | None] = list(checkpoint or [None])
     inputs = _inputs(spec, the_spec, paths, baseline)
-    check_outputs({"--json": json_path, "--junit": junit, "--markdown": markdown}, inputs)  # before the long run
+    require_plotting("--plot-layers", the_spec, plot_layers, len(paths))
+    check_outputs({"--json": json_path, "--junit": junit, "--markdown": markdown, "--html": html,
+                   "--plot-layers": plot_layers}, inputs)  # before the long run
     to_stdout = json_path == "-"
 
     def run(path: Path | None) -> Any:
@@ -98,6 +107,7 @@ def measure(
     outputs = many.Outputs(json_path, junit, markdown, quiet or to_stdout, save_samples, fail_on_regression)
     sampling = {"trust_checkpoint": trust_checkpoint, "precision": precision}
     if len(paths) > 1:
+        _one_html(html)
         raise typer.Exit(many.measure_several(the_spec, paths, run, outputs, sampling))
     report = run(paths[0])
     from ..engine.distributed import current_world
@@ -105,12 +115,24 @@ def measure(
     kept, comparison = many.with_baseline(the_spec, report, paths[0], baseline, outputs, sampling)
     if current_world().is_main:  # every rank holds the same report; one writes it
         many.write_single(report, kept, baseline, comparison, outputs)
+        if plot_layers is not None:
+            plot_layer_channels(report, plot_layers)
+        write_html(html, report, the_spec, checkpoint=paths[0], trust_checkpoint=trust_checkpoint, device=device)
         if not outputs.quiet:
             _print(report, quantiles, layers)
             many.print_comparison(comparison)
         for check in report.errors:  # a check that could not be measured: its own error line, exit 2
             fail(escape(check.error))
     raise typer.Exit(many.exit_code([report.exit_code, comparison.exit_code if comparison else 0]))
+
+
+def _one_html(html: Path | None) -> None:
+    """--html shows one run: refuse it with several checkpoints."""
+    if html is not None:
+        from ..errors import EqauditError
+
+        raise EqauditError("--html shows the run of one checkpoint", key="--html",
+                           hint="audit each checkpoint with its own --html, or drop --html")
 
 
 def _inputs(spec_path: Path, the_spec: Any, paths: list[Path | None], baseline: Path | None) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from .errors import handles_errors
+from .html_report import HtmlOpt, write_html
 from .options import DebugOpt, DeviceOpt, QuietOpt, SeedOpt, TrustOpt, load_spec_file
 from .output import check_inputs, check_outputs, emit, out, run_inputs
 from ..errors import EqauditError
@@ -28,6 +29,7 @@ def sweep(
     device: DeviceOpt = "auto",
     json_path: Annotated[Optional[str], typer.Option("--json", help="Write the curve as JSON ('-': stdout).")] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write error versus parameter as a PNG (matplotlib).")] = None,
+    html: HtmlOpt = None,
     trust_checkpoint: TrustOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -39,7 +41,7 @@ def sweep(
     vals = sweeps.parse_values(values)
     inputs = run_inputs(spec, the_spec, checkpoint, "--checkpoint")
     check_inputs(the_spec, inputs)
-    check_outputs({"--json": json_path, "--plot": plot}, inputs)
+    check_outputs({"--json": json_path, "--plot": plot, "--html": html}, inputs)
     if plot is not None:
         try:
             import matplotlib  # noqa: F401
@@ -54,6 +56,7 @@ def sweep(
             sweeps.plot_sweep(result, str(plot))
         except OSError as exc:
             raise output_error(plot, "--plot", exc) from None
+    write_html(html, result.report, the_spec, sweep=result)
     if not quiet and json_path != "-":
         out.print(_table(result, check, param))
 

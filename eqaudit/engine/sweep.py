@@ -42,6 +42,8 @@ class Sweep:
     distance: str
     points: tuple[SweepPoint, ...]
     report: Report
+    #: The swept check's own value of the parameter, when it fixes one (None: drawn or default).
+    own_value: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         def clean(v: Any) -> Any:
@@ -158,7 +160,9 @@ def run_sweep(model: Any, spec: Spec, check_name: str, param: str, values: list[
         SweepPoint(v, c.mean, c.std, c.stderr, c.ci_low, c.ci_high, c.n)
         for v, c in zip(values, (report.check(label) for label in labels))
     )
-    return Sweep(check_name, param, base.input.name, base.distance.name, points, report)
+    own = dict(getattr(base.input, "_given", {})).get(param)
+    own_value = float(own) if isinstance(own, (int, float)) and not isinstance(own, bool) else None
+    return Sweep(check_name, param, base.input.name, base.distance.name, points, report, own_value)
 
 
 def plot_sweep(sweep: Sweep, path: str) -> None:
@@ -174,10 +178,17 @@ def plot_sweep(sweep: Sweep, path: str) -> None:
     from ..io.atomic import atomic_write
 
     xs = [float(p.value) for p in sweep.points]
+    check = sweep.report.checks[0]
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(xs, [p.mean for p in sweep.points], marker="o", ms=3, label="mean error")
-    ax.fill_between(xs, [p.ci_low for p in sweep.points], [p.ci_high for p in sweep.points], alpha=0.25,
-                    label=f"{sweep.report.checks[0].confidence:.0%} CI")
+    ax.fill_between(xs, [p.ci_low for p in sweep.points], [p.ci_high for p in sweep.points], color="C0", alpha=0.3,
+                    linewidth=0, label=f"{check.confidence:.0%} CI")
+    ax.errorbar(xs, [p.mean for p in sweep.points], capsize=2, marker="o", ms=3, color="C0", label="mean error",
+                yerr=[[max(0.0, p.mean - p.ci_low) for p in sweep.points],
+                      [max(0.0, p.ci_high - p.mean) for p in sweep.points]])  # visible even when the band is thin
+    if math.isfinite(check.threshold):
+        ax.axhline(check.threshold, color="C3", linestyle="--", label=f"threshold {check.threshold:g}")
+    if sweep.own_value is not None:
+        ax.axvline(sweep.own_value, color="C2", linestyle=":", label=f"check's {sweep.param}={sweep.own_value:g}")
     ax.set_xlabel(f"{sweep.transform}.{sweep.param}")
     ax.set_ylabel(f"error ({sweep.distance})")
     ax.set_title(f"eqaudit sweep — {sweep.check}")

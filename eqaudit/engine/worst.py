@@ -1,0 +1,116 @@
+"""The samples behind a report, for the HTML report: after an audit, the first samples (at most
+256) are evaluated again with :func:`eqaudit.engine.evaluate.evaluate_checks` on the same points
+and draws (same seed, same sample indices), giving each check's per-sample errors and, for the
+checks asked, the worst samples with their input, transformed input and both outputs. The
+audit's numbers are not touched: this only reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from transforms_zoo import SampleRNG
+
+from ..spec import Spec
+from .device import model_dtype, resolve_device
+from .evaluate import TransformedInput, evaluate_checks
+from .forward import forward_rows
+from .sampling import PointSampler, rows_by_check
+
+LIMIT = 256
+
+
+@dataclass(frozen=True)
+class Example:
+    """One sample of a check: ``expected`` is ``f_out(model(x))``, ``got`` is ``model(f_in(x))``."""
+
+    index: int
+    error: float
+    x: torch.Tensor
+    transformed: torch.Tensor
+    expected: torch.Tensor
+    got: torch.Tensor
+    element: str | None = None
+
+
+@dataclass(frozen=True)
+class CheckSamples:
+    """A check's per-sample errors on the first samples, and its worst ones (when asked)."""
+
+    name: str
+    errors: list[float]
+    worst: list[Example] = field(default_factory=list)
+
+
+def check_samples(spec: Spec, *, checkpoint: Any = None, trust_checkpoint: bool = False, device: Any = "auto",
+                  seed: int | None = None, limit: int = LIMIT, worst_of: set[str] | frozenset[str] = frozenset(),
+                  k: int = 3, model: Any = None) -> list[CheckSamples]:
+    """Per-sample errors of every check on the first ``limit`` samples of ``spec`` (its seed,
+    or ``seed``), and the ``k`` worst samples of the checks named in ``worst_of``."""
+    if seed is not None:
+        spec = spec.replace(seed=seed)
+    if model is None:
+        model = spec.build_model(checkpoint, trust_checkpoint=trust_checkpoint)
+    dev = resolve_device(device, model if isinstance(model, torch.nn.Module) else None)
+    if isinstance(model, torch.nn.Module):
+        was_training = model.training
+        model.to(dev).eval()
+    n = max(1, min(limit, spec.samples))
+    dtype = model_dtype(model) if isinstance(model, torch.nn.Module) else torch.get_default_dtype()
+    try:
+        with torch.inference_mode():
+            return _evaluate(model, spec, PointSampler(spec, dev, dtype), dev, n, worst_of, k)
+    finally:
+        if isinstance(model, torch.nn.Module) and was_training:
+            model.train(True)
+
+
+def _evaluate(model: Any, spec: Spec, sampler: PointSampler, dev: torch.device, n: int,
+              worst_of: set[str] | frozenset[str], k: int) -> list[CheckSamples]:
+    rng = SampleRNG.for_range(spec.seed, 0, n, dev)
+    x = sampler.draw(rng)
+    y = forward_rows(model, x, spec, "input.shape", None)
+    rows = None
+    if spec.num_funcs is not None:
+        rows = rows_by_check(rng.child("num_funcs").choice(spec.num_funcs, len(spec.checks)), len(spec.checks))
+    evaluation = evaluate_checks(model, spec.checks, x, y, rng, spec, rows=rows)
+    found = []
+    for result in evaluation.checks:
+        check = spec.checks[result.check_index]
+        errors = [float(e) for e in result.errors.detach().cpu().tolist()]
+        worst: list[Example] = []
+        if check.name in worst_of and check.mode != "lie":
+            items = [it for it in evaluation.transformed if it.check_index == result.check_index]
+            worst = _worst(check, items, result, x, y, k)
+        found.append(CheckSamples(check.name, errors, worst))
+    return found
+
+
+def _worst(check: Any, items: list[TransformedInput], result: Any, x: torch.Tensor, y: torch.Tensor,
+           k: int) -> list[Example]:
+    """The ``k`` largest errors over the check's items (one per group element, else one)."""
+    candidates = []
+    for item in items:
+        errs = result.errors if item.element is None else result.element_errors[item.element]
+        for i, e in enumerate(errs.detach().cpu().tolist()):
+            candidates.append((float(e), i, item))
+    candidates.sort(key=lambda c: -c[0] if c[0] == c[0] else 0.0)
+    examples, views = [], {}
+    for error, i, item in candidates[:k]:
+        if id(item) not in views:  # the item's whole batch, as the evaluation drew it
+            xs = x if item.rows is None else x[item.rows]
+            ys = y if item.rows is None else y[item.rows]
+            if item.element is None:
+                views[id(item)] = (check.input.apply(xs, item.p_in), check.output.apply(ys, item.p_out))
+            else:
+                element = check.group.elements[item.element]
+                views[id(item)] = (element.apply(xs, None), element.apply(ys, None) if check.both else ys)
+        transformed, expected = views[id(item)]
+        row = int(item.rows[i]) if item.rows is not None else i
+        label = None if item.element is None else check.group.elements[item.element].describe()
+        assert item.outputs is not None
+        examples.append(Example(row, error, x[row].cpu(), transformed[i].cpu(), expected[i].cpu(),
+                                item.outputs[i].cpu(), label))
+    return examples

@@ -111,3 +111,65 @@ def test_a_strided_layer_counts_only_the_shifts_that_move():
     # each of the 5 values is drawn ~40 times: only +-2 count (about 80), 0 would add about 40 more
     assert 40 <= row["n"] <= 125 and row["stride"] == [2, 2]
     assert row["mean"] < 1e-12 and max(row["channels"]["error"]) < 1e-12
+
+
+NET_PY = '''
+import torch
+from torch import nn
+
+
+def make():
+    conv = nn.Conv2d(1, 3, 3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[[[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]]]).repeat(3, 1, 1, 1))
+        conv.weight[1, 0, 0, 0] = 3.0
+    return nn.Sequential(conv, nn.Tanh())
+'''
+
+
+def _project(tmp_path, layers):
+    import yaml
+
+    (tmp_path / "net.py").write_text(NET_PY, encoding="utf-8")
+    spec = {"model": {"factory": "net.py:make"}, "input": {"shape": [1, 6, 6]}, "samples": 32, "layers": layers,
+            "checks": [{"name": "flip", "both": "hflip", "threshold": 1.0}, {"name": "turn", "both": "rot90"}]}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec), encoding="utf-8")
+    return tmp_path / "spec.yaml"
+
+
+def _measure(*args):
+    from typer.testing import CliRunner
+
+    from eqaudit.cli import app
+
+    return CliRunner().invoke(app, ["measure", *args, "--device", "cpu", "-q"])
+
+
+def test_plot_layers_writes_a_png_of_the_expected_size(tmp_path):
+    from PIL import Image
+
+    from eqaudit.report.heatmap import DPI, MARGIN_IN, ROW_IN, WIDTH_IN
+
+    spec = _project(tmp_path, {"names": ["0", "1"], "per_channel": True})
+    png = tmp_path / "layers.png"
+    result = _measure("--spec", str(spec), "--plot-layers", str(png), "--json", str(tmp_path / "r.json"))
+    assert result.exit_code in (0, 1), result.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(png) as image:
+        assert image.size == (int(WIDTH_IN * DPI), int((MARGIN_IN + 2 * ROW_IN) * DPI))  # two checks, two rows
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left behind
+
+
+def test_plot_layers_is_refused_before_the_run(tmp_path, monkeypatch):
+    import sys
+
+    plain = _project(tmp_path, ["0"])
+    result = _measure("--spec", str(plain), "--plot-layers", str(tmp_path / "l.png"))
+    assert result.exit_code == 2 and "per_channel" in result.output and not (tmp_path / "l.png").exists()
+    spec = _project(tmp_path, {"per_channel": True})
+    result = _measure("--spec", str(spec), "--plot-layers", str(spec))
+    assert result.exit_code == 2 and "--plot-layers" in result.output  # would replace the spec, an input
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # "import matplotlib" raises ImportError
+    result = _measure("--spec", str(spec), "--plot-layers", str(tmp_path / "l.png"))
+    assert result.exit_code == 2 and "matplotlib" in result.output and "plot" in result.output
+    assert not (tmp_path / "l.png").exists()

@@ -65,6 +65,42 @@ def cross_entropy(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(_flat(torch.log(a)) - _flat(torch.log(b)), dim=1)
 
 
+def _classes(a: torch.Tensor, name: str) -> None:
+    if a.dim() < 2 or a.shape[-1] < 1:
+        raise EqauditError(f"distance '{name}' compares class scores, but one output has shape "
+                           f"{list(a.shape[1:])}", hint="use it on outputs (n, classes) or (n, ..., classes)")
+
+
+def _position_mean(flips: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The 0/1 ``flips`` (``(n, ...)``) averaged over positions: one value per sample."""
+    dtype = like.dtype if like.is_floating_point() else torch.float64
+    return flips.reshape(flips.shape[0], -1).to(dtype).mean(dim=1)
+
+
+def label_flip(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """1 where the argmax over the last dimension differs, else 0 (the first index among ties);
+    averaged over the positions of dense outputs ``(n, ..., classes)``."""
+    _classes(a, "label_flip")
+    return _position_mean(a.argmax(dim=-1) != b.argmax(dim=-1), a)
+
+
+def topk_flip(k: int) -> PerRow:
+    """1 where either side's top-1 class is outside the other side's top ``k`` (symmetric), else 0;
+    averaged over the positions of dense outputs. ``topk_flip:1`` is ``label_flip``."""
+
+    def dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        _classes(a, f"topk_flip:{k}")
+        if k > a.shape[-1]:
+            raise EqauditError(f"'topk_flip:{k}': the outputs have {a.shape[-1]} classes, fewer than K = {k}",
+                               hint=f"use K <= {a.shape[-1]}")
+        top_a, top_b = a.argmax(dim=-1, keepdim=True), b.argmax(dim=-1, keepdim=True)
+        a_in_b = (b.topk(k, dim=-1).indices == top_a).any(dim=-1)
+        b_in_a = (a.topk(k, dim=-1).indices == top_b).any(dim=-1)
+        return _position_mean(~(a_in_b & b_in_a), a)
+
+    return dist
+
+
 _NAMED: dict[str, PerRow] = {
     "l1": lp(1.0),
     "l2": lp(2.0),
@@ -73,9 +109,10 @@ _NAMED: dict[str, PerRow] = {
     "kl_logits": kl_logits,
     "cross_entropy_logits": cross_entropy_logits,
     "cross_entropy": cross_entropy,
+    "label_flip": label_flip,
 }
 
-DISTANCE_NAMES = tuple(sorted([*_NAMED, "lp:P", "module:callable"]))
+DISTANCE_NAMES = tuple(sorted([*_NAMED, "lp:P", "topk_flip:K", "module:callable"]))
 
 
 @dataclass(frozen=True)
@@ -92,6 +129,12 @@ class Distance:
     def batchable(self) -> bool:
         """True for the built-in row-wise distances: rows of several checks may share one call."""
         return not isinstance(self.fn, _UserDistance)
+
+    @property
+    def indicator(self) -> bool:
+        """True for the decision-flip distances, whose per-sample errors are 0/1 on non-dense
+        outputs: their interval is then the Wilson score interval of a proportion."""
+        return self.name == "label_flip" or self.name.startswith("topk_flip:")
 
 
 class _UserDistance:
@@ -148,6 +191,11 @@ def parse_distance(spec: str | int | float | Callable, base_dir: str | Path | No
         if not (p >= 1):
             raise EqauditError(f"'{spec}': P must be >= 1 (a norm)", hint="e.g. lp:3")
         return Distance(f"lp:{_num(p)}", lp(p))
+    if spec.startswith("topk_flip:"):
+        text = spec[len("topk_flip:"):]
+        if not (text.isdigit() and int(text) >= 1):
+            raise EqauditError(f"'{spec}': K must be an integer >= 1 (the top K classes)", hint="e.g. topk_flip:5")
+        return Distance(f"topk_flip:{int(text)}", topk_flip(int(text)))
     if is_reference(spec):
         try:
             fn = resolve_reference(spec, base_dir)

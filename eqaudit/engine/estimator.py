@@ -47,11 +47,24 @@ class Summary:
     p95: float = math.nan
     p99: float = math.nan
     quantile_n: int = 0  # how many values the quantiles were computed from
+    #: How ``ci_low``/``ci_high`` were computed: ``normal`` (mean +- z stderr) or ``wilson``.
+    interval: str = "normal"
+    #: Every error seen was 0 or 1 (see :func:`_all_binary`): a proportion, fit for :meth:`as_proportion`.
+    binary: bool = False
 
     def figures(self) -> dict[str, Any]:
         """The figures a report shows of the check: every field but the count of non-finite errors
-        (which, when not 0, refuses the estimate instead)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "nonfinite"}
+        (which, when not 0, refuses the estimate instead) and the ``binary`` flag."""
+        hidden = ("nonfinite", "binary")
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in hidden}
+
+    def as_proportion(self) -> Summary:
+        """The same figures with the Wilson score interval of the proportion ``mean`` (for 0/1
+        errors: correct at 0% and 100%, where the normal interval collapses to a point)."""
+        if self.n == 0:
+            return self
+        low, high = wilson_interval(self.mean * self.n, self.n, self.confidence)
+        return dataclasses.replace(self, ci_low=low, ci_high=high, interval="wilson")
 
     @property
     def half_width(self) -> float:
@@ -64,6 +77,29 @@ def z_value(confidence: float) -> float:
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
     return NormalDist().inv_cdf(0.5 + confidence / 2.0)
+
+
+def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion ``successes / n`` at ``confidence``:
+    ``(p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)``, inside [0, 1]."""
+    if n < 1:
+        raise ValueError(f"a proportion needs n >= 1, got {n}")
+    z, p = z_value(confidence), successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(max(0.0, p * (1.0 - p)) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _all_binary(s: Summary, kept: torch.Tensor) -> bool:
+    """Whether the errors are all 0 or 1: the kept values (the quantile buffer) are, and the
+    spread is that of a 0/1 variable (for values in [0, 1], the sum of squared deviations is
+    ``n p (1 - p)`` exactly when each is 0 or 1, and less otherwise)."""
+    kept = kept[~torch.isnan(kept)]
+    if s.n == 0 or s.nonfinite or not bool(((kept == 0) | (kept == 1)).all()):
+        return False
+    m2 = (s.n - 1) * s.std * s.std if s.n > 1 else 0.0
+    return 0.0 <= s.mean <= 1.0 and abs(s.n * s.mean * (1.0 - s.mean) - m2) <= 1e-9 * s.n
 
 
 def summarize_values(values: list[float] | torch.Tensor, confidence: float = 0.95) -> Summary:
@@ -215,8 +251,10 @@ class BlockStats:
     def summaries(self, confidence: float = 0.95) -> list[Summary]:
         """Every check's summary, reading the tables from the device once."""
         tables = list(self._packed.cpu().unbind(0))  # one transfer for the five tables
-        q = column_quantiles(self.values.cpu())
-        return [self._summary(tables, j, confidence, q[j]) for j in range(self.n_checks)]
+        values = self.values.cpu()
+        q = column_quantiles(values)
+        out = [self._summary(tables, j, confidence, q[j]) for j in range(self.n_checks)]
+        return [dataclasses.replace(s, binary=_all_binary(s, values[:, j])) for j, s in enumerate(out)]
 
     def _summary(
         self, tables: list[torch.Tensor], check: int, confidence: float,

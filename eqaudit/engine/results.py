@@ -47,6 +47,8 @@ def check_result(spec: Spec, j: int, s: Summary, summaries: list[Summary], *, ga
     """Check ``j``'s row of the report from its summary ``s`` (its figures, at the summary's
     confidence; ``summaries``: every column)."""
     check = spec.checks[j]
+    if check.distance.indicator and s.binary:  # a proportion: the Wilson score interval
+        s = s.as_proportion()
     return CheckResult(
         name=check.name, input=check.input_text, output=check.output_text, distance=check.distance.name,
         **s.figures(), epsilon=check.epsilon, threshold=check.threshold, weight=check.weight, gate=gate,

@@ -64,6 +64,8 @@ class CheckResult:
     mask: str = "none"
     #: Why the check could not be measured (its figures are then NaN); None when it was.
     error: str | None = None
+    #: How ``ci_low``/``ci_high`` were computed: ``normal``, or ``wilson`` (0/1 errors; in JSON only then).
+    interval: str = "normal"
 
     @property
     def gated_value(self) -> float:
@@ -81,10 +83,11 @@ class CheckResult:
         return self.weight * max(0.0, self.mean - self.epsilon)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON fields (non-finite numbers as None); ``error`` only when there is one."""
+        """The JSON fields (non-finite numbers as None); ``error`` only when there is one, ``interval``
+        only when it is not the normal approximation."""
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
-            if f.name == "error" and self.error is None:
+            if (f.name == "error" and self.error is None) or (f.name == "interval" and self.interval == "normal"):
                 continue
             out[f.name] = getattr(self, f.name)
             if f.name == "weight":  # the derived figures, where the JSON contract has them

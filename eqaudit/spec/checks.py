@@ -173,5 +173,5 @@ def _references_in(value: Any, key: str, as_distance: bool) -> dict[str, str]:
 
 
 def _is_code(value: Any, *, as_distance: bool) -> bool:
-    """Whether a spec value names user code (``lp:P`` is a distance, not code)."""
-    return is_reference(value) and not (as_distance and value.startswith("lp:"))
+    """Whether a spec value names user code (``lp:P`` and ``topk_flip:K`` are distances, not code)."""
+    return is_reference(value) and not (as_distance and value.startswith(("lp:", "topk_flip:")))

@@ -92,6 +92,12 @@ def test_bad_per_channel_layers_are_refused_at_their_key(layers, key):
     assert key in str(info.value)
 
 
+def test_an_unknown_module_in_the_mapping_form_is_located_at_layers_names():
+    with pytest.raises(EqauditError) as info:
+        audit(_one_broken_channel(), _spec({"names": ["0", "conv9"], "per_channel": True}, FLIP_AND_TURN))
+    assert "layers.names[1]" in str(info.value) and "conv9" in str(info.value)
+
+
 def test_a_strided_layer_that_only_identity_shifts_reach_is_skipped_not_zero():
     """dx, dy in [-1, 1] on a stride-2 map: only the (0, 0) draws are multiples of the stride; they
     move nothing, so they are no evidence (the old report printed an exact 0 over them)."""
@@ -108,8 +114,9 @@ def test_a_strided_layer_counts_only_the_shifts_that_move():
     check = [{"name": "shift", "both": {"shift": {"dx": [-2, 2]}}}]
     spec = _spec({"names": ["0"], "per_channel": True}, check, shape=(1, 8, 8), samples=200)
     row = audit(model, spec).checks[0].layers[0]
-    # each of the 5 values is drawn ~40 times: only +-2 count (about 80), 0 would add about 40 more
-    assert 40 <= row["n"] <= 125 and row["stride"] == [2, 2]
+    # each of the 5 values is drawn ~40 times: only +-2 count (about 80; 78 here), 0 would add about
+    # 40 more (the old count was 117)
+    assert 55 <= row["n"] <= 100 and row["stride"] == [2, 2]
     assert row["mean"] < 1e-12 and max(row["channels"]["error"]) < 1e-12
 
 

@@ -55,7 +55,8 @@ def resolve_layers(model: Any, spec: Spec) -> list[tuple[str, torch.nn.Module]]:
     if spec.layers == "all":
         return [(n, m) for n, m in modules.items() if n and not any(True for _ in m.children())]
     out = []
-    key = "layers.names" if "layers.names" in spec.lines else "layers"  # the {names, per_channel} form
+    mapping_form = spec.per_channel or any(k.startswith("layers.names") for k in spec.lines)
+    key = "layers.names" if mapping_form else "layers"  # the {names, per_channel} form
     for i, name in enumerate(spec.layers):
         if name not in modules or not name:
             raise spec.error(f"{key}[{i}]", f"the model has no module '{name}'",

@@ -162,5 +162,8 @@ def test_finetune_refuses_an_onnx_graph_before_writing_anything(folder, tmp_path
                       "checks:\n  - {input: rot90, threshold: 1}\ndata: {path: d.safetensors, inputs: x, targets: y}\n"
                       "steps: 2\noutput: out.safetensors\n")
     result = runner.invoke(app, ["finetune", str(config)])
-    assert result.exit_code == 2 and "model" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "model.checkpoint" in result.output and "cannot be fine-tuned" in result.output
     assert not (tmp_path / "out.safetensors").exists()
+    validated = runner.invoke(app, ["validate", str(config)])  # what validate accepts, finetune runs
+    assert validated.exit_code == 2 and "cannot be fine-tuned" in validated.output

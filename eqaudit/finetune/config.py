@@ -160,6 +160,9 @@ def config_fingerprint(data: Mapping[str, Any]) -> str:
 def parse_config(src: YamlSource, *, base_dir: Path | None = None) -> FinetuneConfig:
     """Validate a parsed YAML document as a fine-tune config."""
     spec = parse_spec(src, base_dir=base_dir, extra_keys=FINETUNE_KEYS)
+    if spec.model.checkpoint is not None and spec.model.checkpoint.suffix.lower() == ".onnx":
+        raise src.error("model.checkpoint", "an ONNX graph cannot be fine-tuned (it has no trainable weights)",
+                        "fine-tune the PyTorch model (its state dict and factory), then export it again")
     base = spec.base_dir
     document = src.data
     data = parse_data(src, document.get("data"), base)

@@ -48,6 +48,12 @@ def words():
 
 def empty():
     return torch.utils.data.TensorDataset(torch.zeros(0, 1, 8, 8))
+
+def boom():
+    return 1 / 0
+
+def ragged():
+    return [torch.zeros(1, 8, 8), torch.zeros(1, 8, 7)]
 """
 
 
@@ -141,7 +147,7 @@ def test_bad_files_are_exit_2_naming_the_file_and_the_key(project: Path) -> None
     cases = [
         ("{data: 'd.npz:images'}", ["input.data", "d.npz", "no array 'images'", "expected one of: other, x"]),
         ("{data: 'mixed.npz:image'}", ["mixed.npz", "no array 'image'", "did you mean 'images'"]),
-        ("{data: 'dict.pt:xx'}", ["dict.pt", "no array 'xx'", "did you mean 'x'"]),
+        ("{data: 'dict.pt:xx'}", ["dict.pt", "no tensor 'xx'", "did you mean 'x'"]),
         ("{data: 'dict.pt'}", ["dict.pt", "dict of tensors", "x, other"]),
         ("{data: 'list.pt'}", ["list.pt", "holds a list", "expected a tensor or a dict of tensors"]),
         ("{data: 'complex.pt:x'}", ["complex.pt", "complex64", "not real numbers"]),
@@ -157,6 +163,9 @@ def test_bad_files_are_exit_2_naming_the_file_and_the_key(project: Path) -> None
         ("{dataset: 'ds.py:words'}", ["input.dataset", "item 0", "str input, expected a tensor"]),
         ("{dataset: 'ds.py:empty'}", ["input.dataset", "is empty"]),
         ("{dataset: 'ds.py:nope'}", ["input.dataset", "nope"]),
+        ("{dataset: 'ds.py:boom'}", ["input.dataset", "calling ds.py:boom failed: ZeroDivisionError"]),
+        ("{dataset: 'ds.py:ragged'}", ["input.dataset", "item 1", "[1, 8, 7]", "item 0 [1, 8, 8]"]),
+        ("{dataset: 'ds.py:make', shape: [1, 8, 9]}", ["input.shape", "[1, 8, 8]", "the spec says [1, 8, 9]"]),
     ]
     for block, words in cases:
         _exit_2(project, block, *words)

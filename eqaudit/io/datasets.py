@@ -54,8 +54,8 @@ def _label(path: Path, key: str | None) -> str:
     return f"'{path}'" if key is None else f"'{key}' in '{path}'"
 
 
-def _missing(path: Path, key: str, keys: list[str]) -> EqauditError:
-    return EqauditError(f"no array '{key}' in '{path}'",
+def _missing(path: Path, key: str, keys: list[str], what: str = "array") -> EqauditError:
+    return EqauditError(f"no {what} '{key}' in '{path}'",
                         hint=did_you_mean(key, keys) or "keys: " + (", ".join(keys[:10]) or "none"))
 
 
@@ -132,7 +132,7 @@ def _read_torch(path: Path, key: str | None) -> torch.Tensor:
         raise EqauditError(f"'{path}' holds a dict of tensors: name one", hint=f"write '{path.name}:key' (keys: "
                            + ", ".join(keys[:10]) + ")")
     if key not in obj:
-        raise _missing(path, key, keys)
+        raise _missing(path, key, keys, "tensor")
     value = obj[key]
     if not isinstance(value, torch.Tensor):
         raise EqauditError(f"{_label(path, key)} is a {type(value).__name__}, expected a tensor")

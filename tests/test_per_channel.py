@@ -180,3 +180,16 @@ def test_plot_layers_is_refused_before_the_run(tmp_path, monkeypatch):
     result = _measure("--spec", str(spec), "--plot-layers", str(tmp_path / "l.png"))
     assert result.exit_code == 2 and "matplotlib" in result.output and "plot" in result.output
     assert not (tmp_path / "l.png").exists()
+
+
+def test_sequential_sampling_counts_each_sample_once_per_channel():
+    """--precision EPS redoes the partial last block: its samples must not be folded twice."""
+    model = _one_broken_channel()
+    layers = {"names": ["0"], "per_channel": True}
+    grown = audit(model, _spec(layers, FLIP_AND_TURN[:1], samples=100), precision=1e-12, max_samples=200)
+    direct = audit(model, _spec(layers, FLIP_AND_TURN[:1], samples=grown.checks[0].n))
+    assert grown.checks[0].n == 200
+    got, want = grown.checks[0].layers[0], direct.checks[0].layers[0]
+    assert got["n"] == want["n"] == 200
+    for field in ("error", "transform_variance", "sample_variance", "normalized_variance"):
+        assert got["channels"][field] == pytest.approx(want["channels"][field], rel=1e-12, abs=1e-30), field

@@ -37,11 +37,20 @@ class ChannelStats:
         self.tv_sum: torch.Tensor | None = None  # (C,) sum over samples and positions of (a - b)^2 / 4
         self.s1: torch.Tensor | None = None  # (2, C, *map) sums of the aligned maps
         self.s2: torch.Tensor | None = None  # (2, C, *map) sums of their squares
+        #: the sample indices folded so far: a block redone by ``--precision EPS`` is not counted twice
+        self.done = torch.zeros(0, dtype=torch.bool)
 
-    def fold(self, expected: torch.Tensor, moved: torch.Tensor, keep: torch.Tensor) -> None:
-        """Add the samples ``keep`` of the aligned maps ``expected`` and ``moved`` (N, C, ...)."""
+    def fold(self, expected: torch.Tensor, moved: torch.Tensor, keep: torch.Tensor, start: int) -> None:
+        """Add the samples ``keep`` of the aligned maps ``expected`` and ``moved`` (N, C, ...), the
+        chunk's rows being sample indices ``start, start + 1, ...`` (those folded before are skipped)."""
         a, b = expected.to(torch.float64), moved.to(torch.float64)
         n, c = a.shape[0], a.shape[1]
+        if self.done.device != keep.device or self.done.numel() < start + n:
+            grown = torch.zeros(max(start + n, 2 * self.done.numel()), dtype=torch.bool, device=keep.device)
+            grown[: self.done.numel()] = self.done.to(keep.device)
+            self.done = grown
+        keep = keep & ~self.done[start : start + n]
+        self.done[start : start + n] |= keep
         w = keep.to(torch.float64)
         errors = relative_l2(a.reshape(n * c, -1), b.reshape(n * c, -1)).reshape(n, c)
         errors = torch.where(keep[:, None], errors, torch.zeros_like(errors))
@@ -96,11 +105,13 @@ class ChannelTable:
         self.stats: dict[tuple[int, str], ChannelStats] = {}
         self._reduced = False
 
-    def fold(self, j: int, name: str, expected: torch.Tensor, moved: torch.Tensor, keep: torch.Tensor) -> None:
-        """Fold check ``j``'s aligned maps at layer ``name`` (4-D feature maps only)."""
-        if expected.dim() < 3:
+    def fold(self, j: int, name: str, maps: tuple[torch.Tensor, torch.Tensor], keep: torch.Tensor,
+             start: int) -> None:
+        """Fold check ``j``'s aligned maps at layer ``name`` (outputs with channels: ``(N, C, ...)``),
+        of the samples ``start, start + 1, ...``."""
+        if maps[0].dim() < 3:
             return
-        self.stats.setdefault((j, name), ChannelStats()).fold(expected, moved, keep)
+        self.stats.setdefault((j, name), ChannelStats()).fold(*maps, keep, start)
 
     def row(self, j: int, name: str) -> dict[str, Any] | None:
         """The ``channels`` object of check ``j`` at layer ``name`` (every process's samples)."""

@@ -261,7 +261,7 @@ class LayerPlan:
                     keep = self._strided_keep(j, name, valid & kept, check, item.p_in, hw)
                 stats.update(self.column(j, li), start, e, keep)
                 if maps is not None and name in maps:
-                    self.channels.fold(j, name, *maps[name], keep)  # type: ignore[union-attr]
+                    self.channels.fold(j, name, maps[name], keep, start)  # type: ignore[union-attr]
 
     def _strided_keep(self, j: int, name: str, kept: torch.Tensor, check: Any, p_in: Any,
                       hw: tuple[int, ...]) -> torch.Tensor:

@@ -97,8 +97,10 @@ def _print_result(result: Any) -> None:
     out.print(f"model: {escape(str(paths.checkpoint))}\nreport: {escape(str(paths.report))}\n"
               f"resumable state: {escape(str(paths.state))}", highlight=False)
     if not after.passed:
-        failed = ", ".join(c.name for c in after.checks if not c.passed)
-        err.print(f"[bold red]FAILED[/]: {escape(failed)} exceed their thresholds after fine-tuning")
+        from ..report.render import exceeded
+
+        failed = exceeded([c.name for c in after.checks if not c.passed])
+        err.print(f"[bold red]FAILED[/]: {escape(failed)} after fine-tuning")
 
 
 def _table(report: Any, width: int) -> Any:

@@ -102,7 +102,8 @@ def measure(
             lambda progress: audit(None, the_spec, samples=samples, seed=seed, device=device, batch_size=batch_size,
                                    confidence=confidence, gate=gate, progress=progress, checkpoint=path,
                                    trust_checkpoint=trust_checkpoint, precision=precision, compile=compile_model,
-                                   max_samples=max_samples))
+                                   max_samples=max_samples),
+            total=samples if samples is not None else the_spec.samples)
 
     outputs = many.Outputs(json_path, junit, markdown, quiet or to_stdout, save_samples, fail_on_regression)
     sampling = {"trust_checkpoint": trust_checkpoint, "precision": precision}
@@ -171,5 +172,6 @@ def _print(report: Any, quantiles: bool, layers: bool) -> None:
     for text in report.notes:
         note(text)
     if not report.passed:
-        failed = ", ".join(c.name for c in report.checks if not c.passed)
-        err.print(f"[bold red]FAILED[/]: {escape(failed)} exceed their thresholds")
+        from ..report.render import exceeded
+
+        err.print(f"[bold red]FAILED[/]: {escape(exceeded([c.name for c in report.checks if not c.passed]))}")

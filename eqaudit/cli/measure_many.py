@@ -222,7 +222,7 @@ def measure_several(spec: Any, paths: Sequence[Path | None], run: Runner, output
     """Audit several checkpoints on the same points, write one report and print one table;
     the exit code is the worst over the checkpoints (and the regression gate, when asked)."""
     from ..engine.distributed import current_world
-    from ..report import compare_render
+    from ..report import compare_render, render
     from .output import emit, err, escape, fail
 
     reports, samples, comparison = measure_checkpoints(spec, paths, run, tolerance=outputs.tolerance, **sampling)
@@ -236,8 +236,7 @@ def measure_several(spec: Any, paths: Sequence[Path | None], run: Runner, output
             for label, r in zip(comparison.labels, reports):
                 failed = [c.name for c in r.checks if not c.passed and c.error is None]
                 if failed:
-                    err.print(f"[bold red]FAILED[/] ({escape(label)}): {escape(', '.join(failed))} exceed their "
-                              "thresholds")
+                    err.print(f"[bold red]FAILED[/] ({escape(label)}): {escape(render.exceeded(failed))}")
         for label, r in zip(comparison.labels, reports):
             for check in r.errors:
                 fail(escape(f"{label}: {check.error}"))

@@ -87,15 +87,16 @@ def emit(path: str | Path | None, flag: str, text: str) -> None:
         write_output(path, flag, text)
 
 
-def with_progress(show: bool, label: str, job: Callable[[Any], Any]) -> Any:
-    """Run ``job(progress)`` with a transient progress bar on stderr (``progress(done, total)``)."""
+def with_progress(show: bool, label: str, job: Callable[[Any], Any], total: int | None = None) -> Any:
+    """Run ``job(progress)`` with a transient progress bar on stderr (``progress(done, total)``);
+    ``total``: the sample count known before the run, shown from the start (not ``0/?``)."""
     if not show:
         return job(None)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("samples"),
                   TimeRemainingColumn(), console=err, transient=True) as bar:
-        task = bar.add_task(label, total=None)
+        task = bar.add_task(label, total=total)
 
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)

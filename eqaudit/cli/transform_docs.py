@@ -16,19 +16,26 @@ def _param_text(p: Param) -> str:
     return f"{p.name} ({p.type_doc or 'value'}; {default})"
 
 
-def transforms_table() -> Any:
-    """A Rich table of every registered transform with its parameters."""
+def transforms_table(width: int | None = None) -> Any:
+    """A Rich table of every registered transform with its parameters; below 100 columns what a
+    transform acts on and its parameters go under its name, so the descriptions keep their room."""
+    from rich.markup import escape
     from rich.table import Table
 
+    narrow = width is not None and width < 100
     table = Table(title="transforms_zoo", caption="eqaudit transforms NAME documents one")
-    table.add_column("name", style="bold")
-    table.add_column("acts on")
-    table.add_column("parameters")
-    table.add_column("what it does")
+    table.add_column("name", style="bold", no_wrap=not narrow, min_width=14 if narrow else None)
+    if not narrow:
+        table.add_column("acts on")
+        table.add_column("parameters")
+    table.add_column("what it does", ratio=2 if narrow else None)
     for name in transforms_zoo.names():
         cls = transforms_zoo.get(name)
         params = ", ".join(p.name + ("" if not p.required else "*") for p in cls.params) or "-"
-        table.add_row(name, cls.acts_on, params, cls.summary)
+        if narrow:
+            table.add_row(f"{name}\n[dim not bold]{escape(cls.acts_on)}\n{escape(params)}[/]", escape(cls.summary))
+        else:
+            table.add_row(name, escape(cls.acts_on), escape(params), escape(cls.summary))
     return table
 
 

@@ -28,7 +28,7 @@ def transforms(
     if check:
         _check_transforms(name)
     elif name is None:
-        out.print(transforms_table())
+        out.print(transforms_table(out.width))
     else:
         out.print(describe_transform(name))
 

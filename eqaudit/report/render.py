@@ -83,15 +83,38 @@ def footer(report: Any) -> str:
 def rich_table(report: Any, width: int | None = None, *, quantiles: bool = False) -> Any:
     """A :class:`rich.table.Table` with one row per check and a footer caption.
 
-    Below 110 columns the transforms and distance move under the check's name, so the numbers
-    keep one line each. ``quantiles=True`` adds p50, p95, p99 and max columns.
+    The richest layout that fits ``width`` columns is chosen (numbers are never cut): the wide
+    one (from 110 columns); then the transforms and distance under the check's name; then the
+    quantiles (``quantiles=True``: p50, p95, p99, max) stacked in one column; then the interval
+    under the mean; then without the penalty column (it follows from the mean and ``epsilon``).
     """
-    from rich.table import Table
-
     title = "eqaudit" + (f" — {report.spec}" if report.spec else "")
-    if width is not None and width < 110:
-        return _compact_table(report, title, quantiles)
+    layouts = [] if width is not None and width < 110 else [_wide_table(report, title, quantiles)]
+    layouts += [_compact_table(report, title, quantiles, stack=stack) for stack in range(4 if quantiles else 3)
+                if quantiles or stack != 1]
+    if width is None:
+        return layouts[0]
+    names = [c.name[:8] for c in report.checks]
+    return next((t for t in layouts if _fits(t, width, names)), layouts[-1])
+
+
+def _fits(table: Any, width: int, names: list[str]) -> bool:
+    """Whether ``table`` rendered in ``width`` columns shows every cell whole (no ``…``, no line
+    longer than the width, the check names not squeezed out)."""
+    import io
+
+    from rich.console import Console
+
+    console = Console(width=width, file=io.StringIO(), record=True, color_system=None)
+    console.print(table, crop=False)
+    text = console.export_text()
+    fitting = "…" not in text and all(len(line) <= width for line in text.splitlines())
+    return fitting and all(name in text for name in names)
+
+
+def _wide_table(report: Any, title: str, quantiles: bool) -> Any:
     from rich.markup import escape
+    from rich.table import Table
 
     table = Table(title=title, caption=footer(report))
     for col, just, wrap in [
@@ -104,23 +127,13 @@ def rich_table(report: Any, width: int | None = None, *, quantiles: bool = False
         ("threshold", "right", False),
         ("status", "center", False),
         ("penalty", "right", False),
-    ]:
-        table.add_column(col, justify=just, overflow="fold", no_wrap=not wrap)
+    ]:  # the text columns keep a readable width: when they cannot, a compact layout is chosen
+        table.add_column(col, justify=just, overflow="fold", no_wrap=not wrap, min_width=12 if wrap else None)
     _quantile_columns(table, quantiles)
     for c in report.checks:
-        status = _status(c)
-        table.add_row(
-            escape(c.name),
-            escape(c.input),
-            escape(c.output),
-            _distance_label(c),
-            format_number(c.mean),
-            f"{_interval(c.ci_low, c.ci_high)}",
-            format_number(c.threshold),
-            status,
-            format_number(c.penalty),
-            *_quantile_cells(c, quantiles),
-        )
+        table.add_row(escape(c.name), escape(c.input), escape(c.output), _distance_label(c), format_number(c.mean),
+                      _interval(c.ci_low, c.ci_high), format_number(c.threshold), _status(c),
+                      format_number(c.penalty), *_quantile_cells(c, quantiles))
     return table
 
 
@@ -170,30 +183,34 @@ def elements_table(report: Any) -> Any:
     return table
 
 
-def _compact_table(report: Any, title: str, quantiles: bool = False) -> Any:
+def _compact_table(report: Any, title: str, quantiles: bool = False, stack: int = 0) -> Any:
+    """The transforms under the check's name; ``stack`` >= 1: the quantiles in one column, >= 2:
+    the interval under the mean, 3: no penalty column."""
     from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=title, caption=footer(report))
-    table.add_column("check", overflow="fold")
-    for col in ("mean", confidence_label(report), "threshold", "status", "penalty"):
+    table.add_column("check", overflow="fold", min_width=12)
+    ci = confidence_label(report)
+    columns = ["mean", ci] if stack < 2 else [f"mean\n{ci}"]
+    columns += ["threshold", "status"] + (["penalty"] if stack < 3 else [])
+    for col in columns:
         table.add_column(col, justify="center" if col == "status" else "right", no_wrap=True)
-    _quantile_columns(table, quantiles)
+    if stack == 0:
+        _quantile_columns(table, quantiles)
+    elif quantiles:
+        table.add_column("quantiles", justify="right", no_wrap=True)
     for c in report.checks:
-        status = _status(c)
-        what = f"{c.input} → {c.output}, {c.distance}"
-        table.add_row(
-            f"{escape(c.name)}\n[dim]{escape(what)}[/]",
-            format_number(c.mean),
-            f"{_interval(c.ci_low, c.ci_high)}",
-            format_number(c.threshold),
-            status,
-            format_number(c.penalty),
-            *_quantile_cells(c, quantiles),
-        )
+        what = f"{c.input} → {c.output}, {_distance_label(c)}"
+        numbers = [format_number(c.mean), _interval(c.ci_low, c.ci_high)]
+        cells = numbers if stack < 2 else ["\n".join(numbers)]
+        cells += [format_number(c.threshold), _status(c)] + ([format_number(c.penalty)] if stack < 3 else [])
+        if stack == 0:
+            cells += _quantile_cells(c, quantiles)
+        elif quantiles:
+            cells.append("\n".join(f"{q} {v}" for q, v in zip(("p50", "p95", "p99", "max"), _quantile_cells(c, True))))
+        table.add_row(f"{escape(c.name)}\n[dim]{escape(what)}[/]", *cells)
     return table
-
-
 
 
 def _interval(low: Any, high: Any) -> str:
@@ -227,6 +244,11 @@ def format_number(x: float | None) -> str:
     if x == 0:
         return "0"
     return f"{x:.4g}" if 1e-3 <= abs(x) < 1e5 else f"{x:.3e}"
+
+
+def exceeded(names: list[str]) -> str:
+    """``a exceeds its threshold`` / ``a, b exceed their thresholds``."""
+    return ", ".join(names) + (" exceeds its threshold" if len(names) == 1 else " exceed their thresholds")
 
 
 def _md(text: str) -> str:

@@ -54,10 +54,12 @@ class ChannelStats:
         w = keep.to(torch.float64)
         errors = relative_l2(a.reshape(n * c, -1), b.reshape(n * c, -1)).reshape(n, c)
         errors = torch.where(keep[:, None], errors, torch.zeros_like(errors))
-        pair = torch.stack([a, b], dim=1) * w.reshape(n, 1, *([1] * (a.dim() - 1)))
+        kb = keep.reshape(n, *([1] * (a.dim() - 1)))  # broadcast over the map
+        a, b = torch.where(kb, a, torch.zeros_like(a)), torch.where(kb, b, torch.zeros_like(b))  # others: 0
         tv = ((a - b) ** 2 / 4).reshape(n, c, -1).sum(dim=2)
-        parts = {"n": w.sum(), "error_sum": errors.sum(dim=0), "tv_sum": (tv * w[:, None]).sum(dim=0),
-                 "s1": pair.sum(dim=0), "s2": (pair * pair).sum(dim=0)}
+        parts = {"n": w.sum(), "error_sum": errors.sum(dim=0), "tv_sum": tv.sum(dim=0),
+                 "s1": torch.stack([a.sum(dim=0), b.sum(dim=0)]),
+                 "s2": torch.stack([(a * a).sum(dim=0), (b * b).sum(dim=0)])}
         for key, value in parts.items():
             old = getattr(self, key)
             setattr(self, key, value if old is None else old + value)

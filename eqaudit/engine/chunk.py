@@ -18,6 +18,7 @@ from .estimator import BlockStats
 from .evaluate import CheckErrors, evaluate_checks
 from .forward import forward_rows
 from .sampling import PointSampler, rows_by_check
+from .worst_of import record_columns, worst_columns
 
 
 def element_columns(spec: Spec) -> dict[int, int]:
@@ -30,14 +31,25 @@ def element_columns(spec: Spec) -> dict[int, int]:
     return cols
 
 
-def n_columns(spec: Spec) -> int:
-    """Statistics columns of the checks: one per check, plus one per element of each group check."""
+def _group_columns(spec: Spec) -> int:
     return len(spec.checks) + sum(c.group.order for c in spec.checks if c.group is not None)
+
+
+def worst_of_columns(spec: Spec) -> dict[int, tuple[int, int]]:
+    """The argmax record columns (first, count) of each worst-of check, after the group elements'."""
+    return worst_columns(spec.checks, _group_columns(spec))
+
+
+def n_columns(spec: Spec) -> int:
+    """Statistics columns of the checks: one per check, plus one per element of each group check,
+    plus the argmax record of each worst-of check."""
+    return _group_columns(spec) + sum(count for _, count in worst_of_columns(spec).values())
 
 
 def copies_per_sample(spec: Spec) -> int:
     """Transformed copies of each sample in the fused forward pass."""
-    per_check = [c.group.order if c.group is not None else 1 for c in spec.checks]
+    per_check = [c.group.order if c.group is not None else c.worst_of.k if c.worst_of is not None else 1
+                 for c in spec.checks]
     if spec.num_funcs is not None:
         return max(1, sum(sorted(per_check, reverse=True)[: spec.num_funcs]))
     return max(1, sum(per_check))
@@ -78,8 +90,17 @@ def _fold(spec: Spec, results: list[CheckErrors], stats: BlockStats, start: int,
     whole_rows: list[torch.Tensor] = []
     whole_columns: list[int] = []  # the columns of ``whole_rows``
     first_element = element_columns(spec)
+    worst_cols = worst_of_columns(spec)
     for res in results:
         j = res.check_index
+        if res.worst is not None:  # the argmax record, beside the check's own column
+            first, count = worst_cols[j]
+            record = record_columns(spec.checks[j], res.worst)
+            if res.rows is None:  # every column of the record in one update
+                stats.update(slice(first, first + count), start, record, valid[:, None].expand_as(record))
+            else:
+                for c, values in enumerate(record.unbind(1)):
+                    _store(stats, first + c, start, values, res.rows, valid, length, dev)
         if res.element_errors is not None:
             for e, errors in enumerate(res.element_errors):
                 _store(stats, first_element[j] + e, start, errors, res.rows, valid, length, dev)

@@ -12,6 +12,9 @@ fine-tune penalty. A check is one of three strategies behind the same call:
   over the elements (each element's errors are returned too);
 * ``mode: lie``: the norm of the Lie derivative along the transform's path
   (:mod:`eqaudit.engine.lie`), its own forward-mode pass.
+
+A sampled check with ``worst_of:`` is K such draws of the same points, K items of the same
+fused forward pass, whose per-sample maximum is the check's error (:mod:`eqaudit.engine.worst_of`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from ..errors import first_line
 from .compare import batched_distances, check_distance
 from .forward import Locator, batch_dependent_width, forward_once, forward_rows, is_oom, packed, row_pieces
 from .lie import lie_errors
+from .worst_of import Worst, combine, draws
 
 __all__ = ["CheckErrors", "Evaluation", "TransformedInput", "evaluate_checks"]
 
@@ -50,6 +54,8 @@ class TransformedInput:
     outputs: torch.Tensor | None = None  # ``model(f_in(x))``
     call: int = 0  # which model call carried these rows (0: the base forward), and where in it
     offset: int = 0
+    draw: int | None = None  # worst_of checks: the draw's index
+    t_out: Any = None  # worst_of checks: the draw's output transform (None: the check's)
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,8 @@ class CheckErrors:
     rows: torch.Tensor | None
     errors: torch.Tensor
     element_errors: tuple[torch.Tensor, ...] | None = None
+    #: ``worst_of`` checks: which draw gave each row's maximum, and its parameter value.
+    worst: Worst | None = None
 
 
 @dataclass(frozen=True)
@@ -201,14 +209,27 @@ class _Context:
                 pending.append(TransformedInput(j, rows, xt, xt.shape[0], None, None, g_key, f"{where}.output",
                                                 element=e))
             return None
-        p_in = self.sample(check.input, crng, in_key)
-        p_out = p_in if check.both else self.sample(check.output, crng.child("output"), out_key)
-        xt = self.apply(check.input, xs, p_in, in_key)
-        item = TransformedInput(j, rows, xt, xt.shape[0], p_in, p_out, in_key, out_key)
-        if check.mask == "valid":  # where the transform keeps content: it maps ones to ones there
-            item.valid = self.apply(check.input, torch.ones_like(xs), p_in, in_key) >= 1.0 - 1e-6
-        pending.append(item)
+        if check.worst_of is None:
+            self.queue_draw(check, j, rows, xs, check.input, check.output, crng, None, pending)
+        else:  # K draws: K items of the same fused call
+            for d in draws(check, crng):
+                self.queue_draw(check, j, rows, xs, d.t_in, d.t_out, d.rng, d.k, pending)
         return None
+
+    def queue_draw(self, check: Any, j: int, rows: torch.Tensor | None, xs: torch.Tensor, t_in: Any, t_out: Any,
+                   rng: SampleRNG, k: int | None, pending: list[TransformedInput]) -> None:
+        """Draw the parameters of ``t_in`` / ``t_out`` from ``rng`` and queue ``t_in(xs)``."""
+        where = f"checks[{j}]"
+        in_key = f"{where}.both" if check.both else f"{where}.input"
+        out_key = f"{where}.both" if check.both else f"{where}.output"
+        p_in = self.sample(t_in, rng, in_key)
+        p_out = p_in if check.both else self.sample(t_out, rng.child("output"), out_key)
+        xt = self.apply(t_in, xs, p_in, in_key)
+        item = TransformedInput(j, rows, xt, xt.shape[0], p_in, p_out, in_key, out_key, draw=k,
+                                t_out=t_out if k is not None else None)
+        if check.mask == "valid":  # where the transform keeps content: it maps ones to ones there
+            item.valid = self.apply(t_in, torch.ones_like(xs), p_in, in_key) >= 1.0 - 1e-6
+        pending.append(item)
 
     def forward_fused(self, pending: list[TransformedInput]) -> None:
         """Run the model once on the concatenation of all pending inputs of the same shape or, with
@@ -259,7 +280,7 @@ class _Context:
         if item.element is not None:
             element = check.group.elements[item.element]
             return self.apply(element, ys, None, item.out_key) if check.both else ys
-        return self.apply(check.output, ys, item.p_out, item.out_key)
+        return self.apply(_output_transform(check, item), ys, item.p_out, item.out_key)
 
     def compared(self, item: TransformedInput, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The pair the distance compares: ``f_out(y)`` and ``model(f_in(x))``, masked, same shape."""
@@ -288,8 +309,9 @@ class _Context:
                 f"'mask: valid' compares images of the input's size {list(valid.shape[-2:])}; "
                 f"the outputs have shape {list(b.shape[1:])}", "use it for image-to-image models")
         keep = valid.reshape(valid.shape[0], -1, *valid.shape[-2:]).all(dim=1)  # (n, H, W): every channel kept
-        if check.output.name != "identity":
-            kept_out = self.apply(check.output, torch.ones_like(a), item.p_out, item.out_key) >= 1.0 - 1e-6
+        t_out = _output_transform(check, item)
+        if t_out.name != "identity":
+            kept_out = self.apply(t_out, torch.ones_like(a), item.p_out, item.out_key) >= 1.0 - 1e-6
             if kept_out.shape[-2:] != keep.shape[-2:]:
                 raise self.locate.error(f"checks[{item.check_index}].mask",
                                         f"the output transform maps images of size {list(keep.shape[-2:])} to "
@@ -336,17 +358,29 @@ class _Context:
                                     f"{first_line(exc)}") from None
 
 
+def _output_transform(check: Any, item: TransformedInput) -> Any:
+    return item.t_out if item.t_out is not None else check.output
+
+
 def _real_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype if x.is_floating_point() else torch.float32
 
 
 def _assembled(checks: Sequence[Any], pending: list[TransformedInput], errors: list[torch.Tensor]) -> list[CheckErrors]:
     """One :class:`CheckErrors` per check of ``pending``; a group check's errors are the mean over
-    its elements (summed in element order)."""
+    its elements (summed in element order), a worst-of check's the maximum over its draws."""
     out: list[CheckErrors] = []
     elements: dict[int, list[torch.Tensor]] = {}
+    drawn: dict[int, list[tuple[torch.Tensor, Any]]] = {}
     for item, e in zip(pending, errors):
         j = item.check_index
+        if item.draw is not None:
+            drawn.setdefault(j, []).append((e, item.p_in))
+            if item.draw == checks[j].worst_of.k - 1:  # the last draw
+                parts = drawn.pop(j)
+                worst = combine(checks[j], [p[0] for p in parts], [p[1] for p in parts])
+                out.append(CheckErrors(j, item.rows, worst.errors, worst=worst))
+            continue
         if item.element is None:
             out.append(CheckErrors(j, item.rows, e))
             continue

@@ -225,7 +225,8 @@ class LayerPlan:
         if not layers:
             return None
         checks = [j for j, c in enumerate(spec.checks)
-                  if c.group is None and c.mode == "sample" and acts_on_features(c.input) and spec.num_funcs is None]
+                  if c.group is None and c.mode == "sample" and acts_on_features(c.input) and spec.num_funcs is None
+                  and c.worst_of is None]  # worst_of: K draws would fold into one layer column
         return cls(spec, layers, checks, first_column)
 
     @property
@@ -306,4 +307,4 @@ class LayerPlan:
         if not skipped:
             return []
         return ["per-layer errors skip checks whose transform does not act on feature maps (or with "
-                "num_funcs, group: or mode: lie): " + ", ".join(skipped)]
+                "num_funcs, group:, mode: lie or worst_of): " + ", ".join(skipped)]

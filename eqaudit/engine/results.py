@@ -9,8 +9,9 @@ from typing import Any
 
 from ..report import CheckResult, gated_value, within
 from ..spec import Spec
-from .chunk import element_columns
+from .chunk import element_columns, worst_of_columns
 from .estimator import Summary
+from .worst_of import report_entry
 
 
 def exceeds(summary: Summary, gate: str, threshold: float) -> bool:
@@ -53,8 +54,15 @@ def check_result(spec: Spec, j: int, s: Summary, summaries: list[Summary], *, ga
         name=check.name, input=check.input_text, output=check.output_text, distance=check.distance.name,
         **s.figures(), epsilon=check.epsilon, threshold=check.threshold, weight=check.weight, gate=gate,
         noise_floor=noise_floor, hint=hint, elements=element_results(spec, j, summaries, gate), layers=layers,
-        mask=check.mask,
+        mask=check.mask, worst_of=worst_of_entry(spec, j, summaries),
     )
+
+
+def worst_of_entry(spec: Spec, j: int, summaries: list[Summary]) -> dict[str, Any] | None:
+    """The report's ``worst_of`` entry of check ``j`` (None when it is not a worst-of check)."""
+    if spec.checks[j].worst_of is None:
+        return None
+    return report_entry(spec.checks[j], summaries, worst_of_columns(spec)[j])
 
 
 def error_result(spec: Spec, j: int, message: str, *, confidence: float, gate: str) -> CheckResult:

@@ -66,6 +66,8 @@ class CheckResult:
     error: str | None = None
     #: How ``ci_low``/``ci_high`` were computed: ``normal``, or ``wilson`` (0/1 errors; in JSON only then).
     interval: str = "normal"
+    #: ``worst_of`` checks: K, the grid parameter, and where the maximum was (in JSON only then).
+    worst_of: dict[str, Any] | None = None
 
     @property
     def gated_value(self) -> float:
@@ -87,7 +89,8 @@ class CheckResult:
         only when it is not the normal approximation."""
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
-            if (f.name == "error" and self.error is None) or (f.name == "interval" and self.interval == "normal"):
+            if ((f.name == "error" and self.error is None) or (f.name == "interval" and self.interval == "normal")
+                    or (f.name == "worst_of" and self.worst_of is None)):
                 continue
             out[f.name] = getattr(self, f.name)
             if f.name == "weight":  # the derived figures, where the JSON contract has them

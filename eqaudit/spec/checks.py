@@ -18,8 +18,10 @@ from ..errors import EqauditError, did_you_mean
 from ..io.yaml_source import YamlSource, join
 from .fields import check_keys, describe_value, expect_mapping, parse_float
 from .model import CheckSpec
+from .worst_of import WorstOf, parse_worst_of
 
-CHECK_KEYS = ("name", "input", "output", "both", "epsilon", "threshold", "weight", "distance", "group", "mode", "mask")
+CHECK_KEYS = ("name", "input", "output", "both", "epsilon", "threshold", "weight", "distance", "group", "mode", "mask",
+              "worst_of")
 MASKS = ("none", "valid")
 MODES = ("sample", "lie")
 
@@ -80,7 +82,17 @@ def parse_check(
     if mask == "valid" and (group is not None or mode == "lie"):
         raise src.error(f"{where}.mask", "'mask: valid' applies to sampled transforms, not to 'group' or "
                         "'mode: lie' checks", "remove mask")
-    return CheckSpec(name, t_in, t_out, both, dist, epsilon, threshold, weight, group, mode, mask)
+    worst = _worst_of(src, c, where, group, mode, base_dir) if "worst_of" in c else None
+    return CheckSpec(name, t_in, t_out, both, dist, epsilon, threshold, weight, group, mode, mask, worst_of=worst)
+
+
+def _worst_of(src: YamlSource, c: Mapping, where: str, group: Any, mode: str, base_dir: Path) -> WorstOf:
+    """``worst_of`` draws a sampled check's random parameters several times (not a group or a Lie path)."""
+    if group is not None or mode == "lie":
+        raise src.error(f"{where}.worst_of", "'worst_of' takes the largest error over drawn transforms; a 'group' "
+                        "check already evaluates every element and 'mode: lie' draws none", "remove worst_of")
+    side = "both" if "both" in c else "input"
+    return parse_worst_of(src, c["worst_of"], where, c[side], side, base_dir)
 
 
 def _group_transforms(src: YamlSource, c: Mapping, where: str,

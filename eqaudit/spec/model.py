@@ -76,6 +76,8 @@ class CheckSpec:
     #: The name whose random stream draws the check's parameters (None: ``name``). Sweeps keep the
     #: swept check's stream, so every value sees the same draws of the other parameters.
     stream: str | None = None
+    #: ``worst_of:``: per sample, the largest error over K draws or a grid (a WorstOf; None: one draw).
+    worst_of: Any = None
 
     @property
     def stream_name(self) -> str:

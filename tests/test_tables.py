@@ -4,6 +4,7 @@ FAILED line reads right for one check; the progress bar knows its total from the
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
@@ -17,9 +18,8 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 
 
 def _text(renderable: object, width: int) -> str:
-    console = Console(width=width, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    console = Console(width=width, record=True, file=io.StringIO())
     console.print(renderable)
-    console.file.close()
     return console.export_text()
 
 
@@ -72,3 +72,35 @@ def test_progress_shows_the_total_from_the_start(monkeypatch) -> None:
     monkeypatch.setattr(Progress, "add_task", add_task)
     assert with_progress(True, "measuring", lambda progress: 7, total=2048) == 7
     assert totals == [2048]
+
+
+def test_shared_draws_are_marked_and_independent_ones_noted(project: Path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from conftest import write_spec
+    from eqaudit.cli import app
+
+    write_spec(project, """
+        model: {factory: models.py:Roll}
+        input: {shape: [1, 8, 8]}
+        samples: 64
+        checks:
+          - {name: shared, both: {rotate: {degrees: [-30, 30]}}, threshold: 10}
+          - {name: independent, input: {rotate: {degrees: [-30, 30]}}, output: {rotate: {degrees: [-30, 30]}},
+             threshold: 10}
+          - {name: fixed, input: {rotate: {degrees: 30}}, output: {rotate: {degrees: 30}}, threshold: 10}
+    """)
+    (project / "models.py").write_text((project / "models.py").read_text() + (
+        "\nclass Roll(torch.nn.Module):\n    def forward(self, x):\n        return torch.roll(x, 1, -1)\n"))
+    monkeypatch.chdir(project)
+    import eqaudit.cli.measure as measure
+
+    monkeypatch.setattr(measure, "out", Console(width=200, file=io.StringIO(), record=True))
+    r = CliRunner().invoke(app, ["measure", "--spec", "spec.yaml"])
+    table = measure.out.export_text()
+    rows = {line.split("│")[1].strip(): line for line in table.splitlines() if line.count("│") > 3}
+    assert "both: rotate(degrees=[-30, 30])" in rows["shared"] and "(same draw)" in rows["shared"]
+    assert "both:" not in rows["independent"] and "both:" not in rows["fixed"]
+    notes = " ".join(r.stderr.split())
+    assert "check 'independent': input and output are the same random transform" in notes
+    assert "'shared'" not in notes and "'fixed'" not in notes

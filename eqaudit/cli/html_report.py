@@ -29,4 +29,5 @@ def write_html(path: Path | None, report: Any, spec: Any, *, checkpoint: Any = N
         failing = {c.name for c in report.checks if not c.passed}
         samples = check_samples(spec, checkpoint=checkpoint, trust_checkpoint=trust_checkpoint, device=device,
                                 seed=report.seed, limit=min(LIMIT, report.samples), worst_of=failing)
-    write_output(path, "--html", render_html(report, samples, sweep))
+    shared = frozenset(c.name for c in spec.checks if c.both)
+    write_output(path, "--html", render_html(report, samples, sweep, shared))

@@ -120,7 +120,7 @@ def measure(
             plot_layer_channels(report, plot_layers)
         write_html(html, report, the_spec, checkpoint=paths[0], trust_checkpoint=trust_checkpoint, device=device)
         if not outputs.quiet:
-            _print(report, quantiles, layers)
+            _print(report, the_spec, quantiles, layers)
             many.print_comparison(comparison)
         for check in report.errors:  # a check that could not be measured: its own error line, exit 2
             fail(escape(check.error))
@@ -157,10 +157,13 @@ def _inputs(spec_path: Path, the_spec: Any, paths: list[Path | None], baseline: 
     return inputs
 
 
-def _print(report: Any, quantiles: bool, layers: bool) -> None:
+def _print(report: Any, spec: Any, quantiles: bool, layers: bool) -> None:
     """The tables on stdout; notes and the failed checks on stderr (when some check could not be
     measured, its error line alone speaks on stderr: exit 2)."""
-    out.print(report.rich_table(out.width, quantiles=quantiles))
+    from ..report.render import rich_table
+    from .draws import independent_draw_notes, shared_draws
+
+    out.print(rich_table(report, out.width, quantiles=quantiles, shared=shared_draws(spec)))
     layer_table = report.layers_table() if layers else None
     if layer_table is not None:
         out.print(layer_table)
@@ -169,7 +172,7 @@ def _print(report: Any, quantiles: bool, layers: bool) -> None:
         out.print(elements)
     if report.errors:
         return
-    for text in report.notes:
+    for text in [*report.notes, *independent_draw_notes(spec)]:
         note(text)
     if not report.passed:
         from ..report.render import exceeded

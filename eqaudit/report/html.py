@@ -35,16 +35,18 @@ def _status(c: Any) -> tuple[str, str]:
     return ("pass", "PASS") if c.passed else ("fail", "FAIL")
 
 
-def render_html(report: Any, samples: Sequence[Any] = (), sweep: Any = None) -> str:
+def render_html(report: Any, samples: Sequence[Any] = (), sweep: Any = None,
+                shared: frozenset[str] | set[str] = frozenset()) -> str:
     """The page for ``report``; ``samples``: per-check :class:`eqaudit.engine.worst.CheckSamples`
-    (histograms and worst samples), ``sweep``: an :class:`eqaudit.engine.sweep.Sweep` (its curve)."""
+    (histograms and worst samples), ``sweep``: an :class:`eqaudit.engine.sweep.Sweep` (its curve),
+    ``shared``: the checks whose sides share one draw (``both:``)."""
     by_name = {s.name: s for s in samples}
     kind, word = ("error", "ERROR") if report.errors else (("pass", "PASSED") if report.passed else ("fail", "FAILED"))
     failing = [c.name for c in report.checks if not c.passed]
     title = "eqaudit" + (f" — {report.spec}" if report.spec else "")
     body = [f"<h1>{escape(title)}</h1>",
             f'<div class="banner {kind}">{word}' + (f": {escape(', '.join(failing))}" if failing else "") + "</div>",
-            f'<p class="muted">{escape(footer(report))}</p>', _summary(report)]
+            f'<p class="muted">{escape(footer(report))}</p>', _summary(report, shared)]
     if sweep is not None:
         body.append(_sweep_section(sweep))
     body.append(_table_section("Group elements", ["check", "element", "mean", "CI", "max", "status"],
@@ -63,11 +65,12 @@ def _interval(lo: Any, hi: Any) -> str:
     return f"[{format_number(lo)}, {format_number(hi)}]"
 
 
-def _summary(report: Any) -> str:
+def _summary(report: Any, shared: Any) -> str:
     rows = []
     for c in report.checks:
         kind, word = _status(c)
-        rows.append([f'<a href="#check-{escape(c.name)}">{escape(c.name)}</a>', escape(c.input), escape(c.output),
+        sides = (f"both: {c.input}", "(same draw)") if c.name in shared else (c.input, c.output)
+        rows.append([f'<a href="#check-{escape(c.name)}">{escape(c.name)}</a>', escape(sides[0]), escape(sides[1]),
                      escape(c.distance), _num(c.mean), _num_text(_interval(c.ci_low, c.ci_high)), _num(c.threshold),
                      f'<span class="{kind}">{word}</span>'])
     return _table(["check", "input", "output", "distance", "mean", f"{report.checks[0].confidence * 100:g}% CI"

@@ -80,17 +80,19 @@ def footer(report: Any) -> str:
         parts.insert(0, f"checkpoint {report.checkpoint}")
     return " · ".join(parts)
 
-def rich_table(report: Any, width: int | None = None, *, quantiles: bool = False) -> Any:
+def rich_table(report: Any, width: int | None = None, *, quantiles: bool = False,
+               shared: frozenset[str] | set[str] = frozenset()) -> Any:
     """A :class:`rich.table.Table` with one row per check and a footer caption.
 
     The richest layout that fits ``width`` columns is chosen (numbers are never cut): the wide
     one (from 110 columns); then the transforms and distance under the check's name; then the
     quantiles (``quantiles=True``: p50, p95, p99, max) stacked in one column; then the interval
     under the mean; then without the penalty column (it follows from the mean and ``epsilon``).
+    ``shared``: the checks whose two sides share one draw (``both:``), shown as ``both: <transform>``.
     """
     title = "eqaudit" + (f" — {report.spec}" if report.spec else "")
-    layouts = [] if width is not None and width < 110 else [_wide_table(report, title, quantiles)]
-    layouts += [_compact_table(report, title, quantiles, stack=stack) for stack in range(4 if quantiles else 3)
+    layouts = [] if width is not None and width < 110 else [_wide_table(report, title, quantiles, shared)]
+    layouts += [_compact_table(report, title, quantiles, stack, shared) for stack in range(4 if quantiles else 3)
                 if quantiles or stack != 1]
     if width is None:
         return layouts[0]
@@ -112,7 +114,7 @@ def _fits(table: Any, width: int, names: list[str]) -> bool:
     return fitting and all(name in text for name in names)
 
 
-def _wide_table(report: Any, title: str, quantiles: bool) -> Any:
+def _wide_table(report: Any, title: str, quantiles: bool, shared: Any = frozenset()) -> Any:
     from rich.markup import escape
     from rich.table import Table
 
@@ -131,7 +133,7 @@ def _wide_table(report: Any, title: str, quantiles: bool) -> Any:
         table.add_column(col, justify=just, overflow="fold", no_wrap=not wrap, min_width=12 if wrap else None)
     _quantile_columns(table, quantiles)
     for c in report.checks:
-        table.add_row(escape(c.name), escape(c.input), escape(c.output), _distance_label(c), format_number(c.mean),
+        table.add_row(escape(c.name), *(escape(t) for t in _sides(c, shared)), _distance_label(c), format_number(c.mean),
                       _interval(c.ci_low, c.ci_high), format_number(c.threshold), _status(c),
                       format_number(c.penalty), *_quantile_cells(c, quantiles))
     return table
@@ -183,7 +185,8 @@ def elements_table(report: Any) -> Any:
     return table
 
 
-def _compact_table(report: Any, title: str, quantiles: bool = False, stack: int = 0) -> Any:
+def _compact_table(report: Any, title: str, quantiles: bool = False, stack: int = 0,
+                   shared: Any = frozenset()) -> Any:
     """The transforms under the check's name; ``stack`` >= 1: the quantiles in one column, >= 2:
     the interval under the mean, 3: no penalty column."""
     from rich.markup import escape
@@ -201,7 +204,8 @@ def _compact_table(report: Any, title: str, quantiles: bool = False, stack: int 
     elif quantiles:
         table.add_column("quantiles", justify="right", no_wrap=True)
     for c in report.checks:
-        what = f"{c.input} → {c.output}, {_distance_label(c)}"
+        sides = _sides(c, shared)
+        what = (f"{sides[0]}, " if c.name in shared else f"{sides[0]} → {sides[1]}, ") + _distance_label(c)
         numbers = [format_number(c.mean), _interval(c.ci_low, c.ci_high)]
         cells = numbers if stack < 2 else ["\n".join(numbers)]
         cells += [format_number(c.threshold), _status(c)] + ([format_number(c.penalty)] if stack < 3 else [])
@@ -211,6 +215,11 @@ def _compact_table(report: Any, title: str, quantiles: bool = False, stack: int 
             cells.append("\n".join(f"{q} {v}" for q, v in zip(("p50", "p95", "p99", "max"), _quantile_cells(c, True))))
         table.add_row(f"{escape(c.name)}\n[dim]{escape(what)}[/]", *cells)
     return table
+
+
+def _sides(c: Any, shared: Any) -> tuple[str, str]:
+    """The input and output cells: ``both: t`` and ``(same draw)`` for a shared draw."""
+    return (f"both: {c.input}", "(same draw)") if c.name in shared else (c.input, c.output)
 
 
 def _interval(low: Any, high: Any) -> str:

@@ -52,6 +52,11 @@ def empty():
 def boom():
     return 1 / 0
 
+def counted():
+    with open("{folder}/calls.txt", "a") as fh:
+        fh.write("call\\n")
+    return bare()
+
 def ragged():
     return [torch.zeros(1, 8, 8), torch.zeros(1, 8, 7)]
 """
@@ -169,6 +174,15 @@ def test_bad_files_are_exit_2_naming_the_file_and_the_key(project: Path) -> None
     ]
     for block, words in cases:
         _exit_2(project, block, *words)
+
+
+def test_validate_reads_a_dataset_once_and_accepts_what_measure_reads(project: Path) -> None:
+    _save_all(project, _pixels(1))
+    spec = _spec(project, "{dataset: 'ds.py:counted', sampling: sequential}")
+    r = runner.invoke(app, ["validate", str(spec)])
+    assert r.exit_code == 0, r.output
+    assert (project / "calls.txt").read_text().splitlines() == ["call"]  # not once per validation step
+    assert runner.invoke(app, ["measure", "--spec", str(spec), "--quiet"]).exit_code == 0
 
 
 def test_a_size_mismatch_is_resized_bilinearly_when_asked(project: Path) -> None:

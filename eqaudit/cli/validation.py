@@ -41,7 +41,7 @@ def check_files(spec: Spec) -> None:
         raise spec.error("model", "needs a factory, a checkpoint, or a CHECKPOINT on the command line",
                          "set model.factory and/or model.checkpoint")
     if spec.input.from_data:
-        load_input_data(spec)  # read as measure reads it: what validate accepts, measure does not refuse
+        _data_shape(spec)  # read as measure reads it: what validate accepts, measure does not refuse
 
 
 def check_config_data(config: Any) -> None:
@@ -71,7 +71,19 @@ def sample_shape(spec: Spec) -> list[int]:
     """The shape of one sample: ``input.shape``, or the data's rows."""
     if spec.input.shape or not spec.input.from_data:
         return list(spec.input.shape)
-    return list(load_input_data(spec).shape[1:])
+    return _data_shape(spec)
+
+
+#: The spec whose data was last read and its sample shape: validate reads the data (a dataset
+#: callable may be slow) once for check_files and the dry run.
+_READ: list[Any] = [None, None]
+
+
+def _data_shape(spec: Spec) -> list[int]:
+    """The shape of one sample of the spec's data, read as ``measure`` reads it (once per spec)."""
+    if _READ[0] is not spec:
+        _READ[:] = [spec, list(load_input_data(spec).shape[1:])]
+    return list(_READ[1])
 
 
 def dry_run_transforms(spec: Spec) -> None:

@@ -204,6 +204,21 @@ def test_a_size_mismatch_is_resized_bilinearly_when_asked(project: Path) -> None
     assert runner.invoke(app, ["measure", "--spec", str(spec), "--quiet"]).exit_code in (0, 1)
 
 
+def test_jpeg_files_of_any_case_are_read_as_pillow_decodes_them(project: Path) -> None:
+    from PIL import Image
+
+    (project / "photos").mkdir()
+    g = torch.Generator().manual_seed(1)
+    for name in ("b.JPG", "a.jpeg", "c.png"):
+        u8 = torch.randint(0, 256, (8, 8, 3), generator=g, dtype=torch.uint8).numpy()
+        Image.fromarray(u8, "RGB").save(project / "photos" / name)
+    got = read_data(project / "photos", None, (3, 8, 8))
+    for row, name in zip(got, ("a.jpeg", "b.JPG", "c.png"), strict=True):  # sorted by file name
+        with Image.open(project / "photos" / name) as img:
+            want = np.asarray(img.convert("RGB"))
+        assert torch.equal(row, torch.from_numpy(want.copy()).permute(2, 0, 1).float() / 255.0), name
+
+
 class _Marker:
     """A pickle payload: unpickling it would create the marker file."""
 

@@ -101,6 +101,13 @@ FIELDS: dict[str, tuple[tuple[str, ...], dict[str, dict[str, Any]]]] = {
                         "a finite group (C4, D4, S3, {permutations: {k: K}}): every element is checked"),
         "mode": _enum(spec_checks.MODES, "sample", description="sample: finite transforms; lie: Lie derivative"),
         "mask": _enum(spec_checks.MASKS, "none", description="valid: compare only pixels inside the frame"),
+        "worst_of": _field({"anyOf": [
+            {"type": "integer", "minimum": 1},
+            {"type": "object", "required": ["grid"], "additionalProperties": False,
+             "properties": {"grid": {"type": "object", "minProperties": 1, "maxProperties": 1,
+                                     "additionalProperties": {"type": "array", "items": {"type": "number"},
+                                                              "minItems": 3, "maxItems": 3}}}},
+        ]}, "per sample, the largest error over K draws, or over a grid {grid: {param: [lo, hi, count]}}"),
     }),
 }
 

@@ -111,7 +111,8 @@ def _layer_rows(report: Any) -> list[list[str]]:
     for c in report.checks:
         for r in c.layers or []:
             if "skipped" in r:
-                rows.append([escape(c.name), escape(r["name"]), "-", escape(r["skipped"]), "-"])
+                skipped = f'<td colspan="3" class="muted">{escape(r["skipped"])}</td>'
+                rows.append([escape(c.name), escape(r["name"]), skipped])
             else:
                 rows.append([escape(c.name), escape(r["name"]), _num(_f(r["mean"])),
                              _num_text(_interval(_f(r["ci_low"]), _f(r["ci_high"]))), _num(_f(r["max"]))])
@@ -156,7 +157,8 @@ def _image(t: Any, caption: str, lo: float | None = None, hi: float | None = Non
     side = max(t.shape[-2:])
     scale = max(1, min(8, 128 // max(1, side)))
     uri = png.data_uri(png.tensor_png(t, scale, lo, hi))
-    return f'<figure><img class="px" alt="{escape(caption)}" src="{uri}"><figcaption>{escape(caption)}</figcaption></figure>'
+    return (f'<figure><img class="px" alt="{escape(caption)}" src="{uri}">'
+            f'<figcaption>{escape(caption)}</figcaption></figure>')
 
 
 def _outputs(expected: Any, got: Any) -> list[str]:

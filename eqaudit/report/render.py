@@ -133,7 +133,8 @@ def _wide_table(report: Any, title: str, quantiles: bool, shared: Any = frozense
         table.add_column(col, justify=just, overflow="fold", no_wrap=not wrap, min_width=12 if wrap else None)
     _quantile_columns(table, quantiles)
     for c in report.checks:
-        table.add_row(escape(c.name), *(escape(t) for t in _sides(c, shared)), _distance_label(c), format_number(c.mean),
+        table.add_row(escape(c.name), *(escape(t) for t in _sides(c, shared)), _distance_label(c),
+                      format_number(c.mean),
                       _interval(c.ci_low, c.ci_high), format_number(c.threshold), _status(c),
                       format_number(c.penalty), *_quantile_cells(c, quantiles))
     return table

@@ -41,7 +41,8 @@ def histogram(errors: Sequence[float], threshold: float, ci: tuple[float, float]
     if math.isfinite(threshold):
         t = PAD + (threshold - x0) * sx
         parts.append(f'<line x1="{t:.1f}" x2="{t:.1f}" y1="{PAD - 10}" y2="{H - PAD}" stroke="#c53030" '
-                     f'stroke-width="2"/><text x="{t + 3:.1f}" y="{PAD - 12}" class="lbl" fill="#c53030">'
+                     f'stroke-width="2"/><text x="{t + 3 if t < W / 2 else t - 3:.1f}" y="{PAD - 12}" class="lbl" '
+                     f'text-anchor="{"start" if t < W / 2 else "end"}" fill="#c53030">'
                      f'threshold {format_number(threshold)}</text>')
     parts.append(_x_ticks(lo, hi, x0, sx))
     parts.append(f'<text x="{PAD}" y="{H - 4}" class="lbl">error ({len(finite)} samples); blue: CI of the mean</text>')

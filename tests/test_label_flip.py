@@ -165,3 +165,13 @@ def test_the_cli_reports_the_flip_rate_with_its_wilson_interval(tmp_path: Path) 
     assert flip["interval"] == "wilson"
     assert [flip["ci_low"], flip["ci_high"]] == pytest.approx(_wilson_by_formula(k, N), abs=1e-12)
     assert "interval" not in shift  # the normal approximation, as before
+
+
+def test_fractional_flip_rates_of_dense_outputs_keep_the_normal_interval(tmp_path: Path) -> None:
+    """Per-sample rates averaged over positions are not 0/1: no Wilson interval for them."""
+    spec = tmp_path / "dense.yaml"
+    spec.write_text("model: {factory: torch.nn:Identity}\ninput: {shape: [16, 3]}\nsamples: 128\n"
+                    "distance: label_flip\nchecks:\n  - {input: {gaussian_noise: {std: 0.3}}, threshold: 1}\n")
+    row = audit(None, spec, batch_size=64, noise_floor=False).checks[0]
+    assert 0 < row.mean < 1 and row.interval == "normal"
+    assert row.ci_low == pytest.approx(row.mean - z_value(0.95) * row.stderr, abs=1e-12)

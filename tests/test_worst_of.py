@@ -115,11 +115,13 @@ def test_the_grid_argmax_equals_a_brute_force_loop(tmp_path: Path) -> None:
 
 def test_worst_of_is_the_same_at_any_batch_size(tmp_path: Path) -> None:
     path = _spec_file(tmp_path, f"  - name: worst\n    input: {ROTATE}\n    worst_of: 4\n"
-                                f"  - name: grid\n    both: {{shift: {{dx: [-2, 2]}}}}\n"
+                                f"  - name: grid\n    input: {{shift: {{dx: [-2, 2]}}}}\n"
                                 "    worst_of: {grid: {dx: [-2, 2, 5]}}\n")
     reports = [audit(None, path, batch_size=b, noise_floor=False) for b in (64, 128)]
-    rows = [[(c.mean, c.ci_high, c.max, c.worst_of) for c in r.checks] for r in reports]
+    rows = [[(c.error, c.mean, c.ci_high, c.max, c.worst_of) for c in r.checks] for r in reports]
     assert rows[0] == rows[1]
+    assert all(c.error is None and c.n == N for c in reports[0].checks)
+    assert sum(h["count"] for h in reports[0].checks[1].worst_of["argmax"]) == N
 
 
 @pytest.mark.parametrize(("value", "key", "message"), [
@@ -154,3 +156,18 @@ def test_per_layer_rows_skip_worst_of_checks(tmp_path: Path) -> None:
     report = audit(None, path, batch_size=64, noise_floor=False)
     assert report.checks[0].layers and report.checks[1].layers is None
     assert any("worst_of): worst" in note for note in report.notes)
+
+
+def test_the_unfused_order_gives_the_same_worst_case(tmp_path: Path) -> None:
+    """The fine-tune penalty's order (each draw alone, fuse=False) takes the same draws."""
+    path = _spec_file(tmp_path, f"  - name: worst\n    input: {ROTATE}\n    worst_of: 3\n"
+                                "  - name: grid\n    input: {shift: {dx: [-2, 2]}}\n    worst_of: {grid: {dx: [-2, 2, 5]}}\n")
+    spec, model, x = _points(path)
+    rng = SampleRNG.for_range(spec.seed, 0, N)
+    with torch.no_grad():
+        y = model(x)
+        fused = evaluate_checks(model, spec.checks, x, y, rng, spec, distance_dtype=torch.float64)
+        alone = evaluate_checks(model, spec.checks, x, y, rng, spec, distance_dtype=torch.float64, fuse=False)
+    for a, b in zip(fused.checks, alone.checks):
+        assert torch.equal(a.errors, b.errors)
+        assert torch.equal(a.worst.argmax, b.worst.argmax) and torch.equal(a.worst.value, b.worst.value)

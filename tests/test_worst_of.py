@@ -4,6 +4,7 @@ at any batch size, and bad ``worst_of`` values are exit 2 at the key."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -171,3 +172,21 @@ def test_the_unfused_order_gives_the_same_worst_case(tmp_path: Path) -> None:
     for a, b in zip(fused.checks, alone.checks):
         assert torch.equal(a.errors, b.errors)
         assert torch.equal(a.worst.argmax, b.worst.argmax) and torch.equal(a.worst.value, b.worst.value)
+
+
+def test_a_sweep_of_a_worst_of_check(tmp_path: Path) -> None:
+    """worst_of: K follows the swept value (each point is the audit of the check at that value);
+    a grid check is refused (its grid fixes the input transform, so the sweep would not reach it)."""
+    from eqaudit.engine.sweep import sweep_spec
+    from eqaudit.errors import ArgumentError
+
+    path = _spec_file(tmp_path, f"  - name: worst\n    input: {ROTATE}\n    worst_of: 3\n"
+                                f"  - name: grid\n    input: {ROTATE}\n    worst_of: {{grid: {{degrees: [-9, 9, 3]}}}}\n"
+                                "  - name: at20\n    input: {rotate: {degrees: [-20, 20]}}\n    worst_of: 3\n")
+    spec = load_spec(path)
+    swept, _ = sweep_spec(spec, "worst", "degrees", [[-20, 20]])
+    at20 = spec.replace(checks=(dataclasses.replace(spec.checks[2], stream="worst"),))  # the swept check's draws
+    got = audit(None, swept, batch_size=64, noise_floor=False).checks[0].mean
+    assert got == audit(None, at20, batch_size=64, noise_floor=False).checks[0].mean
+    with pytest.raises(ArgumentError, match="worst over a grid of degrees"):
+        sweep_spec(spec, "grid", "degrees", [5])

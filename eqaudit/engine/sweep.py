@@ -120,6 +120,10 @@ def sweep_spec(spec: Spec, check_name: str, param: str, values: list[float | int
         raise ArgumentError("check_name", f"no check named '{check_name}'",
                            hint=did_you_mean(check_name, names))
     check = spec.checks[names.index(check_name)]
+    if check.worst_of is not None and check.worst_of.param is not None:  # its grid fixes the input transform
+        raise ArgumentError("check_name", f"check '{check_name}' takes the worst over a grid of "
+                            f"{check.worst_of.param}, built from its input transform: a sweep would not reach it",
+                            hint="sweep a check without worst_of: {grid: ...}, or one with worst_of: K")
     t = check.input
     if isinstance(t, Compose) or not type(t).params:
         raise ArgumentError(

@@ -195,8 +195,6 @@ class _Context:
             xs, crng = x[rows], crng.select(rows)
         if xs.shape[0] == 0:
             return CheckErrors(j, rows, torch.zeros(0, dtype=self.distance_dtype or _real_dtype(x), device=x.device))
-        in_key = f"{where}.both" if check.both else f"{where}.input"
-        out_key = f"{where}.both" if check.both else f"{where}.output"
         if check.mode == "lie":  # forward-mode AD along the path: its own forward, not a fused pass
             with self.untapped():
                 parts = [lie_errors(self.model, check, j, part, self.locate, self.distance_dtype)

@@ -190,3 +190,11 @@ def test_a_sweep_of_a_worst_of_check(tmp_path: Path) -> None:
     assert got == audit(None, at20, batch_size=64, noise_floor=False).checks[0].mean
     with pytest.raises(ArgumentError, match="worst over a grid of degrees"):
         sweep_spec(spec, "grid", "degrees", [5])
+
+
+def test_an_unnamed_worst_of_check_is_not_named_like_the_plain_check(tmp_path: Path) -> None:
+    path = _spec_file(tmp_path, f"  - input: {ROTATE}\n  - input: {ROTATE}\n    worst_of: 4\n"
+                                f"  - input: {ROTATE}\n    worst_of: {{grid: {{degrees: [-9, 9, 3]}}}}\n")
+    names = [c.name for c in load_spec(path).checks]
+    assert names == ["rotate(degrees=[-30, 30])", "rotate(degrees=[-30, 30]) (worst of 4)",
+                     "rotate(degrees=[-30, 30]) (worst of grid)"]

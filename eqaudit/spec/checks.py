@@ -68,6 +68,10 @@ def parse_check(
     threshold = parse_float(src, c["threshold"], f"{where}.threshold") if "threshold" in c else epsilon
     weight = parse_float(src, c.get("weight", 1.0), f"{where}.weight")
     default_name = t_in.describe() if t_out.name == "identity" or both else f"{t_in.describe()} -> {t_out.describe()}"
+    if "worst_of" in c and isinstance(c["worst_of"], int) and not isinstance(c["worst_of"], bool):
+        default_name += f" (worst of {c['worst_of']})"  # not the plain check's name
+    elif "worst_of" in c and isinstance(c["worst_of"], Mapping):
+        default_name += " (worst of grid)"
     name = _check_name(src, c.get("name"), where, default_name)
     mode = c.get("mode", "sample")
     if mode not in MODES:

@@ -59,7 +59,7 @@ _SCALE_SAMPLES = 128
 #: Options that :func:`defaults` and the pytest plugin may set.
 OPTION_NAMES = ("samples", "seed", "atol", "rtol", "device")
 #: Keys of a list-of-checks call that build the spec's input block and top level.
-_INPUT_KEYS = ("shape", "bounds", "data", "dtype", "sampling")
+_INPUT_KEYS = ("shape", "bounds", "data", "dataset", "resize", "dtype", "sampling")
 _TOP_KEYS = ("distance", "num_funcs")
 #: Arguments of :func:`eqaudit.engine.run.audit` that assert_equivariant sets itself.
 _OWN_AUDIT_KEYS = ("samples", "seed", "device")
@@ -151,7 +151,7 @@ def assert_equivariant(
     ``spec_or_checks`` is a parsed :class:`~eqaudit.spec.Spec`, a spec file path, a spec as a
     mapping (the YAML schema), or a list of check mappings (``{"input": "rot90"}``,
     ``{"both": "rotate3d", "threshold": 1e-4}``, ...) with the input domain given as keyword
-    arguments ``shape=`` (required), ``bounds=``, ``data=``, ``dtype=``, ``sampling=`` and the
+    arguments ``shape=`` (or ``data=`` / ``dataset=``), ``bounds=``, ``resize=``, ``dtype=``, ``sampling=`` and the
     spec's ``distance=`` and ``num_funcs=``. Other keyword arguments (``batch_size``,
     ``confidence``, ``gate``, ``precision``, ``compile``, ...) go to :func:`eqaudit.engine.run.audit`.
 
@@ -230,9 +230,9 @@ def _build_spec(spec_or_checks: Any, kwargs: dict[str, Any]) -> tuple[Spec, list
         return spec, _own_thresholds(spec_or_checks)
     if isinstance(spec_or_checks, Sequence):
         checks = list(spec_or_checks)
-        if "shape" not in domain and "data" not in domain:
+        if not {"shape", "data", "dataset"} & set(domain):
             raise TypeError("assert_equivariant() with a list of checks needs shape= (one sample's shape, "
-                            "without the batch dimension) or data=")
+                            "without the batch dimension), data= or dataset=")
         data: dict[str, Any] = {"input": {k: domain[k] for k in _INPUT_KEYS if k in domain}, "checks": checks}
         data.update({k: domain[k] for k in _TOP_KEYS if k in domain})
         for key in ("shape", "bounds"):

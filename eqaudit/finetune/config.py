@@ -185,7 +185,7 @@ def parse_config(src: YamlSource, *, base_dir: Path | None = None) -> FinetuneCo
             raise src.error(f"checks[{index}].mode", "a Lie-derivative check cannot be penalized: its errors carry "
                             "no gradient", "give it weight: 0 to audit it only, or use mode: sample")
     regularizer = parse_regularizer(src, document.get("regularizer"), penalized, spec)
-    if regularizer.points in ("random", "both") and spec.input.data is None and not spec.input.shape:
+    if regularizer.points in ("random", "both") and not spec.input.from_data and not spec.input.shape:
         raise src.error("input.shape", "random penalty points need the input shape")
     output = parse_output(src, document.get("output"), base, spec)
     checkpoint_every = parse_int(src, document.get("checkpoint_every", 100), "checkpoint_every", minimum=0)

@@ -14,11 +14,14 @@ from .config import FinetuneConfig
 #: What the file at each key is, for messages (keys of checks' code: "code").
 _WHAT = {"config": "config", "model.checkpoint": "checkpoint", "model.factory": "model code",
          "input.data": "input data file", "data.path": "data file", "data.val_path": "validation data file",
-         "data.dataset": "dataset code", "data.val_dataset": "validation dataset code", "task_loss": "task-loss code"}
+         "data.dataset": "dataset code", "data.val_dataset": "validation dataset code", "task_loss": "task-loss code",
+         "input.dataset": "input dataset code"}
 
 
 def describe(key: str) -> str:
     """What the input at ``key`` is, in words (``data file``, ``model code``...)."""
+    if key.startswith("input.data["):
+        return "input image"
     return _WHAT.get(key, "code")
 
 

@@ -175,3 +175,21 @@ def test_fractional_flip_rates_of_dense_outputs_keep_the_normal_interval(tmp_pat
     row = audit(None, spec, batch_size=64, noise_floor=False).checks[0]
     assert 0 < row.mean < 1 and row.interval == "normal"
     assert row.ci_low == pytest.approx(row.mean - z_value(0.95) * row.stderr, abs=1e-12)
+
+
+def test_sequential_sampling_of_a_flip_rate_uses_its_wilson_width() -> None:
+    """No flips in 64 samples: the normal interval has width 0 and --precision stopped at once;
+    the reported (Wilson) half-width of about 2/n keeps sampling until it is within the target."""
+    from eqaudit import audit
+    from eqaudit.spec import spec_from_dict
+
+    class PixelSum(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.stack([x.sum(dim=(-1, -2, -3)), -x.sum(dim=(-1, -2, -3))], dim=-1)
+
+    spec = spec_from_dict({"input": {"shape": [1, 4, 4]}, "samples": 64,
+                           "checks": [{"name": "flip", "input": "rot90", "distance": "label_flip"}]})
+    report = audit(PixelSum(), spec, precision=0.01, noise_floor=False)
+    c = report.checks[0]
+    assert c.mean == 0.0 and report.samples > 64
+    assert (c.ci_high - c.ci_low) / 2 <= 0.01

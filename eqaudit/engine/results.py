@@ -43,13 +43,20 @@ def refuse_unusable(spec: Spec, j: int, s: Summary) -> None:
         )
 
 
+def reported_summary(spec: Spec, j: int, s: Summary) -> Summary:
+    """Check ``j``'s summary with the interval it is reported with: the Wilson score interval for
+    a flip distance whose errors are all 0 or 1 (a proportion), the normal one otherwise."""
+    if spec.checks[j].distance.indicator and s.binary:
+        return s.as_proportion()
+    return s
+
+
 def check_result(spec: Spec, j: int, s: Summary, summaries: list[Summary], *, gate: str, noise_floor: float,
                  hint: str | None, layers: list[dict[str, Any]] | None) -> CheckResult:
     """Check ``j``'s row of the report from its summary ``s`` (its figures, at the summary's
     confidence; ``summaries``: every column)."""
     check = spec.checks[j]
-    if check.distance.indicator and s.binary:  # a proportion: the Wilson score interval
-        s = s.as_proportion()
+    s = reported_summary(spec, j, s)
     return CheckResult(
         name=check.name, input=check.input_text, output=check.output_text, distance=check.distance.name,
         **s.figures(), epsilon=check.epsilon, threshold=check.threshold, weight=check.weight, gate=gate,

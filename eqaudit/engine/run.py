@@ -32,7 +32,7 @@ from .extras import inverse_hints, noise_floors
 from .grid import ChunkGrid, Progress
 from .layers import LayerPlan
 from .options import Precision, check_gate_confidence, check_run_options, check_samples, parse_precision
-from .results import check_result, error_result, exceeds, max_finite, refuse_unusable, run_notes
+from .results import check_result, error_result, exceeds, max_finite, refuse_unusable, reported_summary, run_notes
 from .sampling import PointSampler
 
 __all__ = ["audit", "resolve_device"]
@@ -184,7 +184,8 @@ def _measure(target: _Target, spec: Spec, batch_size: int | None, progress: Prog
         cap = max_samples if max_samples is not None else 16 * spec.samples
         while True:
             summaries = stats.summaries(confidence)
-            measuring = [summaries[j] for j in range(len(spec.checks)) if j not in grid.failed]
+            measuring = [reported_summary(spec, j, summaries[j]) for j in range(len(spec.checks))
+                         if j not in grid.failed]
             n_next = _next_sample_count(measuring, eps, spec.samples, cap)
             if n_next is None:
                 break

@@ -166,3 +166,24 @@ def test_failing_checks_come_first(digits: Path) -> None:
     assert "FAILED: rot90 exceeds its threshold" in " ".join(r.stderr.split())  # one check: singular
     _, page = parsed(digits / "r.html")
     assert page.checks[0] == "rot90"
+
+
+def test_worst_of_shows_distinct_samples_at_their_worst_draw(project: Path) -> None:
+    """A worst_of check's K draws all carry the per-sample maximum: the worst samples are still
+    distinct samples, each shown with the draw whose own error is that maximum."""
+    from eqaudit.engine.worst import check_samples
+    from eqaudit.spec import load_spec
+
+    (project / "models.py").write_text((project / "models.py").read_text() + (
+        "\nclass Roll(torch.nn.Module):\n    def forward(self, x):\n        return torch.roll(x, 1, -1)\n"))
+    path = write_spec(project, """
+        model: {factory: models.py:Roll}
+        input: {shape: [1, 8, 8]}
+        samples: 64
+        checks:
+          - {name: wrot, both: {rotate: {degrees: [-30, 30]}}, worst_of: 4, threshold: 0.01}
+    """)
+    (found,) = check_samples(load_spec(path), device="cpu", worst_of={"wrot"})
+    rows = [e.index for e in found.worst]
+    assert len(rows) == 3 and len(set(rows)) == 3
+    assert [e.error for e in found.worst] == pytest.approx(sorted(found.errors, reverse=True)[:3], rel=1e-6)

@@ -91,26 +91,40 @@ def _evaluate(model: Any, spec: Spec, sampler: PointSampler, dev: torch.device, 
 def _worst(check: Any, items: list[TransformedInput], result: Any, x: torch.Tensor, y: torch.Tensor,
            k: int) -> list[Example]:
     """The ``k`` largest errors over the check's items (one per group element, else one)."""
+    views: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     candidates = []
     for item in items:
         errs = result.errors if item.element is None else result.element_errors[item.element]
+        if item.element is None and len(items) > 1:  # worst_of: each draw's own error, to show the worst draw
+            transformed, expected = _view(check, item, x, y, views)
+            assert item.outputs is not None
+            errs = check.distance(expected.double(), item.outputs.double()).reshape(-1)
         for i, e in enumerate(errs.detach().cpu().tolist()):
             candidates.append((float(e), i, item))
     candidates.sort(key=lambda c: -c[0] if c[0] == c[0] else 0.0)
-    examples, views = [], {}
-    for error, i, item in candidates[:k]:
-        if id(item) not in views:  # the item's whole batch, as the evaluation drew it
-            xs = x if item.rows is None else x[item.rows]
-            ys = y if item.rows is None else y[item.rows]
-            if item.element is None:
-                views[id(item)] = (check.input.apply(xs, item.p_in), check.output.apply(ys, item.p_out))
-            else:
-                element = check.group.elements[item.element]
-                views[id(item)] = (element.apply(xs, None), element.apply(ys, None) if check.both else ys)
-        transformed, expected = views[id(item)]
+    examples, seen = [], set()
+    for error, i, item in candidates:
         row = int(item.rows[i]) if item.rows is not None else i
+        if (row, item.element) in seen or len(examples) == k:
+            continue
+        seen.add((row, item.element))
+        transformed, expected = _view(check, item, x, y, views)
         label = None if item.element is None else check.group.elements[item.element].describe()
         assert item.outputs is not None
         examples.append(Example(row, error, x[row].cpu(), transformed[i].cpu(), expected[i].cpu(),
                                 item.outputs[i].cpu(), label))
     return examples
+
+
+def _view(check: Any, item: TransformedInput, x: torch.Tensor, y: torch.Tensor,
+          views: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``f_in(x)`` and ``f_out(y)`` of the item's rows, with the item's own draw (cached)."""
+    if id(item) not in views:  # the item's whole batch, as the evaluation drew it
+        xs = x if item.rows is None else x[item.rows]
+        ys = y if item.rows is None else y[item.rows]
+        if item.element is None:
+            views[id(item)] = (check.input.apply(xs, item.p_in), check.output.apply(ys, item.p_out))
+        else:
+            element = check.group.elements[item.element]
+            views[id(item)] = (element.apply(xs, None), element.apply(ys, None) if check.both else ys)
+    return views[id(item)]

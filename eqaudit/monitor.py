@@ -23,6 +23,24 @@ from .errors import ArgumentError
 __all__ = ["AuditMonitor", "audit_metrics"]
 
 
+def check_period(name: str, value: Any) -> int:
+    """An audit period (every N steps or epochs): an integer >= 1, else ArgumentError ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ArgumentError(name, f"must be an integer >= 1, got {value!r}")
+    return value
+
+
+def as_spec(spec: Any) -> Any:
+    """A parsed :class:`~eqaudit.spec.Spec` from a Spec or a spec file, else ArgumentError ``spec``."""
+    from .spec import Spec, load_spec
+
+    if isinstance(spec, (str, Path)):
+        spec = load_spec(spec)
+    if not isinstance(spec, Spec):
+        raise ArgumentError("spec", f"expected a Spec or a spec file, got {type(spec).__name__}")
+    return spec
+
+
 def audit_metrics(model: Any, spec: Any, *, samples: int | None = None, device: Any = None,
                   prefix: str = "eqaudit") -> dict[str, float]:
     """Audit ``model`` against ``spec`` (a :class:`~eqaudit.spec.Spec` or a spec file) and return
@@ -62,15 +80,8 @@ class AuditMonitor:
 
     def __init__(self, model: Any, spec: Any, *, every: int = 1, samples: int | None = None,
                  device: Any = None, prefix: str = "eqaudit") -> None:
-        from .spec import Spec, load_spec
-
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ArgumentError("every", f"must be an integer >= 1, got {every!r}")
-        if isinstance(spec, (str, Path)):
-            spec = load_spec(spec)
-        if not isinstance(spec, Spec):
-            raise ArgumentError("spec", f"expected a Spec or a spec file, got {type(spec).__name__}")
-        self.model, self.spec, self.every = model, spec, every
+        every = check_period("every", every)
+        self.model, self.spec, self.every = model, as_spec(spec), every
         self.samples, self.device, self.prefix = samples, device, prefix
         self.history: list[tuple[int, dict[str, float]]] = []
 

@@ -27,11 +27,9 @@ network and add it to the loss; return it as ``"penalty"`` and the callback logs
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from ..errors import ArgumentError
-from ..monitor import audit_metrics
+from ..monitor import as_spec, audit_metrics, check_period
 
 
 def _lightning() -> Any:
@@ -66,16 +64,9 @@ class EquivarianceCallback(_Callback):  # type: ignore[misc, valid-type]
 
     def __init__(self, spec: Any, every_n_epochs: int = 1, log_penalty: bool = True, *,
                  samples: int | None = None, prefix: str = "eqaudit") -> None:
-        from ..spec import Spec, load_spec
-
         super().__init__()
-        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
-            raise ArgumentError("every_n_epochs", f"must be an integer >= 1, got {every_n_epochs!r}")
-        if isinstance(spec, (str, Path)):
-            spec = load_spec(spec)
-        if not isinstance(spec, Spec):
-            raise ArgumentError("spec", f"expected a Spec or a spec file, got {type(spec).__name__}")
-        self.spec, self.every_n_epochs, self.log_penalty = spec, every_n_epochs, log_penalty
+        every_n_epochs = check_period("every_n_epochs", every_n_epochs)
+        self.spec, self.every_n_epochs, self.log_penalty = as_spec(spec), every_n_epochs, log_penalty
         self.samples, self.prefix = samples, prefix
         self.history: list[tuple[int, dict[str, float]]] = []
 

@@ -34,6 +34,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .engine.tolerance import TOLERANCES, default_tolerance
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -42,19 +44,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["TOLERANCES", "EquivarianceAssertionError", "assert_equivariant", "current_defaults", "defaults",
            "default_tolerance"]
-
-#: Default ``rtol`` (and ``atol``) by output dtype name, for checks without their own threshold.
-TOLERANCES: dict[str, float] = {
-    "float64": 1e-10,
-    "float32": 1e-5,
-    "float16": 1e-2,
-    "bfloat16": 5e-2,
-}
-
-#: Distances whose value scales with the size of the outputs: tolerances are relative to it.
-_NORM_DISTANCES = ("l1", "l2", "linf")
-#: Points used to measure the output scale.
-_SCALE_SAMPLES = 128
 
 #: Options that :func:`defaults` and the pytest plugin may set.
 OPTION_NAMES = ("samples", "seed", "atol", "rtol", "device")
@@ -121,16 +110,6 @@ def current_defaults() -> dict[str, Any]:
     for layer in _scoped_defaults:
         merged.update(layer)
     return merged
-
-
-def default_tolerance(dtype: Any) -> float:
-    """The default ``rtol`` (= ``atol``) for outputs of ``dtype`` (a torch dtype or its name)."""
-    name = str(dtype).replace("torch.", "")
-    if name in TOLERANCES:
-        return TOLERANCES[name]
-    if "complex128" in name:
-        return TOLERANCES["float64"]
-    return TOLERANCES["float32"]
 
 
 # -- the assertion ---------------------------------------------------------------------------------
@@ -274,10 +253,10 @@ def _with_default_thresholds(
     """Give the checks without a threshold ``atol + rtol * scale``; return the explanations."""
     import torch
 
-    from .engine.compare import widened
     from .engine.device import Autocast, model_dtype, resolve_device
     from .engine.options import parse_precision
     from .engine.sampling import PointSampler
+    from .engine.tolerance import SCALE_SAMPLES, derive_thresholds
     from transforms_zoo import SampleRNG
 
     is_module = isinstance(model, torch.nn.Module)
@@ -286,7 +265,7 @@ def _with_default_thresholds(
         model.to(dev)
     dtype = model_dtype(model) if is_module else torch.get_default_dtype()
     sampler = PointSampler(spec, dev, dtype)
-    n = min(spec.samples, _SCALE_SAMPLES)
+    n = min(spec.samples, SCALE_SAMPLES)
     x = sampler.draw(SampleRNG.for_range(spec.seed, 0, n, dev))
     was_training = bool(is_module and model.training)
     autocast = parse_precision(audit_kwargs.get("precision")).autocast
@@ -302,32 +281,8 @@ def _with_default_thresholds(
     finally:
         if was_training:
             model.train(True)
-    if not isinstance(y, torch.Tensor) or y.dim() == 0:
-        return spec, {}  # the audit reports it
-    out_dtype = y.dtype if y.is_floating_point() or y.is_complex() else dtype
-    base = default_tolerance(out_dtype)
-    a = float(atol) if atol is not None else base
-    r = float(rtol) if rtol is not None else base
-    checks = list(spec.checks)
-    notes: dict[int, str] = {}
-    for j, check in enumerate(checks):
-        if j < len(own) and own[j]:
-            continue
-        name = check.distance.name
-        if name in _NORM_DISTANCES or name.startswith("lp:"):
-            yy = widened(y, torch.float64)  # complex outputs: complex128, never cut to the real part
-            scale_t = check.distance(torch.zeros_like(yy), yy).reshape(-1).to(torch.float64)
-            scale_t = scale_t[torch.isfinite(scale_t)]
-            scale = float(scale_t.mean()) if scale_t.numel() else 0.0
-        else:
-            scale = 1.0
-        threshold = a + r * scale
-        if not math.isfinite(threshold):
-            threshold = a
-        checks[j] = dataclasses.replace(check, threshold=threshold)
-        notes[j] = (f"threshold {threshold:.3g} = atol {a:.3g} + rtol {r:.3g} x output scale {scale:.4g} "
-                    f"({str(out_dtype).replace('torch.', '')} outputs, {name} distance)")
-    return spec.replace(checks=tuple(checks)), notes
+    checks = [j for j in range(len(spec.checks)) if not (j < len(own) and own[j])]
+    return derive_thresholds(lambda _: y, spec, sampler, dev, checks, atol=atol, rtol=rtol)
 
 
 def _failure_message(report: Report, tolerances: Mapping[int, str]) -> str:

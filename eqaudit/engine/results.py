@@ -60,6 +60,7 @@ def check_result(spec: Spec, j: int, s: Summary, summaries: list[Summary], *, ga
     return CheckResult(
         name=check.name, input=check.input_text, output=check.output_text, distance=check.distance.name,
         **s.figures(), epsilon=check.epsilon, threshold=check.threshold, weight=check.weight, gate=gate,
+        threshold_source=check.threshold_source,
         noise_floor=noise_floor, hint=hint, elements=element_results(spec, j, summaries, gate), layers=layers,
         mask=check.mask, worst_of=worst_of_entry(spec, j, summaries),
     )
@@ -79,6 +80,7 @@ def error_result(spec: Spec, j: int, message: str, *, confidence: float, gate: s
         name=check.name, input=check.input_text, output=check.output_text, distance=check.distance.name, n=0,
         mean=nan, std=nan, stderr=nan, ci_low=nan, ci_high=nan, confidence=confidence, epsilon=check.epsilon,
         threshold=check.threshold, weight=check.weight, gate=gate, mask=check.mask, error=message,
+        threshold_source=check.threshold_source,
     )
 
 

@@ -34,6 +34,7 @@ from .layers import LayerPlan
 from .options import Precision, check_gate_confidence, check_run_options, check_samples, parse_precision
 from .results import check_result, error_result, exceeds, max_finite, refuse_unusable, reported_summary, run_notes
 from .sampling import PointSampler
+from .tolerance import derive_thresholds
 
 __all__ = ["audit", "resolve_device"]
 
@@ -164,12 +165,15 @@ class _Measured:
     chunk_size: int
     target_halfwidth: float | None
     failed: dict[int, str]  # the checks that could not be measured, with their error
+    derived: dict[int, str]  # the checks whose threshold follows the output dtype, and how
 
 
 def _measure(target: _Target, spec: Spec, batch_size: int | None, progress: Progress | None,
              precision: Precision, max_samples: int | None, confidence: float) -> _Measured:
     """Run the chunk grid (then more samples until the target half-width, when given)."""
     sampler = PointSampler(spec, target.dev, target.dtype)
+    defaulted = [j for j, c in enumerate(spec.checks) if c.threshold_source == "default"]
+    spec, derived = derive_thresholds(target.forward, spec, sampler, target.dev, defaulted)
     measured = _probe(target, spec, sampler) if batch_size is None else None
     target.plan = plan = LayerPlan.build(target.model, spec, chunk.n_columns(spec))
     chunk_size, max_rows = _chunk_size(target, spec, sampler, batch_size, measured)
@@ -198,7 +202,7 @@ def _measure(target: _Target, spec: Spec, batch_size: int | None, progress: Prog
             stats = _reduced(local, target.world)
     if plan is not None:
         plan.tap.remove()
-    return _Measured(spec, sampler, stats, chunk_size, eps, grid.failed)
+    return _Measured(spec, sampler, stats, chunk_size, eps, grid.failed, derived)
 
 
 def _probe(target: _Target, spec: Spec, sampler: PointSampler) -> Probe | None:
@@ -313,6 +317,7 @@ def _report(target: _Target, measured: _Measured, extras: _Extras, confidence: f
     autocast = parse_precision(precision).autocast is not None
     notes += run_notes(spec, results, world_size=target.world.size, precision_text=str(precision) if autocast else None,
                        target=measured.target_halfwidth, hints=extras.hints, was_training=target.was_training)
+    notes += [f"check '{spec.checks[j].name}': {how}" for j, how in sorted(measured.derived.items())]
     return Report(
         checks=tuple(results),
         spec=spec.file,

@@ -68,6 +68,8 @@ class CheckResult:
     interval: str = "normal"
     #: ``worst_of`` checks: K, the grid parameter, and where the maximum was (in JSON only then).
     worst_of: dict[str, Any] | None = None
+    #: Where ``threshold`` comes from: ``spec``, ``epsilon`` or ``dtype`` (see eqaudit.engine.tolerance).
+    threshold_source: str = "spec"
 
     @property
     def gated_value(self) -> float:

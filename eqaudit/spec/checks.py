@@ -66,6 +66,7 @@ def parse_check(
         raise src.error(key, exc.message, exc.hint) from None
     epsilon = parse_float(src, c.get("epsilon", 0.0), f"{where}.epsilon")
     threshold = parse_float(src, c["threshold"], f"{where}.threshold") if "threshold" in c else epsilon
+    source = "spec" if "threshold" in c else "epsilon" if "epsilon" in c else "default"
     weight = parse_float(src, c.get("weight", 1.0), f"{where}.weight")
     default_name = t_in.describe() if t_out.name == "identity" or both else f"{t_in.describe()} -> {t_out.describe()}"
     if "worst_of" in c and isinstance(c["worst_of"], int) and not isinstance(c["worst_of"], bool):
@@ -87,7 +88,8 @@ def parse_check(
         raise src.error(f"{where}.mask", "'mask: valid' applies to sampled transforms, not to 'group' or "
                         "'mode: lie' checks", "remove mask")
     worst = _worst_of(src, c, where, group, mode, base_dir) if "worst_of" in c else None
-    return CheckSpec(name, t_in, t_out, both, dist, epsilon, threshold, weight, group, mode, mask, worst_of=worst)
+    return CheckSpec(name, t_in, t_out, both, dist, epsilon, threshold, weight, group=group, mode=mode, mask=mask,
+                     worst_of=worst, threshold_source=source)
 
 
 def _worst_of(src: YamlSource, c: Mapping, where: str, group: Any, mode: str, base_dir: Path) -> WorstOf:

@@ -67,6 +67,9 @@ class CheckSpec:
     epsilon: float = 0.0
     threshold: float = 0.0
     weight: float = 1.0
+    #: Where ``threshold`` comes from: ``spec`` (its own), ``epsilon`` (defaults to it), ``default``
+    #: (neither given: the audit derives it from the output dtype) or ``dtype`` (so derived).
+    threshold_source: str = "spec"
     #: ``group:`` checks: the finite group whose every element is evaluated (a GroupTransform).
     group: Any = None
     #: ``sample`` (the error of drawn transforms) or ``lie`` (the Lie derivative along a path).

@@ -197,3 +197,22 @@ def test_no_model_call_is_split_below_one_block():
     sizes = [[it.rows_in_call for it in run] for run in forward.packed([Item(n) for n in (30, 20, 500, 1000, 10)], 512)]
     assert sizes == [[30, 20, 500], [1000, 10]]  # small runs join a neighbour: every call >= 64 rows
     assert [[it.rows_in_call for it in r] for r in forward.packed([Item(600), Item(30)], 512)] == [[600, 30]]
+
+
+def test_a_model_is_probed_once_for_repeated_audits_and_again_when_it_changes():
+    """Audits repeated on one model (a training monitor, the benchmark) do not repeat the probe's
+    hooked forward; a model whose parameters change in number or size is probed afresh."""
+    calls = []
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 2))
+    model.register_forward_pre_hook(lambda _m, args: calls.append(args[0].shape[0]))
+    spec = _spec([8], n=512, checks=1)
+    first = audit(model, spec, noise_floor=False)
+    probed = len(calls)
+    calls.clear()
+    again = audit(model, spec, noise_floor=False)
+    assert len(calls) == probed - 1  # the same forwards but the probe's
+    assert [c.mean for c in again.checks] == [c.mean for c in first.checks]
+    model.append(nn.Linear(2, 3))  # a changed model: probed again
+    calls.clear()
+    audit(model, spec, noise_floor=False)
+    assert len(calls) == probed

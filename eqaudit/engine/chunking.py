@@ -18,6 +18,7 @@ record each check's rows in one call, so with them the chunk itself is bounded i
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any, NamedTuple
 
 import torch
@@ -154,12 +155,34 @@ class Probe(NamedTuple):
         return self.input + self.layer + 5 * self.output
 
 
+#: Probes already taken, per model (a weak key: a model that goes away takes its entries along):
+#: audits repeated on one model (a training monitor, a benchmark) probe it once. Keyed by the
+#: input's per-sample shape, dtype and device and the model's parameter count and size, so a
+#: changed model is probed again; a stale entry could only change the chunk size, which never
+#: changes results.
+_PROBES: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], Probe]] = weakref.WeakKeyDictionary()
+
+
 def probe(model: Any, x: torch.Tensor) -> Probe | None:
     """Forward ``x`` (a batch) with hooks on the leaf modules and measure, per sample, the largest
     ``input + output`` bytes of one leaf module and the model's output bytes; None when ``model``
-    is not a module or the probe fails (the engine then reports the failure on its own forward)."""
+    is not a module or the probe fails (the engine then reports the failure on its own forward).
+    Remembered per model and input layout (see :data:`_PROBES`)."""
     if not isinstance(model, torch.nn.Module) or x.shape[0] == 0:
         return None
+    params = list(model.parameters())
+    key = (tuple(x.shape[1:]), x.dtype, str(x.device), len(params), sum(p.numel() for p in params))
+    known = _PROBES.get(model)
+    if known is not None and key in known:
+        return known[key]
+    measured = _measure(model, x)
+    if measured is not None:
+        _PROBES.setdefault(model, {})[key] = measured
+    return measured
+
+
+def _measure(model: torch.nn.Module, x: torch.Tensor) -> Probe | None:
+    """The hooked forward of :func:`probe`."""
     worst = 0
 
     def hook(_module: Any, args: tuple[Any, ...], out: Any) -> None:

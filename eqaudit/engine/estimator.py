@@ -91,15 +91,21 @@ def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def _all_binary(s: Summary, kept: torch.Tensor) -> bool:
-    """Whether the errors are all 0 or 1: the kept values (the quantile buffer) are, and the
-    spread is that of a 0/1 variable (for values in [0, 1], the sum of squared deviations is
-    ``n p (1 - p)`` exactly when each is 0 or 1, and less otherwise)."""
-    kept = kept[~torch.isnan(kept)]
-    if s.n == 0 or s.nonfinite or not bool(((kept == 0) | (kept == 1)).all()):
+def _all_binary(s: Summary, zero_one: bool) -> bool:
+    """Whether the errors are all 0 or 1: the kept values (the quantile buffer) are
+    (``zero_one``, see :func:`_zero_one_columns`), and the spread is that of a 0/1 variable (for
+    values in [0, 1], the sum of squared deviations is ``n p (1 - p)`` exactly when each is 0 or
+    1, and less otherwise)."""
+    if s.n == 0 or s.nonfinite or not zero_one:
         return False
     m2 = (s.n - 1) * s.std * s.std if s.n > 1 else 0.0
     return 0.0 <= s.mean <= 1.0 and abs(s.n * s.mean * (1.0 - s.mean) - m2) <= 1e-9 * s.n
+
+
+def _zero_one_columns(values: torch.Tensor) -> list[bool]:
+    """Per column of ``values`` (``(n, k)``, NaN: not kept): every kept value is 0 or 1 (one
+    vectorised test for all columns)."""
+    return ((values == 0) | (values == 1) | torch.isnan(values)).all(dim=0).tolist()
 
 
 def summarize_values(values: list[float] | torch.Tensor, confidence: float = 0.95) -> Summary:
@@ -254,7 +260,8 @@ class BlockStats:
         values = self.values.cpu()
         q = column_quantiles(values)
         out = [self._summary(tables, j, confidence, q[j]) for j in range(self.n_checks)]
-        return [dataclasses.replace(s, binary=_all_binary(s, values[:, j])) for j, s in enumerate(out)]
+        zero_one = _zero_one_columns(values)
+        return [dataclasses.replace(s, binary=_all_binary(s, zero_one[j])) for j, s in enumerate(out)]
 
     def _summary(
         self, tables: list[torch.Tensor], check: int, confidence: float,

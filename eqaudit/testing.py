@@ -287,8 +287,9 @@ def _with_default_thresholds(
 
 def _failure_message(report: Report, tolerances: Mapping[int, str]) -> str:
     failed = [(j, c) for j, c in enumerate(report.checks) if not c.passed]
+    verb = "exceeds its" if len(failed) == 1 else "exceed their"
     lines = [f"model is not equivariant: {len(failed)} of {len(report.checks)} "
-             f"check{'s' * (len(report.checks) != 1)} exceed their threshold"]
+             f"check{'s' * (len(report.checks) != 1)} {verb} threshold"]
     for j, c in failed:
         line = (f"  - {c.name}: {c.gate} error {c.gated_value:.4g} > threshold {c.threshold:.4g} "
                 f"(mean {c.mean:.4g}, {c.confidence:.0%} CI [{c.ci_low:.4g}, {c.ci_high:.4g}], n={c.n}, "

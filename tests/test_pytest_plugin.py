@@ -189,7 +189,7 @@ def test_failure_shows_the_table_and_hides_the_helper(pytester):
     result = pytester.runpytest()
     result.assert_outcomes(failed=1)
     text = result.stdout.str()
-    assert "model is not equivariant: 1 of 1 check exceed their threshold" in text
+    assert "model is not equivariant: 1 of 1 check exceeds its threshold" in text
     assert "quarter" in text and "FAIL" in text and "threshold" in text
     assert "def assert_equivariant" not in text and "_failure_message" not in text  # frame hidden
 

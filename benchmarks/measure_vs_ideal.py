@@ -153,33 +153,79 @@ def run_best_batch(model: nn.Module, spec, device: torch.device, batch: int) -> 
     return go
 
 
-def best_batch_size(model: nn.Module, spec, device: torch.device, smallest: int = 8) -> int:
+def best_batch_size(model: nn.Module, spec, device: torch.device, smallest: int = 8, trials: int = 3) -> int:
     """The power-of-two batch (from ``smallest`` up to all N(1+K) rows) that forwards the N(1+K)
-    rows fastest, each size timed once after a warm-up at the first."""
+    rows fastest: each size timed ``trials`` times after a warm-up, the sizes interleaved, the
+    median kept (one timing per size let a slow spell of the shared machine pick the batch)."""
     rows = spec.samples * (1 + len(spec.checks))
     sizes = [1 << p for p in range(smallest.bit_length() - 1, rows.bit_length()) if 1 << p < rows] + [rows]
-    times = {}
-    for i, b in enumerate(sizes):
-        go = run_best_batch(model, spec, device, b)
-        if i == 0:
+    runs = {b: run_best_batch(model, spec, device, b) for b in sizes}
+    runs[sizes[0]]()
+    times: dict[int, list[float]] = {b: [] for b in sizes}
+    for _ in range(trials):
+        for b, go in runs.items():
+            t0 = time.perf_counter()
             go()
-        t0 = time.perf_counter()
-        go()
-        times[b] = time.perf_counter() - t0
-    return min(times, key=times.__getitem__)
+            times[b].append(time.perf_counter() - t0)
+    return min(times, key=lambda b: statistics.median(times[b]))
+
+
+#: glibc's malloc options for the timing runs (see :func:`steady_allocator`).
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD_MAX = 32 << 20  # glibc's ceiling on 64-bit
+
+
+def steady_allocator() -> bool:
+    """Tell glibc to serve blocks up to 32 MiB from its heap and to keep freed memory, for every
+    contender of the timing runs alike (True when it took). By default glibc maps each large block
+    afresh and returns it on free, so a forward pass whose activations cross the (adaptive) mmap
+    threshold page-faults its outputs in on every call: the same 64-row CNN calls took 4.7 s or
+    2.2 s depending on what the process had allocated before, and the best-batch baseline, timed
+    with such faults, ran at twice eqaudit's time. The limit is the forward passes, not the faults."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
+    except (OSError, AttributeError):  # not glibc
+        return False
 
 
 class OpCounter(TorchDispatchMode):
     """Counts the aten operators dispatched while active (a device-independent proxy for the
-    kernel launches a GPU would make; views and shape queries included)."""
+    kernel launches a GPU would make; views and shape queries included). Those dispatched inside
+    :meth:`BlockStats.summaries` are counted apart as ``host``: it reads the statistics tables to
+    the host first (one transfer), so on a GPU its operators run on small CPU tensors and
+    launch no kernels."""
 
     def __init__(self) -> None:
         super().__init__()
         self.ops = 0
+        self.host = 0
+        self.on_host = False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops += 1
+        if self.on_host:
+            self.host += 1
+        else:
+            self.ops += 1
         return func(*args, **(kwargs or {}))
+
+
+def _counting_host(counter: OpCounter):
+    """:meth:`BlockStats.summaries` with its operators counted as ``counter.host``."""
+    from eqaudit.engine.estimator import BlockStats
+
+    inner = BlockStats.summaries
+
+    def summaries(self, *args, **kwargs):
+        counter.on_host = True
+        try:
+            return inner(self, *args, **kwargs)
+        finally:
+            counter.on_host = False
+
+    return summaries
 
 
 def cuda_chunk(model: nn.Module, spec, free_bytes: int = 80 * 10**9) -> int:
@@ -189,25 +235,43 @@ def cuda_chunk(model: nn.Module, spec, free_bytes: int = 80 * 10**9) -> int:
     return device_chunk(free_bytes, measured.device_bytes(), spec.samples, copies_per_sample(spec))
 
 
+def _audit_ops(model: nn.Module, spec, size: int) -> OpCounter:
+    from unittest import mock
+
+    from eqaudit.engine.estimator import BlockStats
+
+    counter = OpCounter()
+    with mock.patch.object(BlockStats, "summaries", _counting_host(counter)), counter:
+        audit(model, spec, device="cpu", batch_size=size)
+    return counter
+
+
 def count_ops(case: str, n: int) -> dict[str, int]:
     """Operator calls of one audit at the CUDA chunk for an 80 GB device, counted on CPU with the
-    random draws on their torch (CUDA) path, and of the ideal's two forward passes."""
+    random draws on their torch (CUDA) path, and of the ideal's two forward passes; and, from a
+    second count at a quarter of that chunk (four times the chunks), the calls each chunk adds
+    (``per_chunk``) and the rest, a constant per audit (``per_audit``), both without the host ops."""
     import transforms_zoo.random as zoo_random
 
     cpu = torch.device("cpu")
     model, spec = build(case, n, cpu)
     size = cuda_chunk(model, spec)
+    quarter = max(BLOCK, size // 4)
     saved, zoo_random._np = zoo_random._np, None
     try:
         audit(model, spec.replace(samples=BLOCK), device=cpu)  # warm-up (lazy set-up)
-        with OpCounter() as eq:
-            audit(model, spec, device=cpu, batch_size=size)
+        audit(model, spec, device=cpu, batch_size=quarter)  # warm-up of the quarter's position keys
+        eq = _audit_ops(model, spec, size)
+        smaller = _audit_ops(model, spec, quarter)
     finally:
         zoo_random._np = saved
+    chunks, more = -(-n // size), -(-n // quarter)
+    per_chunk = (smaller.ops - eq.ops) // max(1, more - chunks)
     ideal = run_ideal(model, spec, cpu)
     with OpCounter() as ide:
         ideal()
-    return {"eqaudit": eq.ops, "ideal": ide.ops, "chunk": size}
+    return {"eqaudit": eq.ops + eq.host, "device": eq.ops, "host": eq.host, "ideal": ide.ops, "chunk": size,
+            "chunks": chunks, "per_chunk": per_chunk, "per_audit": eq.ops - chunks * per_chunk}
 
 
 def run_original(model: nn.Module, spec, device: torch.device) -> Callable[[], None] | None:
@@ -257,14 +321,14 @@ def round_ratio(times: dict[str, list[float]], num: str, den: str) -> float | No
     return statistics.median(a / b for a, b in zip(times[num], times[den]))
 
 
-def rounds_child(case: str, n: int, repeats: int, device: str) -> dict[str, Any]:
+def rounds_child(case: str, n: int, repeats: int, device: str, allocator: bool = True) -> dict[str, Any]:
     """:func:`timed_rounds` of one model's three contenders, in a fresh process: the allocator
     state one model leaves behind (the CNN ideal's 1.6 GB batches grow the heap, after which the
     MLP ideal's 16 MB activations are no longer page-faulted in) does not shape the next one's."""
     code = (
         "import sys, json; sys.path.insert(0, %r); "
         "from benchmarks.measure_vs_ideal import _rounds_in_this_process; "
-        "print(json.dumps(_rounds_in_this_process(%r, %d, %d, %r)))" % (str(ROOT), case, n, repeats, device)
+        "print(json.dumps(_rounds_in_this_process(%r, %d, %d, %r, %r)))" % (str(ROOT), case, n, repeats, device, allocator)
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if out.returncode != 0:
@@ -272,7 +336,8 @@ def rounds_child(case: str, n: int, repeats: int, device: str) -> dict[str, Any]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _rounds_in_this_process(case: str, n: int, repeats: int, device_name: str) -> dict[str, Any]:
+def _rounds_in_this_process(case: str, n: int, repeats: int, device_name: str, allocator: bool = True) -> dict[str, Any]:
+    steady = steady_allocator() if allocator else False
     device = torch.device(device_name)
     model, spec = build(case, n, device)
     best = best_batch_size(model, spec, device)
@@ -285,7 +350,7 @@ def _rounds_in_this_process(case: str, n: int, repeats: int, device_name: str) -
         },
         repeats,
     )
-    return {"rounds": rounds, "best_batch": best}
+    return {"rounds": rounds, "best_batch": best, "steady_allocator": steady}
 
 
 def _rss_kib(field: str) -> int:
@@ -335,6 +400,8 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(CASES), help="comma-separated subset of: " + ", ".join(CASES))
     ap.add_argument("--same-process", action="store_true",
                     help="time every model in this process, one after the other (default: each in a fresh one)")
+    ap.add_argument("--default-allocator", action="store_true",
+                    help="time with glibc's default malloc options (see steady_allocator)")
     args = ap.parse_args()
     device = torch.device(args.device)
     result: dict[str, Any] = {
@@ -349,9 +416,10 @@ def main() -> None:
         if case not in CASES:
             ap.error(f"unknown model {case!r}; choose from {', '.join(CASES)}")
         if args.same_process:
-            timed = _rounds_in_this_process(case, args.samples, args.repeats, args.device)
+            timed = _rounds_in_this_process(case, args.samples, args.repeats, args.device, not args.default_allocator)
         else:
-            timed = rounds_child(case, args.samples, args.repeats, args.device)
+            timed = rounds_child(case, args.samples, args.repeats, args.device, not args.default_allocator)
+        result["steady_allocator"] = timed["steady_allocator"]
         rounds = timed["rounds"]
         t = {k: (statistics.median(v) if v else None) for k, v in rounds.items()}
         result[f"time_eqaudit_{case}_s"] = t["eqaudit"]
@@ -365,7 +433,12 @@ def main() -> None:
         ops = count_ops(case, args.samples)
         result[f"ops_eqaudit_{case}"] = ops["eqaudit"]
         result[f"ops_ideal_{case}"] = ops["ideal"]
+        result[f"ops_device_eqaudit_{case}"] = ops["device"]
+        result[f"ops_host_eqaudit_{case}"] = ops["host"]
+        result[f"ops_per_chunk_eqaudit_{case}"] = ops["per_chunk"]
+        result[f"ops_per_audit_eqaudit_{case}"] = ops["per_audit"]
         result[f"chunk_cuda_80gb_{case}"] = ops["chunk"]
+        result[f"chunks_cuda_80gb_{case}"] = ops["chunks"]
         if not args.no_memory:
             small = peak_memory_child(case, args.samples, args.device)
             large = peak_memory_child(case, args.samples * 16, args.device)

@@ -126,6 +126,8 @@ def test_measure_html_image_outputs(project: Path, monkeypatch) -> None:
     text, page = parsed(project / "r.html")
     assert {"flip", "shift"} <= set(page.checks)
     assert len(page.images) == 3 * 4  # flip fails: input, flipped input and both output images
+    # a both: check's section names its one transform and the shared draw, not "hflip → hflip"
+    assert "both: hflip (same draw)" in text and "hflip → hflip" not in text
 
 
 def test_html_errors_are_the_audits(digits: Path) -> None:

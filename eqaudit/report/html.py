@@ -55,7 +55,7 @@ def render_html(report: Any, samples: Sequence[Any] = (), sweep: Any = None,
     if sweep is None:
         body.append("<h2>Checks</h2>")
         ordered = sorted(report.checks, key=lambda c: c.passed)  # the failing checks first, else in order
-        body += [_check_section(c, by_name.get(c.name)) for c in ordered]
+        body += [_check_section(c, by_name.get(c.name), c.name in shared) for c in ordered]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{escape(title)}</title><style>{CSS}</style></head><body>\n"
             + "\n".join(b for b in body if b) + "\n</body></html>\n")
@@ -123,11 +123,12 @@ def _f(x: Any) -> float:
     return math.nan if x is None else float(x)
 
 
-def _check_section(c: Any, samples: Any) -> str:
+def _check_section(c: Any, samples: Any, shared: bool = False) -> str:
     kind, word = _status(c)
+    sides = f"both: {c.input} (same draw)" if shared else f"{c.input} → {c.output}"
     head = (f'<div class="check" id="check-{escape(c.name)}" data-check="{escape(c.name)}">'
             f'<h3>{escape(c.name)} <span class="{kind}">{word}</span></h3>'
-            f'<p class="muted">{escape(c.input)} → {escape(c.output)} · {escape(c.distance)} · mean '
+            f'<p class="muted">{escape(sides)} · {escape(c.distance)} · mean '
             f'{escape(format_number(c.mean))} · CI {escape(_interval(c.ci_low, c.ci_high))} · threshold '
             f'{escape(format_number(c.threshold))} ({escape(c.gate)})</p>')
     if c.error is not None:

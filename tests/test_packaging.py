@@ -46,6 +46,13 @@ def test_demo_reports_what_measure_reports_on_the_bundled_spec(tmp_path):
     assert [c["mean"] for c in a["checks"]] == [c["mean"] for c in b["checks"]]
 
 
+def test_demo_writes_the_html_report(tmp_path):
+    page = tmp_path / "demo.html"
+    assert run("demo", "--samples", 64, "--html", page, "-q").exit_code == 0
+    text = page.read_text()
+    assert text.startswith("<!DOCTYPE html>") and "PASSED" in text and 'data-check="rot90"' in text
+
+
 def test_demo_of_the_failing_sample_exits_1_and_an_unknown_sample_exits_2(tmp_path):
     assert run("demo", "--sample", "digits_invariance", "--samples", 64, "-q").exit_code == 1
     result = run("demo", "--sample", "digit")

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from .errors import handles_errors
+from .html_report import HtmlOpt
 from .measure import JsonOpt, JunitOpt, LayersOpt, MarkdownOpt, QuantilesOpt, SamplesOpt, measure
 from .options import DebugOpt, DeviceOpt, QuietOpt, SeedOpt
 
@@ -47,6 +48,7 @@ def demo(
     json_path: JsonOpt = None,
     junit: JunitOpt = None,
     markdown: MarkdownOpt = None,
+    html: HtmlOpt = None,
     quantiles: QuantilesOpt = False,
     layers: LayersOpt = False,
     where: WhereOpt = False,
@@ -63,4 +65,4 @@ def demo(
         typer.echo(str(folder))
         raise typer.Exit(0)
     measure(spec=folder / f"{sample}.yaml", samples=samples, seed=seed, device=device, json_path=json_path,
-            junit=junit, markdown=markdown, quantiles=quantiles, layers=layers, quiet=quiet, debug=debug)
+            junit=junit, markdown=markdown, html=html, quantiles=quantiles, layers=layers, quiet=quiet, debug=debug)

@@ -4,10 +4,12 @@ It prepares the model (device, eval mode, autocast, compile), chooses the chunk 
 process's share of the chunk grid (:func:`eqaudit.engine.chunk.measure_chunk`, backing off on
 out-of-memory), keeps sampling until a target half-width when asked, sums the statistics across
 processes, and adds the extras (noise floor, inverse hints, per-layer rows) beside the estimates.
+Asked to (``keep_samples``), it keeps every per-sample error on the report (:mod:`.kept`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -30,6 +32,7 @@ from .distributed import World, current_world, merged_failures, reduce_stats
 from .estimator import BLOCK, BlockStats, Summary
 from .extras import inverse_hints, noise_floors
 from .grid import ChunkGrid, Progress
+from .kept import keep_count, report_view, sample_errors
 from .layers import LayerPlan
 from .options import Precision, check_gate_confidence, check_run_options, check_samples, parse_precision
 from .results import check_result, error_result, exceeds, max_finite, refuse_unusable, reported_summary, run_notes
@@ -55,6 +58,7 @@ def audit(
     compile: bool = False,
     max_samples: int | None = None,
     noise_floor: bool = True,
+    keep_samples: bool = False,
 ) -> Report:
     """Estimate every check of ``spec`` on ``model`` and return a :class:`Report`.
 
@@ -75,6 +79,12 @@ def audit(
     reached; the report's ``samples`` is the count used. ``noise_floor`` measures each check's
     distance between two forward passes of the same 64 points (see :func:`noise_floors`).
 
+    ``keep_samples=True`` keeps every check's per-sample errors, the very values folded into the
+    estimates, on ``report.sample_errors`` (a :class:`eqaudit.report.compare.SampleErrors` with
+    the digest of the drawn points; NaN lists for a check that could not be measured): the
+    paired comparisons need them. It costs ``8 x samples`` bytes per statistics column; the
+    report's figures are the same either way, and ``to_dict()`` leaves them out.
+
     A bad argument is an :class:`eqaudit.errors.ArgumentError` naming the parameter.
     """
     t0 = time.perf_counter()
@@ -87,11 +97,13 @@ def audit(
     target = _Target.build(model, spec, device, checkpoint, trust_checkpoint, compile, parsed)
     try:
         with torch.inference_mode():
-            measured = _measure(target, spec, batch_size, progress, parsed, max_samples, confidence)
+            measured = _measure(target, spec, batch_size, progress, parsed, max_samples, confidence, keep_samples)
             extras = _extras(target, measured, noise_floor, confidence, gate)
+            kept = (sample_errors(measured.stats, measured.spec, measured.failed, measured.sampler, target.dev)
+                    if keep_samples else None)
     finally:
         target.release()
-    return _report(target, measured, extras, confidence, gate, precision, t0)
+    return dataclasses.replace(_report(target, measured, extras, confidence, gate, precision, t0), sample_errors=kept)
 
 
 def _resolved_spec(spec: Spec | str | Path, samples: int | None, seed: int | None) -> Spec:
@@ -169,25 +181,28 @@ class _Measured:
 
 
 def _measure(target: _Target, spec: Spec, batch_size: int | None, progress: Progress | None,
-             precision: Precision, max_samples: int | None, confidence: float) -> _Measured:
-    """Run the chunk grid (then more samples until the target half-width, when given)."""
+             precision: Precision, max_samples: int | None, confidence: float, keep_samples: bool) -> _Measured:
+    """Run the chunk grid (then more samples until the target half-width, when given), keeping
+    every per-sample value when asked."""
     sampler = PointSampler(spec, target.dev, target.dtype)
     defaulted = [j for j, c in enumerate(spec.checks) if c.threshold_source == "default"]
     spec, derived = derive_thresholds(target.forward, spec, sampler, target.dev, defaulted)
     measured = _probe(target, spec, sampler) if batch_size is None else None
     target.plan = plan = LayerPlan.build(target.model, spec, chunk.n_columns(spec))
     chunk_size, max_rows = _chunk_size(target, spec, sampler, batch_size, measured)
-    local = BlockStats(spec.samples, chunk.n_columns(spec) + (plan.n_columns if plan else 0), target.dev)
+    eps = precision.target_halfwidth
+    cap = max_samples if max_samples is not None else 16 * spec.samples
+    most = max(cap, spec.samples) if eps is not None else spec.samples  # the samples the run may reach
+    local = BlockStats(spec.samples, chunk.n_columns(spec) + (plan.n_columns if plan else 0), target.dev,
+                       keep_values=keep_count(keep_samples, most))
     grid = ChunkGrid(target.forward, target.world, target.dev, target.plan, sampler, chunk_size,
                      batch_size is not None, progress, max_rows)
     chunk_size = grid.chunk_size = grid.run(spec, local)  # later rounds keep a size that fits
     grid.failed = merged_failures(grid.failed, target.world)
     stats = _reduced(local, target.world)
-    eps = precision.target_halfwidth
     if eps is not None:
-        cap = max_samples if max_samples is not None else 16 * spec.samples
         while True:
-            summaries = stats.summaries(confidence)
+            summaries = report_view(stats).summaries(confidence)
             measuring = [reported_summary(spec, j, summaries[j]) for j in range(len(spec.checks))
                          if j not in grid.failed]
             n_next = _next_sample_count(measuring, eps, spec.samples, cap)
@@ -293,7 +308,7 @@ def _extras(target: _Target, measured: _Measured, noise_floor: bool, confidence:
     """The summaries, and beside them the noise floors and the inverse-output hints."""
     spec = measured.spec
     floors = noise_floors(target.forward, spec, measured.sampler, target.dev) if noise_floor else None
-    summaries = measured.stats.summaries(confidence)
+    summaries = report_view(measured.stats).summaries(confidence)
     failing = [j not in measured.failed and exceeds(s, gate, c.threshold)
                for j, (c, s) in enumerate(zip(spec.checks, summaries))]
     hints = inverse_hints(target.forward, spec, measured.sampler, target.dev, failing)

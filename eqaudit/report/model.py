@@ -128,6 +128,10 @@ class Report:
     noise_floor: float = math.nan
     sampling: str = "random"
     target_halfwidth: float | None = None
+    #: Every check's per-sample errors (an :class:`eqaudit.report.compare.SampleErrors`) when the
+    #: audit kept them (``audit(..., keep_samples=True)``), else None. Not part of :meth:`to_dict`
+    #: (``eqaudit measure --save-samples`` writes them as ``samples_errors``) nor of equality.
+    sample_errors: Any = field(default=None, compare=False, repr=False)
 
     @property
     def passed(self) -> bool:

@@ -12,6 +12,9 @@ model, interleaved, the median of R runs of:
                 sweep found fastest (inputs made beforehand): the true forward-pass limit on the
                 machine, which the single batch of (b) is not on a CPU (its activations spill the
                 caches);
+  (b'') inputs limit  (b') plus drawing the points and the checks' parameters and applying the
+                input transforms, with the zoo alone: the least an engine that makes its own
+                inputs must do (a random permutation per sample is not free on a CPU);
   (c) original  `equivariance_regularizer.EquivarianceRegularizer` (0.1.1, from PyPI) computing
                 the same four errors over the same N points, one transform per call (it
                 recomputes model(x) for every transform), under torch.no_grad().
@@ -148,6 +151,31 @@ def run_best_batch(model: nn.Module, spec, device: torch.device, batch: int) -> 
         with torch.inference_mode():
             for i in range(0, x.shape[0], batch):
                 model(x[i : i + batch])
+        _sync(device)
+
+    return go
+
+
+def run_inputs_limit(model: nn.Module, spec, device: torch.device, batch: int) -> Callable[[], None]:
+    """The best-batch forward passes plus the work no audit can skip: drawing the N points and
+    each check's parameters with the zoo's keyed generator and applying each check's input
+    transform (no distances, no statistics, no checking): the limit for an engine that must
+    make its own inputs, which the best batch's inputs-made-beforehand is not."""
+    from transforms_zoo import SampleRNG
+
+    n = spec.samples
+
+    def go() -> None:
+        with torch.inference_mode():
+            rng = SampleRNG.for_range(spec.seed, 0, n, device)
+            x = rng.uniform(*spec.input.shape)
+            inputs = [x]
+            for check in spec.checks:
+                t = check.input
+                inputs.append(t.apply(x, t.sample(rng.child(f"check:{check.stream_name}"))))
+            for part in inputs:
+                for i in range(0, n, batch):
+                    model(part[i : i + batch])
         _sync(device)
 
     return go
@@ -346,6 +374,7 @@ def _rounds_in_this_process(case: str, n: int, repeats: int, device_name: str, a
             "eqaudit": run_eqaudit(model, spec, device),
             "ideal": run_ideal(model, spec, device),
             "best_batch": run_best_batch(model, spec, device, best),
+            "inputs_limit": run_inputs_limit(model, spec, device, best),
             "original": run_original(model, spec, device),
         },
         repeats,
@@ -429,6 +458,8 @@ def main() -> None:
         result[f"time_original_{case}_s"] = t["original"]
         result[f"ratio_vs_ideal_{case}"] = round_ratio(rounds, "eqaudit", "ideal")
         result[f"ratio_vs_best_batch_{case}"] = round_ratio(rounds, "eqaudit", "best_batch")
+        result[f"time_inputs_limit_{case}_s"] = t["inputs_limit"]
+        result[f"ratio_vs_inputs_limit_{case}"] = round_ratio(rounds, "eqaudit", "inputs_limit")
         result[f"speedup_vs_original_{case}"] = round_ratio(rounds, "original", "eqaudit")
         ops = count_ops(case, args.samples)
         result[f"ops_eqaudit_{case}"] = ops["eqaudit"]

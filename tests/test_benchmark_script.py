@@ -41,7 +41,8 @@ def test_json_prints_the_keys_of_the_speed_targets():
         capture_output=True, text=True, timeout=300, check=True)
     result = json.loads(out.stdout)
     for key in ("ratio_vs_ideal", "ratio_vs_best_batch", "ops_eqaudit", "ops_ideal", "ops_per_chunk_eqaudit",
-                "ops_per_audit_eqaudit", "ops_host_eqaudit", "chunk_cuda_80gb", "best_batch"):
+                "ops_per_audit_eqaudit", "ops_host_eqaudit", "chunk_cuda_80gb", "best_batch",
+                "ratio_vs_inputs_limit"):
         assert f"{key}_mlp" in result, key
     assert {"time_eqaudit_mlp_s", "time_best_batch_mlp_s"} <= result.keys()
     assert result["ratio_vs_best_batch_mlp"] > 0

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from eqaudit.engine.run import audit
 from eqaudit.cli import app
-from eqaudit.cli.measure_many import measure_checkpoints, sample_errors
+from eqaudit.cli.measure_many import measure_checkpoints
 from eqaudit.report.compare import compare_reports
 
 MODEL_PY = textwrap.dedent(
@@ -85,11 +85,11 @@ def test_a_planted_regression_is_caught_and_an_unchanged_checkpoint_never_flagge
     spec = load_spec(project["spec"]).replace(samples=128)
     caught, false_alarms, width_ratio = 0, 0, []
     for seed in range(20):
-        def run(path: Path, seed: int = seed) -> object:
-            return audit(None, spec, checkpoint=path, seed=seed, device="cpu", noise_floor=False)
+        def run(path: Path, keep: bool, seed: int = seed) -> object:
+            return audit(None, spec, checkpoint=path, seed=seed, device="cpu", noise_floor=False, keep_samples=keep)
 
-        reports, _, cmp = measure_checkpoints(spec, [project["a"], project["perturbed"], project["same"]], run,
-                                              trust_checkpoint=False, precision=None, tolerance="0")
+        reports, _, cmp = measure_checkpoints([project["a"], project["perturbed"], project["same"]], run,
+                                              tolerance="0")
         perturbed, same = cmp.differences
         caught += all(d.regressed and d.interval == "paired" for d in perturbed)
         false_alarms += any(d.regressed for d in same)
@@ -117,7 +117,7 @@ def test_welch_false_alarm_rate_of_an_unchanged_model_on_independent_seeds(proje
 
 
 def test_per_sample_errors_are_the_audits_errors(tmp_path: Path) -> None:
-    """The second pass reads exactly the errors the audit folded in: their mean is the report's
+    """The kept per-sample errors are exactly those the audit folded in: their mean is the report's
     mean, for a plain check, a group check, and checks drawn by num_funcs."""
     from eqaudit.spec import load_spec
 
@@ -125,8 +125,9 @@ def test_per_sample_errors_are_the_audits_errors(tmp_path: Path) -> None:
                                                      {"name": "shift", "input": {"shift": {"dx": 1}}}]}
     paths = make_project(tmp_path, spec_dict)
     spec = load_spec(paths["spec"])
-    report = audit(None, spec, checkpoint=paths["a"], device="cpu", noise_floor=False, batch_size=64)
-    kept = sample_errors(spec, report, paths["a"], trust_checkpoint=False, precision=None)
+    report = audit(None, spec, checkpoint=paths["a"], device="cpu", noise_floor=False, batch_size=64,
+                   keep_samples=True)
+    kept = report.sample_errors
     for c in report.checks:
         values = [v for v in kept.checks[c.name] if not math.isnan(v)]
         assert len(values) == c.n < 256  # num_funcs: each check on about half the samples

@@ -96,24 +96,23 @@ def measure(
                    "--plot-layers": plot_layers}, inputs)  # before the long run
     to_stdout = json_path == "-"
 
-    def run(path: Path | None) -> Any:
+    def run(path: Path | None, keep_samples: bool) -> Any:
         return with_progress(
             not quiet and not to_stdout and err.is_terminal, "measuring",
             lambda progress: audit(None, the_spec, samples=samples, seed=seed, device=device, batch_size=batch_size,
                                    confidence=confidence, gate=gate, progress=progress, checkpoint=path,
                                    trust_checkpoint=trust_checkpoint, precision=precision, compile=compile_model,
-                                   max_samples=max_samples),
+                                   max_samples=max_samples, keep_samples=keep_samples),
             total=samples if samples is not None else the_spec.samples)
 
     outputs = many.Outputs(json_path, junit, markdown, quiet or to_stdout, save_samples, fail_on_regression)
-    sampling = {"trust_checkpoint": trust_checkpoint, "precision": precision}
     if len(paths) > 1:
         _one_html(html)
-        raise typer.Exit(many.measure_several(the_spec, paths, run, outputs, sampling))
-    report = run(paths[0])
+        raise typer.Exit(many.measure_several(the_spec, paths, run, outputs))
+    report = run(paths[0], many.keeps_samples(outputs, baseline))
     from ..engine.distributed import current_world
 
-    kept, comparison = many.with_baseline(the_spec, report, paths[0], baseline, outputs, sampling)
+    kept, comparison = many.with_baseline(report, baseline, outputs)
     if current_world().is_main:  # every rank holds the same report; one writes it
         many.write_single(report, kept, baseline, comparison, outputs)
         if plot_layers is not None:

@@ -2,16 +2,14 @@
 differences and ``--save-samples``), several checkpoints audited on the same points with their
 paired differences against the first, and the comparison with a ``--baseline`` report.
 
-The per-sample errors come from a second pass over the audit's points through the evaluation
-core's own chunk function (:func:`eqaudit.engine.chunk.measure_chunk`, into statistics that keep
-every value), so they are exactly the errors the audit folded into its estimates.
+The per-sample errors are those the audit itself kept (``audit(..., keep_samples=True)``, see
+:mod:`eqaudit.engine.kept`): exactly the errors folded into its estimates, with no second pass
+over the model. The run keeps them only when they are saved or can pair with the baseline.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,56 +17,9 @@ from typing import Any
 
 from ..report.compare import Comparison, SampleErrors, compare_reports, parse_tolerance, read_reports, require_same_spec
 
-#: Builds one checkpoint's report: ``run(checkpoint) -> Report`` (the audit with the CLI's options).
-Runner = Callable[[Any], Any]
-
-
-def points_digest(sampler: Any, seed: int, dev: Any) -> str:
-    """A digest of the first block of drawn points: two runs pair only when it agrees."""
-    import torch
-
-    from transforms_zoo import SampleRNG
-
-    from ..engine.estimator import BLOCK
-
-    x = sampler.draw(SampleRNG.for_range(seed, 0, BLOCK, dev))
-    return hashlib.sha256(x.detach().to("cpu", torch.float64).contiguous().numpy().tobytes()).hexdigest()[:16]
-
-
-def sample_errors(spec: Any, report: Any, checkpoint: Path | None, *, trust_checkpoint: bool,
-                  precision: str | None) -> SampleErrors:
-    """Every check's per-sample errors (float64, sample order; NaN: non-finite or not drawn) of
-    the run that gave ``report``: the same seed, sample count, device and chunk size."""
-    import torch
-
-    from ..engine.chunk import measure_chunk, n_columns
-    from ..engine.chunking import round_up
-    from ..engine.device import Autocast, model_dtype
-    from ..engine.estimator import BLOCK, BlockStats
-    from ..engine.options import parse_precision
-    from ..engine.sampling import PointSampler
-
-    spec = spec.replace(samples=report.samples, seed=report.seed)
-    dev = torch.device(report.device)
-    model = spec.build_model(checkpoint, trust_checkpoint=trust_checkpoint)
-    model.eval()
-    model.to(dev)
-    autocast = parse_precision(precision).autocast
-    forward = Autocast(model, dev, autocast) if autocast is not None else model
-    sampler = PointSampler(spec, dev, model_dtype(model))
-    stats = BlockStats(spec.samples, n_columns(spec), dev, keep_values=spec.samples)
-    active = [j for j, c in enumerate(report.checks) if c.error is None]
-    step = round_up(report.batch_size or BLOCK, BLOCK)
-    end = round_up(spec.samples, BLOCK)
-    with torch.inference_mode():
-        if active:
-            for start in range(0, end, step):
-                measure_chunk(forward, spec, sampler, stats, dev, start, min(step, end - start), active=active)
-        digest = points_digest(sampler, spec.seed, dev)
-    values = stats.values.cpu()
-    checks = {c.name: (values[:, j].tolist() if j in active else [math.nan] * spec.samples)
-              for j, c in enumerate(report.checks)}
-    return SampleErrors(spec.seed, spec.samples, digest, checks)
+#: Builds one checkpoint's report: ``run(checkpoint, keep_samples) -> Report`` (the audit with the
+#: CLI's options; ``keep_samples``: keep the per-sample errors on ``report.sample_errors``).
+Runner = Callable[[Any, bool], Any]
 
 
 def report_dict(report: Any, samples: SampleErrors | None) -> dict[str, Any]:
@@ -79,16 +30,12 @@ def report_dict(report: Any, samples: SampleErrors | None) -> dict[str, Any]:
     return d
 
 
-def measure_checkpoints(spec: Any, checkpoints: Sequence[Path | None], run: Runner, *, trust_checkpoint: bool,
-                        precision: str | None, tolerance: str | None) -> tuple[list[Any], list[SampleErrors],
-                                                                            Comparison]:
-    """Audit each checkpoint on the same points, then compare each with the first (paired)."""
-    reports, samples = [], []
-    for checkpoint in checkpoints:
-        report = run(checkpoint)
-        reports.append(report)
-        samples.append(sample_errors(spec, report, checkpoint, trust_checkpoint=trust_checkpoint,
-                                     precision=precision))
+def measure_checkpoints(checkpoints: Sequence[Path | None], run: Runner, *,
+                        tolerance: str | None) -> tuple[list[Any], list[SampleErrors], Comparison]:
+    """Audit each checkpoint on the same points, keeping its per-sample errors, then compare each
+    with the first (paired)."""
+    reports = [run(checkpoint, True) for checkpoint in checkpoints]
+    samples = [r.sample_errors for r in reports]
     allowed = parse_tolerance(tolerance, "--fail-on-regression")
     labels = [r.checkpoint or f"checkpoint {i + 1}" for i, r in enumerate(reports)]
     comparison = compare_reports(reports, labels, allowed or 0.0, gated=allowed is not None, samples=samples)
@@ -171,13 +118,24 @@ class Outputs:
     tolerance: str | None  # --fail-on-regression as given
 
 
-def with_baseline(spec: Any, report: Any, checkpoint: Path | None, baseline: Path | None, outputs: Outputs,
-                  sampling: dict[str, Any]) -> tuple[SampleErrors | None, Comparison | None]:
-    """The run's per-sample errors (when saved, or when the baseline can pair with them) and its
-    comparison with the baseline (None without one)."""
+def keeps_samples(outputs: Outputs, baseline: Path | None) -> bool:
+    """Whether a one-checkpoint run keeps its per-sample errors (asked before the run): they are
+    saved (``--save-samples`` with ``--json``), or the baseline carries some to pair with."""
+    if outputs.save_samples and outputs.json_path is not None:
+        return True
+    if baseline is None:
+        return False
+    found = read_reports(str(baseline), "--baseline")
+    return len(found) == 1 and found[0].samples is not None
+
+
+def with_baseline(report: Any, baseline: Path | None,
+                  outputs: Outputs) -> tuple[SampleErrors | None, Comparison | None]:
+    """The run's per-sample errors (when saved, or when the baseline can pair with them: kept by
+    the audit, see :func:`keeps_samples`) and its comparison with the baseline (None without one)."""
     kept = None
     if (outputs.save_samples and outputs.json_path is not None) or wants_samples(baseline, report):
-        kept = sample_errors(spec, report, checkpoint, **sampling)
+        kept = report.sample_errors
     if baseline is None:
         return kept, None
     return kept, baseline_comparison(baseline, report, kept, outputs.tolerance)
@@ -217,15 +175,14 @@ def print_comparison(comparison: Comparison | None) -> None:
         err.print(f"[bold red]{word}[/]: {escape(names)}")
 
 
-def measure_several(spec: Any, paths: Sequence[Path | None], run: Runner, outputs: Outputs,
-                    sampling: dict[str, Any]) -> int:
+def measure_several(spec: Any, paths: Sequence[Path | None], run: Runner, outputs: Outputs) -> int:
     """Audit several checkpoints on the same points, write one report and print one table;
     the exit code is the worst over the checkpoints (and the regression gate, when asked)."""
     from ..engine.distributed import current_world
     from ..report import compare_render, render
     from .output import emit, err, escape, fail
 
-    reports, samples, comparison = measure_checkpoints(spec, paths, run, tolerance=outputs.tolerance, **sampling)
+    reports, samples, comparison = measure_checkpoints(paths, run, tolerance=outputs.tolerance)
     d = many_dict(spec.file, reports, samples, outputs.save_samples, comparison)
     if current_world().is_main:
         emit(outputs.json_path, "--json", json.dumps(d, indent=2, allow_nan=False) + "\n")

@@ -257,7 +257,9 @@ class BlockStats:
     def summaries(self, confidence: float = 0.95) -> list[Summary]:
         """Every check's summary, reading the tables from the device once."""
         tables = list(self._packed.cpu().unbind(0))  # one transfer for the five tables
-        values = self.values.cpu()
+        # the quantiles and the 0/1 test read the first QUANTILE_CAP sample indices, however many
+        # values the run keeps (``audit(keep_samples=True)`` keeps them all)
+        values = self.values[:QUANTILE_CAP].cpu()
         q = column_quantiles(values)
         out = [self._summary(tables, j, confidence, q[j]) for j in range(self.n_checks)]
         zero_one = _zero_one_columns(values)

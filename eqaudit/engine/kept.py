@@ -5,12 +5,12 @@ points (paired comparisons, ``eqaudit measure --save-samples``).
 
 Keeping them only widens the statistics' value buffer (:class:`BlockStats` ``keep_values``) from
 the first :data:`QUANTILE_CAP` sample indices to all of them; the report is summarised from the
-same first :data:`QUANTILE_CAP` values either way (:func:`report_view`), so it does not change.
+same first :data:`QUANTILE_CAP` values either way (:meth:`BlockStats.summaries`), so it does not
+change.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import math
 from collections.abc import Mapping
@@ -25,7 +25,7 @@ from ..spec import Spec
 from .estimator import BLOCK, QUANTILE_CAP, BlockStats
 from .sampling import PointSampler
 
-__all__ = ["keep_count", "points_digest", "report_view", "sample_errors"]
+__all__ = ["keep_count", "points_digest", "sample_errors"]
 
 
 def keep_count(keep_samples: bool, most_samples: int) -> int:
@@ -33,17 +33,6 @@ def keep_count(keep_samples: bool, most_samples: int) -> int:
     (so that sequential sampling's :meth:`BlockStats.grown` keeps them too), or the quantiles'
     default."""
     return max(most_samples, QUANTILE_CAP) if keep_samples else QUANTILE_CAP
-
-
-def report_view(stats: BlockStats) -> BlockStats:
-    """``stats`` as the report summarises it: the quantiles and the 0/1 test read the values of
-    the first :data:`QUANTILE_CAP` sample indices, however many the run keeps (``stats`` itself
-    when it keeps no more; else a shallow copy sharing its tables)."""
-    if stats.values.shape[0] <= QUANTILE_CAP:
-        return stats
-    view = copy.copy(stats)
-    view.values = stats.values[:QUANTILE_CAP]
-    return view
 
 
 def points_digest(sampler: PointSampler, seed: int, dev: torch.device) -> str:

@@ -32,7 +32,7 @@ from .distributed import World, current_world, merged_failures, reduce_stats
 from .estimator import BLOCK, BlockStats, Summary
 from .extras import inverse_hints, noise_floors
 from .grid import ChunkGrid, Progress
-from .kept import keep_count, report_view, sample_errors
+from .kept import keep_count, sample_errors
 from .layers import LayerPlan
 from .options import Precision, check_gate_confidence, check_run_options, check_samples, parse_precision
 from .results import check_result, error_result, exceeds, max_finite, refuse_unusable, reported_summary, run_notes
@@ -202,7 +202,7 @@ def _measure(target: _Target, spec: Spec, batch_size: int | None, progress: Prog
     stats = _reduced(local, target.world)
     if eps is not None:
         while True:
-            summaries = report_view(stats).summaries(confidence)
+            summaries = stats.summaries(confidence)
             measuring = [reported_summary(spec, j, summaries[j]) for j in range(len(spec.checks))
                          if j not in grid.failed]
             n_next = _next_sample_count(measuring, eps, spec.samples, cap)
@@ -308,7 +308,7 @@ def _extras(target: _Target, measured: _Measured, noise_floor: bool, confidence:
     """The summaries, and beside them the noise floors and the inverse-output hints."""
     spec = measured.spec
     floors = noise_floors(target.forward, spec, measured.sampler, target.dev) if noise_floor else None
-    summaries = report_view(measured.stats).summaries(confidence)
+    summaries = measured.stats.summaries(confidence)
     failing = [j not in measured.failed and exceeds(s, gate, c.threshold)
                for j, (c, s) in enumerate(zip(spec.checks, summaries))]
     hints = inverse_hints(target.forward, spec, measured.sampler, target.dev, failing)

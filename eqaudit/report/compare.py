@@ -32,7 +32,7 @@ class SampleErrors:
 
     seed: int
     samples: int
-    points: str  # digest of the drawn points (see eqaudit.cli.measure_many.points_digest)
+    points: str  # digest of the drawn points (see eqaudit.engine.kept.points_digest)
     checks: Mapping[str, Sequence[float]]
 
     def to_dict(self) -> dict[str, Any]:

@@ -27,6 +27,11 @@ def test_the_fast_path_for_small_indices_equals_the_general_one():
     # indices past 2**32 take the high word into account (no wrap-around onto small indices)
     far = SampleRNG(3, idx + 2**32)
     assert not torch.equal(far._key, general._key)
+    small = torch.arange(2**31 - 300, 2**31)  # every index its own int32 word
+    assert torch.equal(SampleRNG(3, small, below_2_31=True)._key, SampleRNG(3, small)._key)
+    for start, stop in [(0, 64), (2**31 - 64, 2**31), (2**31 - 32, 2**31 + 32), (2**32 - 32, 2**32 + 32)]:
+        index = torch.arange(start, stop)
+        assert torch.equal(SampleRNG.for_range(3, start, stop)._key, SampleRNG(3, index)._key), (start, stop)
 
 
 def test_children_are_distinct_streams_and_child_costs_no_tensor_work():

@@ -196,7 +196,8 @@ class SampleRNG:
     a draw is ``lowbias32(key[i] + position_key[stream, kind, p])``.
     """
 
-    def __init__(self, seed: int, index: torch.Tensor, stream: int = 0, *, below_2_32: bool = False) -> None:
+    def __init__(self, seed: int, index: torch.Tensor, stream: int = 0, *, below_2_32: bool = False,
+                 below_2_31: bool = False) -> None:
         if index.dtype != torch.int64 or index.dim() != 1:
             raise TypeError("index must be a 1-D int64 tensor of sample indices")
         self.seed = int(seed)
@@ -205,9 +206,11 @@ class SampleRNG:
         s = _s32(_seed_word(self.seed))
         # Per-sample key: a function of (seed, i) only: lowbias32 of the low word of i, plus a
         # hashed high word for indices at or above 2**32 (``below_2_32``: the caller knows there
-        # are none, which saves the ops).
-        self._key = _mix32_(_to_word(index & _M32).bitwise_xor_(s))
-        if not below_2_32:
+        # are none, which saves the ops; ``below_2_31``: nor at or above 2**31, so each index is
+        # its own int32 word, one conversion instead of the masking).
+        low = index.to(torch.int32) if below_2_31 else _to_word(index & _M32)
+        self._key = _mix32_(low.bitwise_xor_(s))
+        if not (below_2_32 or below_2_31):
             hi = (index >> 32) & _M32
             self._key.add_(_mix32_(_to_word((hi + _GOLDEN) & _M32)).sub_(_s32(_mix_int(_GOLDEN))))
 
@@ -218,7 +221,8 @@ class SampleRNG:
     ) -> SampleRNG:
         """Draws for the samples ``start, ..., stop - 1``."""
         index = torch.arange(start, stop, dtype=torch.int64, device=device)
-        return cls(seed, index, stream, below_2_32=0 <= start and stop <= 2**32)
+        return cls(seed, index, stream, below_2_32=0 <= start and stop <= 2**32,
+                   below_2_31=0 <= start and stop <= 2**31)
 
     @classmethod
     def from_keys(cls, keys: torch.Tensor, stream: int = 0) -> SampleRNG:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import weakref
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -170,15 +171,28 @@ def probe(model: Any, x: torch.Tensor) -> Probe | None:
     Remembered per model and input layout (see :data:`_PROBES`)."""
     if not isinstance(model, torch.nn.Module) or x.shape[0] == 0:
         return None
-    params = list(model.parameters())
-    key = (tuple(x.shape[1:]), x.dtype, str(x.device), len(params), sum(p.numel() for p in params))
-    known = _PROBES.get(model)
-    if known is not None and key in known:
-        return known[key]
+    key = _probe_key(model, x.shape[1:], x.dtype, x.device)
+    known = _PROBES.get(model, {}).get(key)
+    if known is not None:
+        return known
     measured = _measure(model, x)
     if measured is not None:
         _PROBES.setdefault(model, {})[key] = measured
     return measured
+
+
+def remembered_probe(model: Any, sample_shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Probe | None:
+    """The probe :func:`probe` took of ``model`` on samples of this shape, dtype and device, if
+    any (so the caller need not draw the probe's points)."""
+    if not isinstance(model, torch.nn.Module):
+        return None
+    return _PROBES.get(model, {}).get(_probe_key(model, sample_shape, dtype, device))
+
+
+def _probe_key(model: torch.nn.Module, sample_shape: Sequence[int], dtype: torch.dtype,
+               device: torch.device) -> tuple[Any, ...]:
+    params = list(model.parameters())
+    return (tuple(sample_shape), dtype, str(torch.device(device)), len(params), sum(p.numel() for p in params))
 
 
 def _measure(model: torch.nn.Module, x: torch.Tensor) -> Probe | None:

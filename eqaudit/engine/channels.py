@@ -66,18 +66,32 @@ class ChannelStats:
         top = errors.max(dim=0).values
         self.error_max = top if self.error_max is None else torch.maximum(self.error_max, top)
 
-    def reduce(self) -> None:
-        """Sum (max for the maxima) the sums of every process, in place (no-op in one process)."""
-        import torch.distributed as dist
+    def shape(self) -> tuple[int, ...] | None:
+        """The shape of the sums of the aligned maps, ``(2, C, *map)`` (None before any fold)."""
+        return tuple(self.s1.shape) if self.s1 is not None else None
 
-        if self.n is None or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return
-        nccl = dist.get_backend() == "nccl"
-        for key in ("n", "error_sum", "tv_sum", "s1", "s2", "error_max"):
-            value = getattr(self, key)
-            t = value if nccl else value.cpu()
-            dist.all_reduce(t, op=dist.ReduceOp.MAX if key == "error_max" else dist.ReduceOp.SUM)
-            setattr(self, key, t.to(value.device))
+    def sums(self) -> list[torch.Tensor]:
+        """The summed parts, flattened, in a fixed order (``error_max`` apart: it is a maximum)."""
+        return [t.reshape(-1) for t in (self.n, self.error_sum, self.tv_sum, self.s1, self.s2)]  # type: ignore[union-attr]
+
+    @classmethod
+    def empty(cls, shape: tuple[int, ...], device: torch.device) -> ChannelStats:
+        """Sums of no sample for maps of ``shape`` (``(2, C, *map)``): what a process that folded
+        none of a pair's samples contributes to the sum across processes."""
+        stats, c = cls(), shape[1]
+        f64 = dict(dtype=torch.float64, device=device)
+        stats.n, stats.error_sum, stats.tv_sum = torch.zeros((), **f64), torch.zeros(c, **f64), torch.zeros(c, **f64)
+        stats.s1, stats.s2 = torch.zeros(shape, **f64), torch.zeros(shape, **f64)
+        stats.error_max = torch.full((c,), -math.inf, **f64)
+        return stats
+
+    def assign(self, summed: torch.Tensor, top: torch.Tensor) -> None:
+        """Set the parts from ``summed`` (laid out as :meth:`sums`) and ``error_max`` from ``top``."""
+        parts = self.sums()
+        pieces = summed.split([p.numel() for p in parts])
+        for key, old, new in zip(("n", "error_sum", "tv_sum", "s1", "s2"), parts, pieces):
+            setattr(self, key, new.reshape(getattr(self, key).shape).to(old.device))
+        self.error_max = top.to(self.error_max.device)  # type: ignore[union-attr]
 
     def row(self) -> dict[str, list[float | None]] | None:
         """The report's ``channels`` object (None when no sample was folded)."""
@@ -115,11 +129,47 @@ class ChannelTable:
             return
         self.stats.setdefault((j, name), ChannelStats()).fold(*maps, keep, start)
 
-    def row(self, j: int, name: str) -> dict[str, Any] | None:
-        """The ``channels`` object of check ``j`` at layer ``name`` (every process's samples)."""
-        if not self._reduced:
-            for key in sorted(self.stats):
-                self.stats[key].reduce()
+    def reduce(self) -> None:
+        """Sum (max for the maxima) every pair's sums over the processes, in place, once; a
+        collective: every process calls it, whichever pairs it folded (a process that got no chunk,
+        or whose chunks a check failed in, has fewer pairs or none). No-op in one process."""
+        import torch.distributed as dist
+
+        if self._reduced or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             self._reduced = True
+            return
+        self._reduced = True
+        shapes = {key: stats.shape() for key, stats in self.stats.items() if stats.shape() is not None}
+        gathered: list[dict[tuple[int, str], tuple[int, ...]] | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, shapes)
+        union: dict[tuple[int, str], tuple[int, ...]] = {}
+        for part in gathered:
+            for key, shape in (part or {}).items():
+                if union.setdefault(key, shape) != shape:
+                    raise RuntimeError(f"layer {key[1]!r} gives maps of shape {list(shape[1:])} in one "
+                                       f"process and {list(union[key][1:])} in another")
+        if not union:
+            return
+        nccl = dist.get_backend() == "nccl"
+        device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+        for key in union:
+            if key not in shapes:
+                self.stats[key] = ChannelStats.empty(union[key], device)
+        order = sorted(union)  # the same on every process
+        # One SUM and one MAX over every pair at once (gloo reduces CPU tensors: float64 on CUDA is not one of its ops).
+        summed = torch.cat([t.to(device) for key in order for t in self.stats[key].sums()])
+        top = torch.cat([self.stats[key].error_max.to(device) for key in order])  # type: ignore[union-attr]
+        dist.all_reduce(summed, op=dist.ReduceOp.SUM)
+        dist.all_reduce(top, op=dist.ReduceOp.MAX)
+        for key in order:
+            stats = self.stats[key]
+            n_sum, n_top = sum(t.numel() for t in stats.sums()), stats.error_max.numel()  # type: ignore[union-attr]
+            stats.assign(summed[:n_sum], top[:n_top])
+            summed, top = summed[n_sum:], top[n_top:]
+
+    def row(self, j: int, name: str) -> dict[str, Any] | None:
+        """The ``channels`` object of check ``j`` at layer ``name`` (every process's samples; the
+        first call sums them across processes, see :meth:`reduce`)."""
+        self.reduce()
         stats = self.stats.get((j, name))
         return stats.row() if stats is not None else None

@@ -7,6 +7,8 @@ tables, hence the same report.
 
 from __future__ import annotations
 
+import atexit
+import math
 import os
 from dataclasses import dataclass
 
@@ -54,7 +56,21 @@ def current_world(device: torch.device | None = None) -> World:
             dist.init_process_group(backend)
         except Exception as exc:  # bad MASTER_ADDR/PORT, ...
             raise EqauditError(f"cannot join the process group: {exc}", key="WORLD_SIZE") from None
+        if backend == "gloo":  # see _leave_process_group
+            atexit.register(_leave_process_group)
     return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _leave_process_group() -> None:
+    """Destroy the gloo process group this module created while the interpreter is still whole:
+    left to interpreter shutdown, gloo's worker threads can abort the process (SIGABRT,
+    "terminate called without an active exception") after the report was written, and torchrun
+    then calls the run failed. Destroying a gloo group is local (no collective), so a process
+    that exits on an error does not wait for the others here."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def reduce_stats(stats: BlockStats, world: World) -> None:
@@ -67,12 +83,9 @@ def reduce_stats(stats: BlockStats, world: World) -> None:
     for table, op in zip(stats.tables(), ["sum", "sum", "sum", "max", "sum"]):
         # gloo has no float64 reduction on CUDA tensors; nccl needs them on the GPU.
         t = table if backend == "nccl" else table.cpu()
-        if op == "max":
-            t = torch.where(torch.isinf(t), torch.full_like(t, -1.0), t)  # -inf rows: not filled here
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            t = torch.where(t < 0, torch.full_like(t, float("-inf")), t)
-        else:
-            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        # Maxima: a block another process filled is -inf here, which MAX passes over; a maximum
+        # may be negative (a distance callable need not be >= 0), so -inf is the only filler.
+        dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
         table.copy_(t.to(table.device))
     # Kept per-sample values (quantiles): disjoint rows per process, NaN elsewhere.
     v = stats.values if backend == "nccl" else stats.values.cpu()
@@ -82,17 +95,23 @@ def reduce_stats(stats: BlockStats, world: World) -> None:
     stats.values.copy_(v.to(stats.values.device))
 
 
-def merged_failures(failed: dict[int, str], world: World) -> dict[int, str]:
-    """The checks that failed in any process, with the first process's message for each (every
-    rank then reports the same error rows; a single process gets ``failed`` itself)."""
+def merged_failures(failed: dict[int, str], world: World, at: dict[int, int] | None = None) -> dict[int, str]:
+    """The checks that failed in any process, each with one message, the same on every rank (a
+    single process gets ``failed`` itself). ``at`` gives the sample index of the chunk where each
+    check of ``failed`` failed: the message kept is then the one of the lowest index, which a
+    single process, measuring the chunks in order, reports too; without it (or on a tie), the
+    lowest rank's."""
     if world.size == 1:
         return failed
     import torch.distributed as dist
 
-    gathered: list[dict[int, str] | None] = [None] * world.size
-    dist.all_gather_object(gathered, failed)
-    merged: dict[int, str] = {}
+    gathered: list[tuple[dict[int, str], dict[int, int]] | None] = [None] * world.size
+    dist.all_gather_object(gathered, (failed, dict(at or {})))
+    merged: dict[int, tuple[float, str]] = {}
     for part in gathered:
-        for j, message in (part or {}).items():
-            merged.setdefault(j, message)
-    return dict(sorted(merged.items()))
+        messages, where = part if part is not None else ({}, {})
+        for j, message in messages.items():
+            first = float(where.get(j, math.inf))
+            if j not in merged or first < merged[j][0]:
+                merged[j] = (first, message)
+    return {j: merged[j][1] for j in sorted(merged)}

@@ -93,7 +93,7 @@ def test_the_engine_sizes_cuda_chunks_by_free_memory_not_the_cpu_cap(monkeypatch
     assert _chunk_on_a_fake_gpu(monkeypatch, None, _mlp(), spec) == (chunking.MAX_CHUNK, None)
     # several processes: each still gets a chunk to work on
     two = World(rank=0, size=2)
-    monkeypatch.setattr(run, "_least_across", lambda value, world: value)
+    monkeypatch.setattr(run, "least_across", lambda value, world: value)
     assert _chunk_on_a_fake_gpu(monkeypatch, 80 * GB, _mlp(), spec, two) == (32768, None)
 
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from eqaudit.engine import run
 from eqaudit.engine.chunking import device_chunk, probe
-from eqaudit.engine.distributed import current_world, merged_failures
+from eqaudit.engine.distributed import current_world, least_across, merged_failures
 from eqaudit.engine.estimator import BLOCK
 from eqaudit.engine.sampling import PointSampler
 from eqaudit.spec import spec_from_dict
@@ -130,11 +130,11 @@ def job_fails_in_both_processes(work: Path) -> dict[str, Any]:
     return _report(None, _picky_spec(work, "both"), batch_size=64)
 
 
-def job_least_across(work: Path) -> dict[str, Any]:
+def job_least_across(work: Path, free_bytes: dict[int, int | None] = FREE_BYTES) -> dict[str, Any]:
     """Each rank its own fake free device memory: the least of them, and the CUDA chunk size the
     engine derives from it (the probe runs on CPU; ``free_device_bytes`` is the seam)."""
     world = current_world()
-    free = FREE_BYTES[world.rank]
+    free = free_bytes[world.rank]
     saved = run.free_device_bytes
     run.free_device_bytes = lambda dev: free  # type: ignore[assignment]
     try:
@@ -148,7 +148,13 @@ def job_least_across(work: Path) -> dict[str, Any]:
         chunk, _rows = run._chunk_size(target, spec, sampler, None, measured)
     finally:
         run.free_device_bytes = saved  # type: ignore[assignment]
-    return {"least": run._least_across(free, world), "chunk": chunk, "device_bytes": measured.device_bytes()}
+    return {"least": least_across(free, world), "chunk": chunk, "device_bytes": measured.device_bytes()}
+
+
+def job_least_across_one_unknown(work: Path) -> dict[str, Any]:
+    """Rank 1's driver cannot say how much memory is free: both processes still join the gather
+    (else rank 0 waits for ever) and cut the chunk from rank 0's figure."""
+    return job_least_across(work, {0: 80 * GB, 1: None})
 
 
 def job_merged_failures(work: Path) -> dict[str, Any]:
@@ -192,7 +198,7 @@ def job_layers_all_idle_rank(work: Path) -> dict[str, Any]:
 
 JOBS = {name[4:]: fn for name, fn in dict(globals()).items() if name.startswith("job_")}
 #: Jobs that need a process group (no single-process reference).
-COLLECTIVE_ONLY = {"least_across", "merged_failures"}
+COLLECTIVE_ONLY = {"least_across", "least_across_one_unknown", "merged_failures"}
 
 
 def _write_inputs(work: Path) -> None:
@@ -369,6 +375,13 @@ def test_least_free_memory_across_processes_sizes_every_chunk(ranks):
     assert split["chunk"] < device_chunk(max(FREE_BYTES.values()), split["device_bytes"], 65536, 1) // 2
 
 
+def test_a_process_without_a_free_memory_figure_still_joins_the_gather(ranks):
+    split = _same_in_both(ranks, "least_across_one_unknown")
+    assert split["least"] == 80 * GB
+    # rank 0's figure gives one chunk of all 65536 samples; two processes get one chunk each
+    assert device_chunk(80 * GB, split["device_bytes"], 65536, 1) == 65536 and split["chunk"] == 32768
+
+
 def test_merged_failures_keep_the_earliest_chunks_message(ranks):
     merged = _same_in_both(ranks, "merged_failures")
     assert merged["by_index"] == {"0": "early", "1": "only in rank 0", "2": "only in rank 1"}
@@ -382,30 +395,22 @@ def test_a_check_failing_in_one_process_is_an_error_row_in_both(ranks, single):
     assert "error" not in split["checks"][1] and split["checks"][1]["n"] == 256
 
 
-@pytest.mark.xfail(strict=True, reason="grid.py records no sample index per failure, so merged_failures keeps "
-                   "rank 0's message (its third chunk) instead of the first failing chunk's")
 def test_a_check_failing_in_both_processes_reports_the_first_chunks_message(ranks, single):
     split, alone = _same_in_both(ranks, "fails_in_both_processes"), single["fails_in_both_processes"]
     assert "outputs too large for this distance: 99" in alone["checks"][0]["error"]
     assert split["checks"] == alone["checks"]
 
 
-@pytest.mark.xfail(strict=True, reason="run.py keeps each rank's own backed-off chunk size for the later "
-                   "--precision rounds: the two processes cut different grids (samples twice or never)")
 def test_out_of_memory_in_one_process_then_more_samples(ranks, single):
     split, alone = _same_in_both(ranks, "out_of_memory_then_more_samples"), single["out_of_memory_then_more_samples"]
     assert split["checks"] == alone["checks"]
 
 
-@pytest.mark.xfail(strict=True, reason="grid.py gives the redone partial block of a --precision round to rank 0, "
-                   "not to the rank that folded its first samples: their channel sums are counted twice")
 def test_per_channel_figures_over_precision_rounds(ranks, single):
     split = _same_in_both(ranks, "channels_more_samples")
     _assert_same_channels(split, single["channels_more_samples"])
 
 
-@pytest.mark.xfail(strict=True, reason="layers.py keeps the layers seen with (N, C, H, W) maps per process: "
-                   "rank 1, which got no chunk, reports no layer rows under layers: all")
 def test_layers_all_rows_in_a_process_without_chunks(ranks, single):
     split, alone = _same_in_both(ranks, "layers_all_idle_rank"), single["layers_all_idle_rank"]
     assert [row["name"] for row in alone["checks"][0]["layers"]] == ["0", "1", "2"]

@@ -95,6 +95,19 @@ def reduce_stats(stats: BlockStats, world: World) -> None:
     stats.values.copy_(v.to(stats.values.device))
 
 
+def least_across(value: int | None, world: World) -> int | None:
+    """The least of ``value`` over the processes of ``world``, None where every process has None
+    (``value`` itself in a single process). A collective: every process calls it."""
+    if world.size == 1:
+        return value
+    import torch.distributed as dist
+
+    gathered: list[int | None] = [None] * world.size
+    dist.all_gather_object(gathered, value)
+    known = [int(v) for v in gathered if v is not None]
+    return min(known) if known else None
+
+
 def merged_failures(failed: dict[int, str], world: World, at: dict[int, int] | None = None) -> dict[int, str]:
     """The checks that failed in any process, each with one message, the same on every rank (a
     single process gets ``failed`` itself). ``at`` gives the sample index of the chunk where each

@@ -39,6 +39,12 @@ class ChunkGrid:
     max_rows: int | None
     #: Checks that could not be measured, with their error (reported as error rows).
     failed: dict[int, str] = field(default_factory=dict)
+    #: The first sample index of the chunk where each check of ``failed`` failed (processes keep
+    #: the message of the earliest chunk, as one process measuring them in order does).
+    failed_at: dict[int, int] = field(default_factory=dict)
+    #: The process that takes the first chunk of the next :meth:`run` (each round of sequential
+    #: sampling starts where the last one's process left off, see :meth:`run`).
+    first_rank: int = 0
 
     def active(self, spec: Spec) -> list[int] | None:
         """The checks still measured (None: all)."""
@@ -56,7 +62,7 @@ class ChunkGrid:
             j = int(m.group(1)) if m is not None else None
             if j is None or j in self.failed or j >= len(spec.checks):
                 raise exc
-            self.failed[j] = str(exc)
+            self.failed[j], self.failed_at[j] = str(exc), start
             return
         try:
             self.measure(spec, stats, start, length, [])  # the points and the base forward alone
@@ -68,7 +74,7 @@ class ChunkGrid:
             except Exception as alone:
                 if is_oom(alone) or type(alone) is not type(exc):
                     raise exc from None
-                self.failed[j] = str(spec.error(f"checks[{j}]", first_line(alone)))
+                self.failed[j], self.failed_at[j] = str(spec.error(f"checks[{j}]", first_line(alone))), start
                 return
         raise exc
 
@@ -80,7 +86,11 @@ class ChunkGrid:
         starts = list(range(begin, n, self.chunk_size))
         step = self.chunk_size
         samples_done = begin
-        for start in starts[world.rank :: world.size]:
+        mine = [s for i, s in enumerate(starts) if (self.first_rank + i) % world.size == world.rank]
+        # A next round redoes the partial block at the end of this one whole: it goes to the process
+        # that folded that block's first samples (per-channel sums are that process's own).
+        self.first_rank = (self.first_rank + ((n // BLOCK) * BLOCK - begin) // self.chunk_size) % world.size
+        for start in mine:
             end = min(start + self.chunk_size, round_up(n, BLOCK))
             pos = start
             while pos < end:

@@ -20,6 +20,7 @@ from transforms_zoo import Compose
 
 from .channels import ChannelTable
 from .distances import relative_l2
+from .distributed import World
 from .estimator import BlockStats
 from ..errors import did_you_mean
 from ..spec import Spec
@@ -277,6 +278,28 @@ class LayerPlan:
         old = self.identity.get((j, name))
         self.identity[(j, name)] = count if old is None else old + count
         return kept & ~still
+
+    def reduce(self, world: World) -> None:
+        """Merge what the processes saw of the layers, on every process (a collective: each calls
+        it once, after its chunks, whether it got any): the layers with feature maps, the skip
+        reasons (the lowest rank's first), the strides, the identity draws, the per-channel sums."""
+        if world.size > 1:
+            import torch.distributed as dist
+
+            mine = (self.maps, self.skipped, self.strided, {k: int(v) for k, v in self.identity.items()})
+            gathered: list[Any] = [None] * world.size
+            dist.all_gather_object(gathered, mine)
+            identity: dict[tuple[int, str], int] = {}
+            for maps, skipped, strided, counts in gathered:
+                self.maps |= maps
+                for key, reason in skipped.items():
+                    self.skipped.setdefault(key, reason)
+                self.strided.update(strided)
+                for key, count in counts.items():
+                    identity[key] = identity.get(key, 0) + count
+            self.identity = {key: torch.tensor(count) for key, count in identity.items()}
+        if self.channels is not None:
+            self.channels.reduce()
 
     def results(self, j: int, summaries: list[Any]) -> list[dict[str, Any]] | None:
         """Check ``j``'s per-layer rows of the report (None: the check has none)."""

@@ -28,7 +28,7 @@ from . import chunk
 from .chunking import (Probe, auto_batch_size, bounded_chunk, device_chunk, forward_rows, free_device_bytes, probe,
                        remembered_probe, round_up)
 from .device import Autocast, model_dtype, resolve_device
-from .distributed import World, current_world, merged_failures, reduce_stats
+from .distributed import World, current_world, least_across, merged_failures, reduce_stats
 from .estimator import BLOCK, BlockStats, Summary
 from .extras import inverse_hints, noise_floors
 from .grid import ChunkGrid, Progress
@@ -197,8 +197,9 @@ def _measure(target: _Target, spec: Spec, batch_size: int | None, progress: Prog
                        keep_values=keep_count(keep_samples, most))
     grid = ChunkGrid(target.forward, target.world, target.dev, target.plan, sampler, chunk_size,
                      batch_size is not None, progress, max_rows)
-    chunk_size = grid.chunk_size = grid.run(spec, local)  # later rounds keep a size that fits
-    grid.failed = merged_failures(grid.failed, target.world)
+    # later rounds keep a size that fits every process (each backs off on its own out-of-memory)
+    chunk_size = grid.chunk_size = least_across(grid.run(spec, local), target.world)
+    grid.failed = merged_failures(grid.failed, target.world, grid.failed_at)
     stats = _reduced(local, target.world)
     if eps is not None:
         while True:
@@ -213,10 +214,11 @@ def _measure(target: _Target, spec: Spec, batch_size: int | None, progress: Prog
             local.clear_from(begin)
             spec = spec.replace(samples=n_next)
             grid.run(spec, local, begin=begin)
-            grid.failed = merged_failures(grid.failed, target.world)
+            grid.failed = merged_failures(grid.failed, target.world, grid.failed_at)
             stats = _reduced(local, target.world)
     if plan is not None:
         plan.tap.remove()
+        plan.reduce(target.world)
     return _Measured(spec, sampler, stats, chunk_size, eps, grid.failed, derived)
 
 
@@ -253,23 +255,12 @@ def _chunk_size(target: _Target, spec: Spec, sampler: PointSampler, batch_size: 
             max_rows = forward_rows(measured.layer, dev)
         else:  # the layer taps record each check's rows in one call: bound the chunk instead
             size = auto_batch_size(sample_numel, dev, spec.samples, layer_bytes=measured.layer, copies=copies)
-    free = free_device_bytes(dev) if measured is not None else None
-    if free is not None:
-        free = _least_across(free, target.world)  # every process must cut the same chunk grid
-        size = device_chunk(free, measured.device_bytes(), spec.samples, copies)
+    if measured is not None and dev.type == "cuda":  # every process must cut the same chunk grid,
+        free = least_across(free_device_bytes(dev), target.world)  # and join the gather: even one
+        if free is not None:  # whose driver could not say how much memory is free
+            size = device_chunk(free, measured.device_bytes(), spec.samples, copies)
     held = measured.held(copies) if measured is not None else None
     return bounded_chunk(size, dev, held, target.world.size, spec.samples), max_rows
-
-
-def _least_across(value: int, world: World) -> int:
-    """The least of ``value`` over the processes of ``world`` (``value`` in a single process)."""
-    if world.size == 1:
-        return value
-    import torch.distributed as dist
-
-    gathered: list[int | None] = [None] * world.size
-    dist.all_gather_object(gathered, value)
-    return min(int(v) for v in gathered if v is not None)
 
 
 def _next_sample_count(summaries: list[Summary], target: float, n: int, cap: int) -> int | None:

@@ -208,9 +208,20 @@ def test_cli_precision_eps_and_quantiles(project):
     assert r.exit_code == 2 and "--max-samples" in r.output
 
 
+@pytest.mark.parametrize("numpy_path", [True, False])
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 64, 101, 4096])
-def test_column_quantiles_equal_torch_quantile_bit_for_bit(n):
+def test_column_quantiles_equal_torch_quantile_bit_for_bit(n, numpy_path, monkeypatch):
+    """On the host the order statistics come from one numpy partition, elsewhere (or without
+    numpy) from topk and kthvalue: both equal torch.quantile exactly."""
+    import numpy
+
     from eqaudit.engine.estimator import QUANTILES, column_quantiles
+
+    if not numpy_path:
+        def unavailable(*_args, **_kwargs):
+            raise TypeError("numpy path off")
+
+        monkeypatch.setattr(numpy, "partition", unavailable)
 
     g = torch.Generator().manual_seed(n)
     values = torch.rand(n, 3, generator=g, dtype=torch.float64) ** 3

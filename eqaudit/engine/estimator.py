@@ -143,7 +143,7 @@ def column_quantiles(values: torch.Tensor) -> list[tuple[float, float, float, in
 
 def _order_quantiles(rows: torch.Tensor, n: int) -> list[tuple[float, float, float, int]]:
     """Quantiles of each row of ``rows`` (``(k, n)``, all values present): the order statistics
-    around each rank ``q (n - 1)`` (tail ones from one ``topk``, the rest by ``kthvalue``), then
+    around each rank ``q (n - 1)`` (see :func:`_order_statistics`), then
     ``lerp`` with the rank's fraction, as ``torch.quantile`` does."""
     k = rows.shape[0]
     if n == 0:
@@ -152,16 +152,34 @@ def _order_quantiles(rows: torch.Tensor, n: int) -> list[tuple[float, float, flo
     below = [int(r) for r in ranks]
     above = [math.ceil(r) for r in ranks]
     wanted = sorted(set(below + above))
-    tail = [r for r in wanted if r >= 0.9 * (n - 1)]
-    stats = {r: torch.kthvalue(rows, r + 1, dim=1).values for r in wanted if r not in tail}
-    if tail:
-        top = torch.topk(rows, n - tail[0], dim=1).values  # descending: rank r is top[n - 1 - r]
-        stats.update({r: top[:, n - 1 - r] for r in tail})
+    stats = _order_statistics(rows, n, wanted)
     lo = torch.stack([stats[r] for r in below], dim=1)
     hi = torch.stack([stats[r] for r in above], dim=1)
     weights = torch.tensor([r - b for r, b in zip(ranks, below)], dtype=rows.dtype, device=rows.device)
     q = torch.lerp(lo, hi, weights).tolist()
     return [(row[0], row[1], row[2], n) for row in q]
+
+
+def _order_statistics(rows: torch.Tensor, n: int, wanted: list[int]) -> dict[int, torch.Tensor]:
+    """The order statistics of rank ``r`` (0-based) of each row, for each ``r`` in ``wanted``:
+    one ``numpy.partition`` of every row around all the ranks on the host (about a tenth of the
+    time of the torch calls), else the tail ranks from one ``topk`` and the rest by ``kthvalue``.
+    Exact values either way: an order statistic is one of the row's values."""
+    if rows.device.type == "cpu":
+        try:
+            import numpy
+
+            part = numpy.partition(rows.numpy(), wanted, axis=1)
+        except (ImportError, RuntimeError, TypeError):  # no numpy, or a tensor numpy cannot view
+            pass
+        else:
+            return {r: torch.from_numpy(part[:, r].copy()) for r in wanted}
+    tail = [r for r in wanted if r >= 0.9 * (n - 1)]
+    stats = {r: torch.kthvalue(rows, r + 1, dim=1).values for r in wanted if r not in tail}
+    if tail:
+        top = torch.topk(rows, n - tail[0], dim=1).values  # descending: rank r is top[n - 1 - r]
+        stats.update({r: top[:, n - 1 - r] for r in tail})
+    return stats
 
 
 def _finish(

@@ -24,6 +24,11 @@ CUDA policy picks for an 80 GB device (``chunk_cuda_80gb_*``; the random draws o
 path, as on CUDA) and of the ideal's two forward passes (``ops_eqaudit_*``, ``ops_ideal_*``): a
 device-independent proxy for the kernel launches a GPU would make.
 
+Every contender runs with glibc told to serve blocks up to 32 MiB from its heap
+(:func:`eqaudit.allocator.steady_allocator`, as the ``eqaudit`` command does): with glibc's
+defaults each large activation is mapped afresh and page-faulted in on every call, which made
+the best batch run at twice eqaudit's time (``--default-allocator`` times with the defaults).
+
 Ratios come from one run so machine noise cancels: ratio_vs_ideal is the median over rounds of
 a / b timed in the same round, speedup_vs_original the median of c / a; the times printed are
 medians. Each model is timed in a fresh process (``--same-process``: all in this one, in turn),
@@ -62,6 +67,7 @@ sys.path.insert(0, str(ROOT))
 from eqaudit.engine.chunk import copies_per_sample  # noqa: E402
 from eqaudit.engine.chunking import device_chunk, probe  # noqa: E402
 from eqaudit.engine.estimator import BLOCK  # noqa: E402
+from eqaudit.allocator import steady_allocator  # noqa: E402
 from eqaudit.engine.run import audit  # noqa: E402
 from eqaudit.spec import spec_from_dict  # noqa: E402
 import transforms_zoo  # noqa: E402
@@ -196,27 +202,6 @@ def best_batch_size(model: nn.Module, spec, device: torch.device, smallest: int 
             go()
             times[b].append(time.perf_counter() - t0)
     return min(times, key=lambda b: statistics.median(times[b]))
-
-
-#: glibc's malloc options for the timing runs (see :func:`steady_allocator`).
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-MMAP_THRESHOLD_MAX = 32 << 20  # glibc's ceiling on 64-bit
-
-
-def steady_allocator() -> bool:
-    """Tell glibc to serve blocks up to 32 MiB from its heap and to keep freed memory, for every
-    contender of the timing runs alike (True when it took). By default glibc maps each large block
-    afresh and returns it on free, so a forward pass whose activations cross the (adaptive) mmap
-    threshold page-faults its outputs in on every call: the same 64-row CNN calls took 4.7 s or
-    2.2 s depending on what the process had allocated before, and the best-batch baseline, timed
-    with such faults, ran at twice eqaudit's time. The limit is the forward passes, not the faults."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
-    except (OSError, AttributeError):  # not glibc
-        return False
 
 
 class OpCounter(TorchDispatchMode):
@@ -365,7 +350,7 @@ def rounds_child(case: str, n: int, repeats: int, device: str, allocator: bool =
 
 
 def _rounds_in_this_process(case: str, n: int, repeats: int, device_name: str, allocator: bool = True) -> dict[str, Any]:
-    steady = steady_allocator() if allocator else False
+    steady = steady_allocator(force=True) if allocator else False
     device = torch.device(device_name)
     model, spec = build(case, n, device)
     best = best_batch_size(model, spec, device)
@@ -430,7 +415,7 @@ def main() -> None:
     ap.add_argument("--same-process", action="store_true",
                     help="time every model in this process, one after the other (default: each in a fresh one)")
     ap.add_argument("--default-allocator", action="store_true",
-                    help="time with glibc's default malloc options (see steady_allocator)")
+                    help="time with glibc's default malloc options (see eqaudit.allocator)")
     args = ap.parse_args()
     device = torch.device(args.device)
     result: dict[str, Any] = {

@@ -139,5 +139,9 @@ def _root(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point (also ``python -m eqaudit``): the process's allocator set for
+    repeated model calls (:mod:`eqaudit.allocator`), then the app."""
+    from ..allocator import steady_allocator
+
+    steady_allocator()
     app()

@@ -5,7 +5,7 @@ mapped afresh and page-faulted in on every model call.
 glibc maps blocks above an adaptive threshold (128 KiB at start) with ``mmap`` and unmaps them on
 free; a CPU audit allocates and frees the same activation sizes thousands of times, so by
 default much of its time goes to zeroing fresh pages. The first audit in a process suffered
-most: the benchmark CNN's audit took 5.1-5.3 s in a fresh process against 3.1-3.3 s with these
+most: the benchmark CNN's audit took 3.9-5.3 s in a fresh process against 2.8-3.3 s with these
 settings (``benchmarks/README.md``). The console script applies them at start
 (:func:`steady_allocator`); the library leaves the caller's process as it is (set
 ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824`` to get the same).

@@ -104,3 +104,25 @@ def write_spec(folder: Path, text: str, name: str = "spec.yaml") -> Path:
     path = folder / name
     path.write_text(textwrap.dedent(text).lstrip())
     return path
+
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_configs"
+
+
+def write_digits_spec(path: Path, checks: str, *, distance: str, samples: int, seed: int) -> Path:
+    """A spec of the bundled digits model and data (sample_configs/digits.yaml's) with ``checks``
+    (YAML list items, indented two spaces) at ``path``."""
+    path.write_text(f"""
+model:
+  factory: {SAMPLES / 'sample_models' / 'digits.py'}:SmallCNN
+  kwargs: {{channels: 16}}
+  checkpoint: {SAMPLES / 'digits_cnn.safetensors'}
+input:
+  data: {SAMPLES / 'digits.safetensors'}:val_images
+distance: {distance}
+samples: {samples}
+seed: {seed}
+checks:
+{checks}
+""")
+    return path

@@ -20,29 +20,14 @@ from eqaudit.errors import EqauditError
 from eqaudit.spec import load_spec
 from transforms_zoo import SampleRNG
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = ROOT / "sample_configs"
+from conftest import write_digits_spec
+
 N = 256
 
 
 def _spec_file(tmp_path: Path, checks: str, distance: str = "label_flip") -> Path:
-    """A spec of the bundled digits model and data (sample_configs/digits.yaml's) with ``checks``."""
-    text = f"""
-model:
-  factory: {SAMPLES / 'sample_models' / 'digits.py'}:SmallCNN
-  kwargs: {{channels: 16}}
-  checkpoint: {SAMPLES / 'digits_cnn.safetensors'}
-input:
-  data: {SAMPLES / 'digits.safetensors'}:val_images
-distance: {distance}
-samples: {N}
-seed: 0
-checks:
-{checks}
-"""
-    path = tmp_path / "flips.yaml"
-    path.write_text(text)
-    return path
+    """A spec of the bundled digits model and data with ``checks``."""
+    return write_digits_spec(tmp_path / "flips.yaml", checks, distance=distance, samples=N, seed=0)
 
 
 CHECKS = """  - name: hflip

@@ -22,28 +22,15 @@ from eqaudit.engine.sampling import PointSampler
 from eqaudit.spec import load_spec
 from transforms_zoo import SampleRNG
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = ROOT / "sample_configs"
+from conftest import write_digits_spec
+
 N = 128
 ROTATE = "{rotate: {degrees: [-30, 30]}}"
 
 
 def _spec_file(tmp_path: Path, checks: str) -> Path:
-    """The bundled digits model and data (sample_configs/digits.yaml's) with ``checks``."""
-    path = tmp_path / "worst.yaml"
-    path.write_text(f"""
-model:
-  factory: {SAMPLES / 'sample_models' / 'digits.py'}:SmallCNN
-  kwargs: {{channels: 16}}
-  checkpoint: {SAMPLES / 'digits_cnn.safetensors'}
-input:
-  data: {SAMPLES / 'digits.safetensors'}:val_images
-distance: relative_l2
-samples: {N}
-seed: 3
-checks:
-{checks}""")
-    return path
+    """The bundled digits model and data with ``checks``."""
+    return write_digits_spec(tmp_path / "worst.yaml", checks, distance="relative_l2", samples=N, seed=3)
 
 
 def _points(path: Path) -> tuple[object, torch.nn.Module, torch.Tensor]:

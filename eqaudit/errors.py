@@ -18,6 +18,13 @@ def one_line(text: str) -> str:
     return str(text).translate(_ESCAPE_BREAKS)
 
 
+def squeezed(text: object, limit: int = 300) -> str:
+    """``text`` on one line (every run of whitespace one space), cut to ``limit`` characters with
+    ``...``: how a library's long or multi-line message is quoted inside an error."""
+    s = " ".join(str(text).split())
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
 def first_line(exc: BaseException) -> str:
     """``Type: first line of the message`` of an exception raised by user or library code (a
     multi-line message, such as a C++ stack, is cut to its first line)."""

@@ -44,7 +44,7 @@ from .factory import build_from_factory, factory_label, type_name
 from .files import require_regular_file
 from .pickle_scan import load_pickle
 from .state_dict import diagnose, strip_prefix, unwrap
-from ..errors import EqauditError
+from ..errors import EqauditError, squeezed
 
 __all__ = ["ExportedModule", "load_model", "model_device", "model_dtype"]
 
@@ -70,11 +70,6 @@ def model_device(model: Any) -> torch.device:
             for t in it:
                 return t.device
     return torch.device("cpu")
-
-
-def _one_line(text: object, limit: int = 300) -> str:
-    s = " ".join(str(text).split())
-    return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
 class _Loader:
@@ -182,7 +177,7 @@ class _Loader:
         try:
             return load_file(str(self.path), device="cpu")
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise self.ckpt_error(f"cannot read it as safetensors: {_one_line(exc)}",
+            raise self.ckpt_error(f"cannot read it as safetensors: {squeezed(exc)}",
                                   "the file may be corrupt or truncated; re-save it") from None
 
     def _load_torchscript(self) -> nn.Module:
@@ -191,7 +186,7 @@ class _Loader:
                 warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*torch\.jit")
                 return torch.jit.load(str(self.path), map_location=self.map_location)
         except Exception as exc:  # noqa: BLE001 - torch raises anything on a broken archive
-            raise self.ckpt_error(f"cannot load the TorchScript archive: {_one_line(exc)}",
+            raise self.ckpt_error(f"cannot load the TorchScript archive: {squeezed(exc)}",
                                   "the file may be corrupt or truncated; re-save it with torch.jit.save") from None
 
     # state dicts ---------------------------------------------------------------------------
@@ -225,7 +220,7 @@ class _Loader:
         try:
             model.load_state_dict(state, strict=True)
         except Exception as exc:  # noqa: BLE001 - torch's own load errors
-            raise self.ckpt_error(f"loading the state dict into '{label}' failed: {_one_line(exc)}",
+            raise self.ckpt_error(f"loading the state dict into '{label}' failed: {squeezed(exc)}",
                                   "check model.factory and model.kwargs") from None
         return self._place(model)
 

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import EqauditError
+from ..errors import EqauditError, squeezed
 
 __all__ = ["ExportedModule", "load_exported", "unsafe_members"]
 
@@ -46,11 +46,6 @@ _SHOW = 5
 #: refused as too large to inspect (configs and payloads are small; weights are raw bytes).
 _MAX_INSPECTED = 256 << 20
 _OBJECT_PREFIXES = ("custom_obj", "opaque_obj")
-
-
-def _one_line(text: object, limit: int = 300) -> str:
-    s = " ".join(str(text).split())
-    return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
 class ExportedModule(nn.Module):
@@ -79,7 +74,7 @@ class ExportedModule(nn.Module):
             if "Guard failed" not in str(exc):
                 raise
             raise EqauditError(
-                f"the exported program in '{self.label}' rejects this input: {_one_line(exc)}",
+                f"the exported program in '{self.label}' rejects this input: {squeezed(exc)}",
                 key="model.checkpoint",
                 hint="check input.shape, or export the model with dynamic_shapes",
             ) from None
@@ -168,7 +163,7 @@ def _json_findings(value: Any, member: str, found: list[str]) -> None:
             if isinstance(path_name, str) and path_name.startswith(_OBJECT_PREFIXES):
                 found.append(f"{member} (a pickled object: {path_name})")
             if "expr_str" in item and not safe_sym_expr(item["expr_str"]):
-                found.append(f"{member} (a symbolic shape that is code: {_one_line(item['expr_str'], 80)})")
+                found.append(f"{member} (a symbolic shape that is code: {squeezed(item['expr_str'], 80)})")
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
@@ -282,9 +277,9 @@ def load_exported(path: Path, trust: bool, error: Callable[[str, str], EqauditEr
             module = program.module()
     except Exception as exc:  # noqa: BLE001 - torch raises anything on a broken archive
         if not trust and isinstance(exc, pickle.UnpicklingError):
-            raise error(f"this torch.export archive carries pickled Python objects ({_one_line(exc, 160)}); "
+            raise error(f"this torch.export archive carries pickled Python objects ({squeezed(exc, 160)}); "
                         "loading them could execute code from the file", TRUST_HINT) from None
-        raise error(f"cannot load the torch.export program: {type(exc).__name__}: {_one_line(exc)}",
+        raise error(f"cannot load the torch.export program: {type(exc).__name__}: {squeezed(exc)}",
                     "the file may be corrupt, or saved by an incompatible torch version") from None
     return ExportedModule(module, _static_batch(program), path.name)
 

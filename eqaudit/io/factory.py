@@ -12,7 +12,7 @@ from torch import nn
 
 from transforms_zoo._resolve import ReferenceError_, resolve_reference
 
-from ..errors import EqauditError
+from ..errors import EqauditError, squeezed
 
 __all__ = ["build_from_factory", "factory_label", "type_name"]
 
@@ -23,11 +23,6 @@ def type_name(obj: Any) -> str:
     """``int``, or ``package.module.Class`` for non-builtin types."""
     t = type(obj)
     return t.__name__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
-
-
-def _one_line(text: object, limit: int = 300) -> str:
-    s = " ".join(str(text).split())
-    return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
 def factory_label(factory: str | Callable) -> str:
@@ -89,7 +84,7 @@ def build_from_factory(factory: str | Callable, kwargs: Any, base_dir: Path | No
     except EqauditError:
         raise
     except Exception as exc:  # noqa: BLE001 - the user's factory raised
-        raise error("model.factory", f"calling '{label}' failed: {type(exc).__name__}: {_one_line(exc)}",
+        raise error("model.factory", f"calling '{label}' failed: {type(exc).__name__}: {squeezed(exc)}",
                     "check model.kwargs and the factory's code") from None
     if not isinstance(model, nn.Module):
         raise error("model.factory", f"'{label}' returned {type_name(model)}, not a torch.nn.Module",

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..errors import EqauditError
+from ..errors import EqauditError, squeezed
 
 __all__ = ["TRUST_HINT", "is_raw_pickle", "load_pickle"]
 
@@ -31,11 +31,6 @@ _CORRUPT_HINT = ("the file may be corrupt or truncated, or not a safetensors / t
                  "/ torch.export file; re-save it")
 #: The first bytes of torch's legacy (non-zip) ``torch.save`` format: protocol 2, then its magic number.
 _LEGACY_TORCH = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
-
-
-def _one_line(text: object, limit: int = 300) -> str:
-    s = " ".join(str(text).split())
-    return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
 def is_raw_pickle(head: bytes) -> bool:
@@ -64,9 +59,9 @@ def on_sys_path(base_dir: Path | None) -> Iterator[None]:
 def _unpickling_reason(text: str) -> str:
     m = re.search(r"WeightsUnpickler error:(.*?)(?:Check the documentation|$)", text, re.DOTALL)
     if m and m.group(1).strip():
-        return _one_line(m.group(1), 160)
+        return squeezed(m.group(1), 160)
     lines = [ln for ln in text.splitlines() if ln.strip()]
-    return _one_line(lines[-1] if lines else text, 160)
+    return squeezed(lines[-1] if lines else text, 160)
 
 
 def load_pickle(path: Path, head: bytes, trust: bool, base_dir: Path | None,
@@ -95,7 +90,7 @@ def load_pickle(path: Path, head: bytes, trust: bool, base_dir: Path | None,
             raise error(f"the file is a pickle that references Python code ({what}), e.g. a whole pickled "
                         "nn.Module; loading it would execute code from the file", TRUST_HINT) from None
     except Exception as exc:  # noqa: BLE001 - zip errors, EOF, bad magic number, ...
-        raise error(f"not a readable PyTorch checkpoint ({type(exc).__name__}: {_one_line(exc, 200)})",
+        raise error(f"not a readable PyTorch checkpoint ({type(exc).__name__}: {squeezed(exc, 200)})",
                     _CORRUPT_HINT) from None
     return _trusted(path, base_dir, error, raw=False)
 
@@ -110,6 +105,6 @@ def _trusted(path: Path, base_dir: Path | None, error: Callable[[str, str], Eqau
                     return pickle.load(fh)  # noqa: S301 - the user trusts this file
             return torch.load(str(path), map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - anything the pickled code raises
-        raise error(f"loading it with --trust-checkpoint failed: {type(exc).__name__}: {_one_line(exc)}",
+        raise error(f"loading it with --trust-checkpoint failed: {type(exc).__name__}: {squeezed(exc)}",
                     "the classes it was pickled with must be importable (same module path as when it was saved)"
                     ) from None

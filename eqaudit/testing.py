@@ -27,7 +27,6 @@ This module imports torch only when an assertion runs.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import math
 from collections.abc import Iterator, Mapping, Sequence

@@ -7,15 +7,14 @@ from __future__ import annotations
 from typing import Any
 
 from .compare import Comparison, Difference
-from .render import format_number
+from .render import _interval, _md, confidence_label, format_number
 
 
 def change_text(d: Difference) -> str:
     """``+0.0123 [0.0101, 0.0145] (+12%, paired)``: the change, its interval, the relative change."""
     sign = "+" if d.change > 0 else ""
     rel = f"{d.relative * 100:+.3g}%, " if d.relative == d.relative else ""
-    return (f"{sign}{format_number(d.change)} [{format_number(d.ci_low)}, {format_number(d.ci_high)}] "
-            f"({rel}{d.interval})")
+    return f"{sign}{format_number(d.change)} {_interval(d.ci_low, d.ci_high)} ({rel}{d.interval})"
 
 
 def verdict(d: Difference) -> str:
@@ -37,8 +36,7 @@ _MD = {"regressed": "❌ regressed", "improved": "✅ improved", "same": "➖ sa
 
 def _title(comparison: Comparison) -> str:
     limit = f"> {comparison.tolerance:.3g} x reference" if comparison.tolerance else "any significant increase"
-    conf = comparison.reports[0].checks[0].confidence if comparison.reports[0].checks else 0.95
-    return f"change against {comparison.labels[0]} ({conf * 100:g}% CI; regression: {limit})"
+    return f"change against {comparison.labels[0]} ({confidence_label(comparison.reports[0])}; regression: {limit})"
 
 
 def rich_table(comparison: Comparison) -> Any:
@@ -65,7 +63,7 @@ def rich_table(comparison: Comparison) -> Any:
             cells += [escape(label)] if several else []
             sign = "+" if d.change > 0 else ""
             cells += [_mean_cell(new), f"{sign}{format_number(d.change)}",
-                      f"[{format_number(d.ci_low)}, {format_number(d.ci_high)}] {d.interval}", _RICH[verdict(d)]]
+                      f"{_interval(d.ci_low, d.ci_high)} {d.interval}", _RICH[verdict(d)]]
             table.add_row(*cells)
     return table
 
@@ -94,7 +92,3 @@ def markdown(comparison: Comparison) -> str:
             cells += [format_number(d.new), _md(change_text(d)), _MD[verdict(d)]]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join([*head, *rows, ""])
-
-
-def _md(text: str) -> str:
-    return text.replace("|", "\\|")

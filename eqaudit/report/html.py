@@ -5,13 +5,13 @@ samples of each failing check side by side."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from html import escape
 from typing import Any
 
 from . import png, svg
-from .render import footer, format_number
+from .render import _interval, _sides, confidence_label, footer, format_number
+from .render import _num as _f
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#1a202c;max-width:1200px}
@@ -61,20 +61,16 @@ def render_html(report: Any, samples: Sequence[Any] = (), sweep: Any = None,
             + "\n".join(b for b in body if b) + "\n</body></html>\n")
 
 
-def _interval(lo: Any, hi: Any) -> str:
-    return f"[{format_number(lo)}, {format_number(hi)}]"
-
-
 def _summary(report: Any, shared: Any) -> str:
     rows = []
     for c in report.checks:
         kind, word = _status(c)
-        sides = (f"both: {c.input}", "(same draw)") if c.name in shared else (c.input, c.output)
+        sides = _sides(c, shared)
         rows.append([f'<a href="#check-{escape(c.name)}">{escape(c.name)}</a>', escape(sides[0]), escape(sides[1]),
                      escape(c.distance), _num(c.mean), _num_text(_interval(c.ci_low, c.ci_high)), _num(c.threshold),
                      f'<span class="{kind}">{word}</span>'])
-    return _table(["check", "input", "output", "distance", "mean", f"{report.checks[0].confidence * 100:g}% CI"
-                   if report.checks else "CI", "threshold", "status"], rows)
+    return _table(["check", "input", "output", "distance", "mean", confidence_label(report) if report.checks else "CI",
+                   "threshold", "status"], rows)
 
 
 def _num(x: Any) -> str:
@@ -117,10 +113,6 @@ def _layer_rows(report: Any) -> list[list[str]]:
                 rows.append([escape(c.name), escape(r["name"]), _num(_f(r["mean"])),
                              _num_text(_interval(_f(r["ci_low"]), _f(r["ci_high"]))), _num(_f(r["max"]))])
     return rows
-
-
-def _f(x: Any) -> float:
-    return math.nan if x is None else float(x)
 
 
 def _check_section(c: Any, samples: Any, shared: bool = False) -> str:

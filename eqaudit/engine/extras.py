@@ -5,6 +5,7 @@ batch sizes) and the hint that a failing check's output transform may be inverte
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -31,21 +32,40 @@ class _Doubled:
         return self.model(torch.cat([x, x]))[: x.shape[0]]
 
 
-def noise_floors(model: Any, spec: Spec, sampler: PointSampler, dev: torch.device) -> list[float]:
+class FirstBlock:
+    """The first ``min(samples, 64)`` samples as the audit draws them (the generator of their
+    draws, their points) and the model's outputs there: what the noise floors and the inverse
+    hints measure on, drawn and forwarded at most once for all of them (on first use)."""
+
+    def __init__(self, model: Any, spec: Spec, sampler: PointSampler, dev: torch.device) -> None:
+        self.model, self.spec, self.sampler = model, spec, sampler
+        self.rng = SampleRNG.for_range(spec.seed, 0, min(spec.samples, BLOCK), dev)
+
+    @functools.cached_property
+    def x(self) -> torch.Tensor:
+        """The points."""
+        return self.sampler.draw(self.rng)
+
+    @functools.cached_property
+    def y(self) -> torch.Tensor:
+        """``model(x)``, checked by :func:`forward_once` (a failure raises each time it is asked)."""
+        return forward_once(self.model, self.x, self.spec, "input.shape")
+
+
+def noise_floors(block: FirstBlock) -> list[float]:
     """Each check's distance between two evaluations of the model on the same points: the error
     of the identity transform, i.e. run-to-run nondeterminism plus the rounding differences of a
-    different batch size (the first ``min(samples, 64)`` points, forwarded alone and then
-    concatenated with themselves). Fixed points and batch sizes: independent of ``batch_size``.
+    different batch size (the points of ``block``, forwarded alone and then concatenated with
+    themselves). Fixed points and batch sizes: independent of ``batch_size``.
     NaN where the model or the distance fails."""
-    n0 = min(spec.samples, BLOCK)
-    rng = SampleRNG.for_range(spec.seed, 0, n0, dev)
-    x = sampler.draw(rng)
+    spec, rng, x = block.spec, block.rng, block.x
+    n0 = x.shape[0]
     try:
-        y, y_twice = model(x), _Doubled(model)(x)
+        y, y_twice = block.y, _Doubled(block.model)(x)
     except Exception:
         return [math.nan] * len(spec.checks)
-    if isinstance(y, torch.Tensor) and isinstance(y_twice, torch.Tensor) and y.shape[1:] != y_twice.shape[1:]:
-        raise batch_dependent_width(spec, model, n0, y, 2 * n0, y_twice)
+    if isinstance(y_twice, torch.Tensor) and y.shape[1:] != y_twice.shape[1:]:
+        raise batch_dependent_width(spec, block.model, n0, y, 2 * n0, y_twice)
     identity = build_transform("identity")
     checks = [dataclasses.replace(c, input=identity, output=identity, both=False, group=None, mode="sample",
                                   mask="none") for c in spec.checks]
@@ -74,24 +94,29 @@ def first_block_errors(model: Any, spec: Spec, sampler: PointSampler, dev: torch
                        outputs: list[Any]) -> list[torch.Tensor]:
     """Check ``j``'s per-sample errors on the first 64 samples (the audit's draws) with each of
     ``outputs`` as its output transform."""
-    n0 = min(spec.samples, BLOCK)
-    rng = SampleRNG.for_range(spec.seed, 0, n0, dev)
-    x = sampler.draw(rng)
-    y = forward_once(model, x, spec, "input.shape")
+    return block_errors(FirstBlock(model, spec, sampler, dev), j, outputs)
+
+
+def block_errors(block: FirstBlock, j: int, outputs: list[Any]) -> list[torch.Tensor]:
+    """Check ``j``'s per-sample errors on the samples of ``block`` with each of ``outputs`` as its
+    output transform."""
+    y = block.y
     errors = []
     for output in outputs:
-        checks = list(spec.checks)
+        checks = list(block.spec.checks)
         checks[j] = dataclasses.replace(checks[j], output=output)
-        errors.append(evaluate_checks(model, checks, x, y, rng, spec, chosen=[j]).checks[0].errors)
+        errors.append(evaluate_checks(block.model, checks, block.x, y, block.rng, block.spec,
+                                      chosen=[j]).checks[0].errors)
     return errors
 
 
-def inverse_hints(model: Any, spec: Spec, sampler: PointSampler, dev: torch.device,
-                  failing: list[bool]) -> dict[int, str]:
+def inverse_hints(block: FirstBlock, failing: list[bool]) -> dict[int, str]:
     """For each failing check whose output transform the zoo can invert: when the inverted output
-    transform fits at least 10x better on the first 64 samples, a hint that it may be inverted."""
+    transform fits at least 10x better on the samples of ``block``, a hint that it
+    may be inverted."""
     from transforms_zoo.group import inverse_of
 
+    spec = block.spec
     hints: dict[int, str] = {}
     for j, check in enumerate(spec.checks):
         if not failing[j] or check.output.name == "identity":
@@ -103,8 +128,7 @@ def inverse_hints(model: Any, spec: Spec, sampler: PointSampler, dev: torch.devi
             inv_text = inv.describe()
             if inv_text == check.output.describe():
                 continue  # self-inverse: nothing to learn
-            base, flipped = (float(e.mean()) for e in first_block_errors(model, spec, sampler, dev, j,
-                                                                          [check.output, inv]))
+            base, flipped = (float(e.mean()) for e in block_errors(block, j, [check.output, inv]))
         except Exception:
             continue
         if math.isfinite(base) and math.isfinite(flipped) and base > 0 and flipped * 10 <= base:

@@ -30,7 +30,7 @@ from .chunking import (Probe, auto_batch_size, bounded_chunk, device_chunk, forw
 from .device import Autocast, model_dtype, resolve_device
 from .distributed import World, current_world, least_across, merged_failures, reduce_stats
 from .estimator import BLOCK, BlockStats, Summary
-from .extras import inverse_hints, noise_floors
+from .extras import FirstBlock, inverse_hints, noise_floors
 from .grid import ChunkGrid, Progress
 from .kept import keep_count, sample_errors
 from .layers import LayerPlan
@@ -301,11 +301,12 @@ class _Extras:
 def _extras(target: _Target, measured: _Measured, noise_floor: bool, confidence: float, gate: str) -> _Extras:
     """The summaries, and beside them the noise floors and the inverse-output hints."""
     spec = measured.spec
-    floors = noise_floors(target.forward, spec, measured.sampler, target.dev) if noise_floor else None
+    block = FirstBlock(target.forward, spec, measured.sampler, target.dev)  # drawn and forwarded once for both
+    floors = noise_floors(block) if noise_floor else None
     summaries = measured.stats.summaries(confidence)
     failing = [j not in measured.failed and exceeds(s, gate, c.threshold)
                for j, (c, s) in enumerate(zip(spec.checks, summaries))]
-    hints = inverse_hints(target.forward, spec, measured.sampler, target.dev, failing)
+    hints = inverse_hints(block, failing)
     return _Extras(summaries, floors, hints)
 
 

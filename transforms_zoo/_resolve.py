@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,23 @@ class ReferenceError_(ValueError):
 def is_reference(text: object) -> bool:
     """True for strings of the form ``something:attr`` (and not a Windows drive letter)."""
     return isinstance(text, str) and ":" in text and not text.startswith(":") and not text.endswith(":")
+
+
+@contextlib.contextmanager
+def _on_sys_path(base: Path) -> Iterator[None]:
+    """``base`` at the front of ``sys.path`` while the body runs (left alone when already there)."""
+    entry = str(base)
+    if entry in sys.path:
+        yield
+        return
+    sys.path.insert(0, entry)
+    try:
+        yield
+    finally:
+        try:
+            sys.path.remove(entry)
+        except ValueError:  # the imported code removed it itself
+            pass
 
 
 def resolve_reference(ref: str, base_dir: str | Path | None = None) -> Any:
@@ -50,24 +69,15 @@ def resolve_reference(ref: str, base_dir: str | Path | None = None) -> Any:
                 del sys.modules[mod_name]
                 raise ReferenceError_(f"importing '{path}' failed: {first_line(exc)}") from exc
     else:
-        added = False
-        if str(base) not in sys.path:
-            sys.path.insert(0, str(base))
-            added = True
         try:
-            module = importlib.import_module(target)
+            with _on_sys_path(base):
+                module = importlib.import_module(target)
         except ModuleNotFoundError as exc:
             raise ReferenceError_(
                 f"module '{target}' not found ({exc.name} is missing)",
             ) from exc
         except Exception as exc:
             raise ReferenceError_(f"importing '{target}' failed: {first_line(exc)}") from exc
-        finally:
-            if added:
-                try:
-                    sys.path.remove(str(base))
-                except ValueError:
-                    pass
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -94,19 +104,11 @@ def reference_file(ref: str, base_dir: str | Path | None = None) -> Path | None:
     module = sys.modules.get(target)
     origin = getattr(getattr(module, "__spec__", None), "origin", None) if module is not None else None
     if origin is None:
-        added = str(base) not in sys.path
-        if added:
-            sys.path.insert(0, str(base))
         try:
-            found = importlib.util.find_spec(target)
+            with _on_sys_path(base):
+                found = importlib.util.find_spec(target)
         except Exception:  # a parent package that fails to import, a malformed name
             found = None
-        finally:
-            if added:
-                try:
-                    sys.path.remove(str(base))
-                except ValueError:
-                    pass
         origin = found.origin if found is not None else None
     path = Path(origin) if origin else None
     return path if path is not None and path.is_file() else None

@@ -91,6 +91,7 @@ def measure(
     the_spec = load_spec_file(spec)
     paths: list[Path | None] = list(checkpoint or [None])
     inputs = _inputs(spec, the_spec, paths, baseline)
+    base = many.read_baseline(baseline)  # a bad one is refused before the run
     require_plotting("--plot-layers", the_spec, plot_layers, len(paths))
     check_outputs({"--json": json_path, "--junit": junit, "--markdown": markdown, "--html": html,
                    "--plot-layers": plot_layers}, inputs)  # before the long run
@@ -109,12 +110,12 @@ def measure(
     if len(paths) > 1:
         _one_html(html)
         raise typer.Exit(many.measure_several(the_spec, paths, run, outputs))
-    report = run(paths[0], many.keeps_samples(outputs, baseline))
+    report = run(paths[0], many.keeps_samples(outputs, base))
     from ..engine.distributed import current_world
 
-    kept, comparison = many.with_baseline(report, baseline, outputs)
+    kept, comparison = many.with_baseline(report, base, outputs)
     if current_world().is_main:  # every rank holds the same report; one writes it
-        many.write_single(report, kept, baseline, comparison, outputs)
+        many.write_single(report, kept, base, comparison, outputs)
         if plot_layers is not None:
             plot_layer_channels(report, plot_layers)
         write_html(html, report, the_spec, checkpoint=paths[0], trust_checkpoint=trust_checkpoint, device=device)
@@ -136,10 +137,8 @@ def _one_html(html: Path | None) -> None:
 
 
 def _inputs(spec_path: Path, the_spec: Any, paths: list[Path | None], baseline: Path | None) -> dict[str, Any]:
-    """The run's input files by the option that names them, checked (exist, regular files); the
-    baseline is read here too, so a bad one is refused before the run."""
+    """The run's input files by the option that names them, checked (exist, regular files)."""
     from ..errors import EqauditError
-    from ..report.compare import read_reports
 
     for path in paths:
         if path is not None and not path.exists():
@@ -151,8 +150,6 @@ def _inputs(spec_path: Path, the_spec: Any, paths: list[Path | None], baseline: 
     inputs.update({f"CHECKPOINT {i + 1}": p for i, p in enumerate(paths[1:], 1)})
     inputs["--baseline"] = baseline
     check_inputs(the_spec, inputs)
-    if baseline is not None:
-        read_reports(str(baseline), "--baseline")
     return inputs
 
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..report.compare import Comparison, SampleErrors, compare_reports, parse_tolerance, read_reports, require_same_spec
+from ..report.compare import (Comparison, ReadReport, SampleErrors, compare_reports, parse_tolerance, read_reports,
+                              require_same_spec)
 
 #: Builds one checkpoint's report: ``run(checkpoint, keep_samples) -> Report`` (the audit with the
 #: CLI's options; ``keep_samples``: keep the per-sample errors on ``report.sample_errors``).
@@ -66,29 +67,45 @@ def exit_code(codes: Sequence[int]) -> int:
     return max(codes, default=0)
 
 
-def baseline_comparison(path: Path, report: Any, samples: SampleErrors | None, tolerance: str | None) -> Comparison:
+@dataclass(frozen=True)
+class Baseline:
+    """The ``--baseline`` file and the reports in it, read once before the run."""
+
+    path: Path
+    found: list[ReadReport]
+
+    @property
+    def samples(self) -> SampleErrors | None:
+        """Its per-sample errors, when it is one report that carries them."""
+        return self.found[0].samples if len(self.found) == 1 else None
+
+
+def read_baseline(path: Path | None) -> Baseline | None:
+    """The ``--baseline`` report file read (an error naming it when it is not a report); None without one."""
+    return None if path is None else Baseline(path, read_reports(str(path), "--baseline"))
+
+
+def baseline_comparison(baseline: Baseline, report: Any, samples: SampleErrors | None,
+                        tolerance: str | None) -> Comparison:
     """The run's report against the ``--baseline`` report (same spec, or exit 2 naming the file).
     Paired when both carry per-sample errors of the same points, Welch otherwise."""
     from ..errors import EqauditError
 
-    found = read_reports(str(path), "--baseline")
+    path, found = str(baseline.path), baseline.found
     if len(found) != 1:
         raise EqauditError(f"holds {len(found)} checkpoints' reports; --baseline takes a single-checkpoint report",
-                           file=str(path), key="--baseline", hint="write the baseline with one checkpoint")
+                           file=path, key="--baseline", hint="write the baseline with one checkpoint")
     base = found[0]
-    require_same_spec(base.report, report, str(path), "this run", "--baseline")
+    require_same_spec(base.report, report, path, "this run", "--baseline")
     allowed = 0.0 if tolerance is None else parse_tolerance(tolerance, "--fail-on-regression")
-    return compare_reports([base.report, report], [str(path), report.checkpoint or "this run"],
+    return compare_reports([base.report, report], [path, report.checkpoint or "this run"],
                            allowed or 0.0, gated=allowed is not None, samples=[base.samples, samples])
 
 
-def wants_samples(path: Path | None, report: Any) -> bool:
+def wants_samples(baseline: Baseline | None, report: Any) -> bool:
     """Whether the baseline could pair with this run: it carries per-sample errors of the same
     seed and sample count (the points themselves are compared by digest afterwards)."""
-    if path is None:
-        return False
-    found = read_reports(str(path), "--baseline")
-    s = found[0].samples if len(found) == 1 else None
+    s = baseline.samples if baseline is not None else None
     return s is not None and (s.seed, s.samples) == (report.seed, report.samples)
 
 
@@ -118,30 +135,29 @@ class Outputs:
     tolerance: str | None  # --fail-on-regression as given
 
 
-def keeps_samples(outputs: Outputs, baseline: Path | None) -> bool:
+    @property
+    def saves_samples(self) -> bool:
+        """Whether the per-sample errors go into the JSON report (``--save-samples`` with ``--json``)."""
+        return self.save_samples and self.json_path is not None
+
+
+def keeps_samples(outputs: Outputs, baseline: Baseline | None) -> bool:
     """Whether a one-checkpoint run keeps its per-sample errors (asked before the run): they are
     saved (``--save-samples`` with ``--json``), or the baseline carries some to pair with."""
-    if outputs.save_samples and outputs.json_path is not None:
-        return True
-    if baseline is None:
-        return False
-    found = read_reports(str(baseline), "--baseline")
-    return len(found) == 1 and found[0].samples is not None
+    return outputs.saves_samples or (baseline is not None and baseline.samples is not None)
 
 
-def with_baseline(report: Any, baseline: Path | None,
+def with_baseline(report: Any, baseline: Baseline | None,
                   outputs: Outputs) -> tuple[SampleErrors | None, Comparison | None]:
     """The run's per-sample errors (when saved, or when the baseline can pair with them: kept by
     the audit, see :func:`keeps_samples`) and its comparison with the baseline (None without one)."""
-    kept = None
-    if (outputs.save_samples and outputs.json_path is not None) or wants_samples(baseline, report):
-        kept = report.sample_errors
+    kept = report.sample_errors if outputs.saves_samples or wants_samples(baseline, report) else None
     if baseline is None:
         return kept, None
     return kept, baseline_comparison(baseline, report, kept, outputs.tolerance)
 
 
-def write_single(report: Any, kept: SampleErrors | None, baseline: Path | None, comparison: Comparison | None,
+def write_single(report: Any, kept: SampleErrors | None, baseline: Baseline | None, comparison: Comparison | None,
                  outputs: Outputs) -> None:
     """The report files of a one-checkpoint run (the plain report unchanged without the new options)."""
     from ..report import compare_render
@@ -150,7 +166,7 @@ def write_single(report: Any, kept: SampleErrors | None, baseline: Path | None, 
     if outputs.save_samples or comparison is not None:
         d = report_dict(report, kept if outputs.save_samples else None)
         if comparison is not None and baseline is not None:
-            d["baseline"] = baseline_section(baseline, comparison)
+            d["baseline"] = baseline_section(baseline.path, comparison)
         emit(outputs.json_path, "--json", json.dumps(d, indent=2, allow_nan=False) + "\n")
     else:
         emit(outputs.json_path, "--json", report.to_json() + "\n")

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from .distances import relative_l2
+from .distributed import World
 
 
 class ChannelStats:
@@ -119,7 +120,6 @@ class ChannelTable:
 
     def __init__(self) -> None:
         self.stats: dict[tuple[int, str], ChannelStats] = {}
-        self._reduced = False
 
     def fold(self, j: int, name: str, maps: tuple[torch.Tensor, torch.Tensor], keep: torch.Tensor,
              start: int) -> None:
@@ -129,16 +129,15 @@ class ChannelTable:
             return
         self.stats.setdefault((j, name), ChannelStats()).fold(*maps, keep, start)
 
-    def reduce(self) -> None:
-        """Sum (max for the maxima) every pair's sums over the processes, in place, once; a
-        collective: every process calls it, whichever pairs it folded (a process that got no chunk,
-        or whose chunks a check failed in, has fewer pairs or none). No-op in one process."""
+    def reduce(self, world: World) -> None:
+        """Sum (max for the maxima) every pair's sums over the processes, in place; a collective:
+        every process calls it once, after its chunks (:meth:`eqaudit.engine.layers.LayerPlan.reduce`),
+        whichever pairs it folded (a process that got no chunk, or whose chunks a check failed in,
+        has fewer pairs or none). No-op in one process."""
+        if world.size == 1:
+            return
         import torch.distributed as dist
 
-        if self._reduced or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            self._reduced = True
-            return
-        self._reduced = True
         shapes = {key: stats.shape() for key, stats in self.stats.items() if stats.shape() is not None}
         gathered: list[dict[tuple[int, str], tuple[int, ...]] | None] = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, shapes)
@@ -168,8 +167,7 @@ class ChannelTable:
             summed, top = summed[n_sum:], top[n_top:]
 
     def row(self, j: int, name: str) -> dict[str, Any] | None:
-        """The ``channels`` object of check ``j`` at layer ``name`` (every process's samples; the
-        first call sums them across processes, see :meth:`reduce`)."""
-        self.reduce()
+        """The ``channels`` object of check ``j`` at layer ``name`` (every process's samples, once
+        :meth:`reduce` has summed them)."""
         stats = self.stats.get((j, name))
         return stats.row() if stats is not None else None

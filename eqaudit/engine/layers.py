@@ -299,7 +299,7 @@ class LayerPlan:
                     identity[key] = identity.get(key, 0) + count
             self.identity = {key: torch.tensor(count) for key, count in identity.items()}
         if self.channels is not None:
-            self.channels.reduce()
+            self.channels.reduce(world)
 
     def results(self, j: int, summaries: list[Any]) -> list[dict[str, Any]] | None:
         """Check ``j``'s per-layer rows of the report (None: the check has none)."""

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 class TransformError(ValueError):
@@ -42,3 +46,9 @@ def first_line(exc: BaseException) -> str:
     head = text.splitlines()[0] if text else ""
     more = " …" if len(text.splitlines()) > 1 else ""
     return f"{type(exc).__name__}: {head}{more}" if head else type(exc).__name__
+
+
+def check_rows(x: torch.Tensor, rows: int, name: str) -> None:
+    """Refuse parameters drawn for ``rows`` samples applied to a batch ``x`` of another size."""
+    if rows != x.shape[0]:
+        raise TransformError(f"'{name}' got parameters for {rows} samples but a batch of shape {list(x.shape)}")

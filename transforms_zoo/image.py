@@ -8,8 +8,8 @@ from typing import Any, NamedTuple
 
 import torch
 
-from transforms_zoo.errors import TransformError
-from transforms_zoo.image_ops import check_rows, fourier_translate, need_2d
+from transforms_zoo.errors import TransformError, check_rows
+from transforms_zoo.image_ops import fourier_translate, need_2d
 from transforms_zoo.params import Param, int_or_range, integer, one_of
 from transforms_zoo.protocol import Inverted, Transform
 from transforms_zoo.random import SampleRNG

@@ -9,7 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from transforms_zoo.errors import TransformError
+from transforms_zoo.errors import TransformError, check_rows
 from transforms_zoo.random import SampleRNG
 
 
@@ -21,18 +21,11 @@ def need_2d(x: torch.Tensor, name: str) -> None:
         )
 
 
-
-def check_rows(x: torch.Tensor, rows: int, name: str) -> None:
-    if rows != x.shape[0]:
-        raise TransformError(f"'{name}' got parameters for {rows} samples but a batch of shape {list(x.shape)}")
-
-
 def per_sample(rng: SampleRNG, tag: str, lo: float, hi: float) -> torch.Tensor:
     """``(n,)`` float64 numbers uniform in ``[lo, hi)`` (the constant ``lo`` when ``lo == hi``)."""
     if lo == hi:
         return torch.full((rng.n,), lo, dtype=torch.float64, device=rng.device)
     return rng.child(tag).uniform(low=lo, high=hi, dtype=torch.float64)
-
 
 
 def fourier_translate(x: torch.Tensor, tx: torch.Tensor, ty: torch.Tensor) -> torch.Tensor:
@@ -48,7 +41,6 @@ def fourier_translate(x: torch.Tensor, tx: torch.Tensor, ty: torch.Tensor) -> to
     phase = fy.reshape(-1, 1) * ty.to(real).reshape(view) + fx.reshape(1, -1) * tx.to(real).reshape(view)
     spec = torch.fft.fft2(x.to(real)) * torch.exp(-2j * math.pi * phase)
     return torch.fft.ifft2(spec).real.to(x.dtype)
-
 
 
 def warp(x: torch.Tensor, theta: torch.Tensor, padding: str, name: str) -> torch.Tensor:

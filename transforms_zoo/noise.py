@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from transforms_zoo.errors import TransformError
+from transforms_zoo.errors import TransformError, check_rows
 from transforms_zoo.params import Param, number_or_range, positive
 from transforms_zoo.protocol import Transform
 from transforms_zoo.registry import register
@@ -44,9 +44,7 @@ class GaussianNoise(Transform):
         if params is None:
             raise TransformError("'gaussian_noise' is random: pass the parameters drawn by sample()")
         rng = keyed_rng(params, x.device, "gaussian_noise")
-        if rng.n != x.shape[0]:
-            raise TransformError(f"'gaussian_noise' got parameters for {rng.n} samples but a batch of "
-                                 f"shape {list(x.shape)}")
+        check_rows(x, rng.n, self.name)
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         noise = rng.normal(*x.shape[1:], dtype=dtype)
         return x + (self.std * noise).to(x.dtype)

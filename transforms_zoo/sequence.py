@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from transforms_zoo.errors import TransformError
+from transforms_zoo.errors import TransformError, check_rows
 from transforms_zoo.params import Param, int_or_range, integer
 from transforms_zoo.protocol import Inverted, Transform
 from transforms_zoo.registry import register
@@ -65,13 +65,6 @@ def keyed_rng(params: Any, device: torch.device, tag: str) -> SampleRNG:
     return SampleRNG.from_keys(params.key.to(device), stream_id(tag))
 
 
-def _check_rows(x: torch.Tensor, rows: int, name: str) -> None:
-    if rows != x.shape[0]:
-        raise TransformError(
-            f"'{name}' got parameters for {rows} samples but a batch of shape {list(x.shape)}"
-        )
-
-
 def _perm_list(v: Any) -> tuple[int, ...]:
     """A permutation of 0..k-1 written as a list of integers."""
     if not isinstance(v, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in v):
@@ -119,7 +112,7 @@ class Permute(Transform):
                 )
             return x.index_select(d, torch.tensor(self.perm, dtype=torch.int64, device=x.device))
         rng = keyed_rng(params, x.device, "permute")
-        _check_rows(x, rng.n, self.name)
+        check_rows(x, rng.n, self.name)
         return take_along(x, d, rng.permutation(k))
 
     def inverse(self) -> Transform:
@@ -131,7 +124,7 @@ class Permute(Transform):
         def undo(x: torch.Tensor, params: Any) -> torch.Tensor:
             d = sample_dim(x, self.dim, self.name)
             rng = keyed_rng(params, x.device, "permute")
-            _check_rows(x, rng.n, self.name)
+            check_rows(x, rng.n, self.name)
             perm = rng.permutation(x.shape[d])
             positions = torch.arange(perm.shape[1], device=perm.device).expand_as(perm)
             inv = torch.empty_like(perm).scatter_(1, perm, positions)  # each row's inverse permutation
@@ -170,7 +163,7 @@ class Roll(Transform):
             self._require_fixed()
             return torch.roll(x, self.shift[0], d)
         s = params.to(x.device)
-        _check_rows(x, s.shape[0], self.name)
+        check_rows(x, s.shape[0], self.name)
         k = x.shape[d]
         if k == 0:
             return x

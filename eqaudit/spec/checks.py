@@ -14,9 +14,9 @@ from transforms_zoo._resolve import is_reference
 from transforms_zoo.group import finite_group
 
 from ..engine.distances import Distance, parse_distance
-from ..errors import EqauditError, did_you_mean
+from ..errors import EqauditError
 from ..io.yaml_source import YamlSource, join
-from .fields import check_keys, describe_value, expect_mapping, parse_float
+from .fields import check_keys, describe_value, expect_mapping, parse_choice, parse_float
 from .model import CheckSpec
 from .worst_of import WorstOf, parse_worst_of
 
@@ -74,16 +74,10 @@ def parse_check(
     elif "worst_of" in c and isinstance(c["worst_of"], Mapping):
         default_name += " (worst of grid)"
     name = _check_name(src, c.get("name"), where, default_name)
-    mode = c.get("mode", "sample")
-    if mode not in MODES:
-        raise src.error(f"{where}.mode", f"expected sample or lie, got {describe_value(mode)}",
-                        did_you_mean(str(mode), MODES))
+    mode = parse_choice(src, c.get("mode", "sample"), f"{where}.mode", MODES)
     if mode == "lie":
         _check_lie(src, c, where, t_in, t_out, both, group, dist)
-    mask = c.get("mask", "none")
-    if mask not in MASKS:
-        raise src.error(f"{where}.mask", f"expected none or valid, got {describe_value(mask)}",
-                        did_you_mean(str(mask), MASKS))
+    mask = parse_choice(src, c.get("mask", "none"), f"{where}.mask", MASKS)
     if mask == "valid" and (group is not None or mode == "lie"):
         raise src.error(f"{where}.mask", "'mask: valid' applies to sampled transforms, not to 'group' or "
                         "'mode: lie' checks", "remove mask")

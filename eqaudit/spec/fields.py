@@ -68,6 +68,21 @@ def parse_float(src: YamlSource, v: Any, key: str, *, minimum: float | None = 0.
     return float(v)
 
 
+def parse_choice(src: YamlSource, v: Any, key: str, choices: tuple[str, ...]) -> str:
+    """``v`` when it is one of ``choices``, else an error at ``key`` naming them (and the closest)."""
+    if v not in choices:
+        raise src.error(key, f"expected {', '.join(choices[:-1])} or {choices[-1]}, got {describe_value(v)}",
+                        did_you_mean(str(v), choices))
+    return v
+
+
+def parse_bool(src: YamlSource, v: Any, key: str) -> bool:
+    """``true`` or ``false`` (not a number or a string)."""
+    if not isinstance(v, bool):
+        raise src.error(key, f"expected true or false, got {describe_value(v)}")
+    return v
+
+
 def resolve_path(base_dir: Path, text: str) -> Path:
     """A path from the spec: ``~`` expanded, relative paths against ``base_dir`` (the spec's folder)."""
     p = Path(text).expanduser()

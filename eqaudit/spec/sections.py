@@ -8,7 +8,8 @@ from typing import Any
 
 from ..errors import did_you_mean
 from ..io.yaml_source import YamlSource, join
-from .fields import check_keys, describe_value, expect_mapping, parse_float, parse_int, resolve_path
+from .fields import (check_keys, describe_value, expect_mapping, parse_bool, parse_choice, parse_float, parse_int,
+                     resolve_path)
 from .model import DataRef, InputSpec, ModelSpec
 
 MODEL_KEYS = ("factory", "kwargs", "checkpoint")
@@ -95,10 +96,7 @@ def parse_input(src: YamlSource, raw: Any, base_dir: Path, require: bool) -> Inp
     dtype = m.get("dtype")
     if dtype is not None and dtype not in DTYPES:
         raise src.error("input.dtype", f"unknown dtype {describe_value(dtype)}", did_you_mean(str(dtype), DTYPES))
-    sampling = m.get("sampling", "random")
-    if sampling not in SAMPLINGS:
-        raise src.error("input.sampling", f"expected random, sequential or sobol, got {describe_value(sampling)}",
-                        did_you_mean(str(sampling), SAMPLINGS))
+    sampling = parse_choice(src, m.get("sampling", "random"), "input.sampling", SAMPLINGS)
     if sampling == "sequential" and data is None and dataset is None:
         raise src.error("input.sampling", "'sequential' only applies to 'input.data' or 'input.dataset'")
     if sampling == "sobol":
@@ -108,9 +106,7 @@ def parse_input(src: YamlSource, raw: Any, base_dir: Path, require: bool) -> Inp
         if math.prod(shape) > SOBOL_MAX_DIM:
             raise src.error("input.sampling", f"'sobol' supports at most {SOBOL_MAX_DIM} input elements, "
                             f"the input has {math.prod(shape)}", "use sampling: random")
-    resize = m.get("resize", False)
-    if not isinstance(resize, bool):
-        raise src.error("input.resize", f"expected true or false, got {describe_value(resize)}")
+    resize = parse_bool(src, m.get("resize", False), "input.resize")
     if resize and (data is None or not data.path.is_dir()):
         raise src.error("input.resize", "'resize' only applies to a folder of images in 'input.data'")
     return InputSpec(shape, bounds, data, dtype, sampling, dataset, resize)
@@ -170,9 +166,7 @@ def parse_layer_options(src: YamlSource, raw: Any) -> tuple[tuple[str, ...] | st
     if not isinstance(raw, dict):
         return parse_layers(src, raw), False
     check_keys(src, raw, LAYERS_KEYS, "layers")
-    per_channel = raw.get("per_channel", False)
-    if not isinstance(per_channel, bool):
-        raise src.error("layers.per_channel", f"expected true or false, got {describe_value(per_channel)}")
+    per_channel = parse_bool(src, raw.get("per_channel", False), "layers.per_channel")
     names = raw.get("names", "all")
     if names is None:
         raise src.error("layers.names", "expected 'all' or a list of module names, got null",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ..report.model import json_safe
 from .dynamics import sharpness, top_hessian_eigenvalue
 from .config import FinetuneConfig
 from .data import Examples, move_batch
@@ -59,7 +60,7 @@ def compute_dynamics(cfg: FinetuneConfig, options: DynamicsConfig, model: Any, t
         result["hessian"] = _hessian(task_loss, params, options, cfg.spec.seed)
     finally:
         model.train(was_training)
-    return finite(result)
+    return json_safe(result)
 
 
 def dynamics_point(cfg: FinetuneConfig, options: DynamicsConfig, model: Any, train: Examples, device: Any,
@@ -89,7 +90,7 @@ def dynamics_point(cfg: FinetuneConfig, options: DynamicsConfig, model: Any, tra
                                                directions=options.directions, seed=cfg.spec.seed)["phi"]
     finally:
         model.train(was_training)
-    return finite(point)
+    return json_safe(point)
 
 
 def series_summary(values: list[float | None]) -> dict[str, Any]:
@@ -102,14 +103,3 @@ def series_summary(values: list[float | None]) -> dict[str, Any]:
     q1, median, q3 = torch.quantile(torch.tensor(kept, dtype=torch.float64),
                                     torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
     return {"n": len(kept), "median": median, "q1": q1, "q3": q3, "iqr": q3 - q1}
-
-
-def finite(obj: Any) -> Any:
-    """``obj`` with every non-finite float replaced by None (JSON has no NaN)."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [finite(v) for v in obj]
-    return obj

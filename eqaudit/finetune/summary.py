@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import FinetuneConfig
-from .landscape import finite, series_summary
+from ..report.model import json_safe
+from .landscape import series_summary
 from .sections import OutputConfig
 
 
@@ -119,4 +120,4 @@ def build_report(cfg: FinetuneConfig, before: Any, after: Any, metrics_before: d
         report["regularizer"]["layers"] = [{"name": t.name, "weight": t.weight, "epsilon": t.epsilon}
                                            for t in regularizer.layers]
         report["layers"] = layer_report(cfg, before, after)
-    return finite(report)
+    return json_safe(report)

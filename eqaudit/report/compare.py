@@ -17,7 +17,7 @@ from typing import Any
 
 from ..engine.estimator import z_value
 from ..errors import EqauditError
-from .model import CheckResult, Report, _json_safe
+from .model import CheckResult, Report, json_safe
 
 #: How a difference's interval was computed.
 INTERVALS = ("paired", "welch")
@@ -37,7 +37,7 @@ class SampleErrors:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (NaN as null)."""
-        return _json_safe({"seed": self.seed, "samples": self.samples, "points": self.points,
+        return json_safe({"seed": self.seed, "samples": self.samples, "points": self.points,
                            "checks": {k: list(v) for k, v in self.checks.items()}})
 
     @classmethod
@@ -79,7 +79,7 @@ class Difference:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON fields (non-finite numbers as null)."""
-        return _json_safe({**self.__dict__, "relative": self.relative})
+        return json_safe({**self.__dict__, "relative": self.relative})
 
 
 def welch_interval(old: CheckResult, new: CheckResult, confidence: float) -> tuple[float, float, float]:

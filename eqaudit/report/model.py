@@ -97,7 +97,7 @@ class CheckResult:
             out[f.name] = getattr(self, f.name)
             if f.name == "weight":  # the derived figures, where the JSON contract has them
                 out["penalty"], out["passed"] = self.penalty, self.passed
-        return _json_safe(out)
+        return json_safe(out)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CheckResult:
@@ -228,12 +228,12 @@ class Report:
         return render.elements_table(self)
 
 
-def _json_safe(d: Any) -> Any:
+def json_safe(d: Any) -> Any:
     """Non-finite floats (NaN, Inf) become null, at any depth: JSON has no spelling for them."""
     if isinstance(d, dict):
-        return {k: _json_safe(v) for k, v in d.items()}
+        return {k: json_safe(v) for k, v in d.items()}
     if isinstance(d, (list, tuple)):
-        return [_json_safe(v) for v in d]
+        return [json_safe(v) for v in d]
     if isinstance(d, float) and not math.isfinite(d):
         return None
     return d

@@ -11,10 +11,10 @@ from typing import Any
 
 import torch
 
-from ..errors import EqauditError, did_you_mean
+from ..errors import EqauditError
 from .files import require_regular_file
 from .images import read_image_folder
-from .tensors import read_tensor
+from .tensors import missing_key, read_tensor
 
 __all__ = ["MAX_STACKED_ELEMENTS", "KEYLESS_SUFFIXES", "call_reference", "dataset_inputs", "read_data"]
 
@@ -54,11 +54,6 @@ def _label(path: Path, key: str | None) -> str:
     return f"'{path}'" if key is None else f"'{key}' in '{path}'"
 
 
-def _missing(path: Path, key: str, keys: list[str], what: str = "array") -> EqauditError:
-    return EqauditError(f"no {what} '{key}' in '{path}'",
-                        hint=did_you_mean(key, keys) or "keys: " + (", ".join(keys[:10]) or "none"))
-
-
 def _read_numpy(path: Path, key: str | None) -> Any:
     import numpy as np
 
@@ -75,7 +70,7 @@ def _read_numpy(path: Path, key: str | None) -> Any:
             with np.load(fh, allow_pickle=False) as archive:
                 keys = list(archive.files)
                 if key not in keys:
-                    raise _missing(path, str(key), keys)
+                    raise missing_key(path, str(key), keys, "array")
                 return _numeric(archive[key], _label(path, key))
     except EqauditError:
         raise
@@ -132,7 +127,7 @@ def _read_torch(path: Path, key: str | None) -> torch.Tensor:
         raise EqauditError(f"'{path}' holds a dict of tensors: name one", hint=f"write '{path.name}:key' (keys: "
                            + ", ".join(keys[:10]) + ")")
     if key not in obj:
-        raise _missing(path, key, keys, "tensor")
+        raise missing_key(path, key, keys)
     value = obj[key]
     if not isinstance(value, torch.Tensor):
         raise EqauditError(f"{_label(path, key)} is a {type(value).__name__}, expected a tensor")

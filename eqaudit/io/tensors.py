@@ -10,9 +10,15 @@ import torch
 from .files import require_regular_file
 from ..errors import EqauditError, did_you_mean
 
-__all__ = ["read_tensor", "tensor_names", "tensor_shape"]
+__all__ = ["missing_key", "read_tensor", "tensor_names", "tensor_shape"]
 
 _HINT_CORRUPT = "the file may be corrupt or truncated; re-save it with safetensors.torch.save_file"
+
+
+def missing_key(path: Path, key: str, keys: list[str], what: str = "tensor") -> EqauditError:
+    """The error for a ``key`` that the file at ``path`` lacks; the hint names the closest key or lists some."""
+    return EqauditError(f"no {what} '{key}' in '{path}'",
+                        hint=did_you_mean(key, keys) or "keys: " + (", ".join(keys[:10]) or "none"))
 
 
 def _open(path: Path):  # noqa: ANN202 - safetensors' handle has no public type
@@ -32,8 +38,7 @@ def _read(path: Path, name: str | None, job: str) -> object:
             if job == "keys":
                 return keys
             if name not in keys:
-                raise EqauditError(f"no tensor '{name}' in '{path}'",
-                                   hint=did_you_mean(str(name), keys) or "keys: " + (", ".join(keys[:10]) or "none"))
+                raise missing_key(path, str(name), keys)
             if job == "shape":
                 return list(fh.get_slice(name).get_shape())
             return fh.get_tensor(name)

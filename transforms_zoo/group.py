@@ -19,7 +19,7 @@ from transforms_zoo.errors import TransformError
 from transforms_zoo.image import HFlip, Identity, Rot90
 from transforms_zoo.interpolate import Rotate
 from transforms_zoo.params import Param, boolean
-from transforms_zoo.protocol import Inverted, Transform, transforms
+from transforms_zoo.protocol import Inverted, Transform, a_transform, transforms
 from transforms_zoo.random import SampleRNG
 from transforms_zoo.registry import get
 from transforms_zoo.sequence import Permute
@@ -28,29 +28,30 @@ __all__ = ["GroupTransform", "Inverted", "finite_group", "inverse_of", "verify_t
 
 
 class _ReversedCompose(Transform):
-    """The inverse of a composition: the parts' inverses right to left, each with its own params."""
+    """The inverse of a composition: the parts' inverses right to left, each with its own params
+    (drawn by the composition itself, so both sides get the same draw)."""
 
     name = "inverse"
-    arguments = (Param("parts", transforms, doc="the composed transforms"),
+    arguments = (Param("forward", a_transform, doc="the composition undone (a Compose)"),
                  Param("inverses", transforms, doc="the inverse of each part"))
 
-    def __init__(self, parts: tuple[Transform, ...], inverses: tuple[Transform, ...]) -> None:
-        super().__init__(parts=parts, inverses=inverses)
+    def __init__(self, forward: Compose, inverses: tuple[Transform, ...]) -> None:
+        super().__init__(forward=forward, inverses=inverses)
 
     def validate(self) -> None:
-        if len(self.parts) != len(self.inverses):
-            raise TransformError(f"{len(self.parts)} parts but {len(self.inverses)} inverses")
+        if len(self.forward.parts) != len(self.inverses):
+            raise TransformError(f"{len(self.forward.parts)} parts but {len(self.inverses)} inverses")
 
     @property
     def is_random(self) -> bool:
-        return any(p.is_random for p in self.parts)
+        return self.forward.is_random
 
     def sample(self, rng: Any) -> tuple[Any, ...]:
-        return tuple(p.sample(rng.child(i)) for i, p in enumerate(self.parts))
+        return self.forward.sample(rng)
 
     def apply(self, x: torch.Tensor, params: Any) -> torch.Tensor:
         if params is None:
-            params = (None,) * len(self.parts)
+            params = (None,) * len(self.inverses)
         for inv, p in zip(reversed(self.inverses), reversed(tuple(params))):
             x = inv.apply(x, p)
         return x
@@ -65,7 +66,7 @@ def inverse_of(t: Transform) -> Transform | None:
         invs = [inverse_of(p) for p in t.parts]
         if any(i is None for i in invs):
             return None
-        return _ReversedCompose(t.parts, tuple(invs))  # type: ignore[arg-type]
+        return _ReversedCompose(t, tuple(invs))  # type: ignore[arg-type]
     fn = getattr(t, "inverse", None)
     if fn is None or not callable(fn):
         return None

@@ -115,10 +115,11 @@ class LayerPenalty:
         self.tap.clear()
 
     def terms_of(self, evaluation: Any, base_passes: Sequence[int], input_hw: tuple[int, ...],
-                 dtype: Any) -> tuple[Any, dict[str, Any]]:
-        """The layer penalty of one step and each layer's mean error (detached), from the passes
-        recorded since :meth:`start`: ``base_passes`` are the indices of the base forwards (their
-        outputs concatenated are the penalty points' features), then the checks' passes in order."""
+                 like: Any) -> tuple[Any, dict[str, Any]]:
+        """The layer penalty of one step (in the dtype and on the device of the tensor ``like``) and
+        each layer's mean error (detached), from the passes recorded since :meth:`start`:
+        ``base_passes`` are the indices of the base forwards (their outputs concatenated are the
+        penalty points' features), then the checks' passes in order."""
         import torch
 
         from ..engine.layers import layer_errors
@@ -130,7 +131,7 @@ class LayerPenalty:
             bases = [recorded[i] for i in base_passes]
             base = bases[0] if len(bases) == 1 or any(b is None for b in bases) else torch.cat(bases)
             outputs[name] = [base] + recorded[after:]
-        total = torch.zeros((), dtype=dtype)
+        total = torch.zeros((), dtype=like.dtype, device=like.device)  # not a host zero copied over every step
         per_layer: dict[str, list[Any]] = {}
         offset = 0  # the checks' passes so far (sequential evaluation: each numbers its own from 1)
         current, used = None, 0

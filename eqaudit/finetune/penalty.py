@@ -37,7 +37,7 @@ def step_penalty(cfg: FinetuneConfig, model: Any, checks: Sequence[int], inputs:
         errors[check.name] = error.detach()
         total = total + check.weight * torch.clamp_min(error - check.epsilon, 0.0)
     if layers is not None:
-        layer_total, layer_errors = layers.terms_of(evaluation, base_passes, tuple(inputs.shape[-2:]), outputs.dtype)
+        layer_total, layer_errors = layers.terms_of(evaluation, base_passes, tuple(inputs.shape[-2:]), outputs)
         total = total + layer_total.to(device=total.device, dtype=total.dtype)
         errors.update({f"layer:{name}": error for name, error in layer_errors.items()})
     return total, errors

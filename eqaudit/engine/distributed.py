@@ -74,25 +74,30 @@ def _leave_process_group() -> None:
 
 
 def reduce_stats(stats: BlockStats, world: World) -> None:
-    """Sum the block tables of every process (max for the maxima), in place, on all ranks."""
+    """Sum the block tables of every process (max for the maxima and the kept values), in place,
+    on all ranks: one SUM and one MAX over all of them (each process filled disjoint blocks and
+    rows, so adding zeros and taking maxima over fillers leaves each value as its process had it)."""
     if world.size == 1:
         return
     import torch.distributed as dist
 
-    backend = dist.get_backend()
-    for table, op in zip(stats.tables(), ["sum", "sum", "sum", "max", "sum"]):
-        # gloo has no float64 reduction on CUDA tensors; nccl needs them on the GPU.
-        t = table if backend == "nccl" else table.cpu()
-        # Maxima: a block another process filled is -inf here, which MAX passes over; a maximum
-        # may be negative (a distance callable need not be >= 0), so -inf is the only filler.
-        dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
-        table.copy_(t.to(table.device))
-    # Kept per-sample values (quantiles): disjoint rows per process, NaN elsewhere.
-    v = stats.values if backend == "nccl" else stats.values.cpu()
-    v = torch.where(torch.isnan(v), torch.full_like(v, float("-inf")), v)
-    dist.all_reduce(v, op=dist.ReduceOp.MAX)
-    v = torch.where(torch.isinf(v) & (v < 0), torch.full_like(v, float("nan")), v)
-    stats.values.copy_(v.to(stats.values.device))
+    # gloo has no float64 reduction on CUDA tensors; nccl needs them on the GPU.
+    where = stats.values.device if dist.get_backend() == "nccl" else torch.device("cpu")
+    summed_tables = (stats.count, stats.total, stats.m2, stats.nonfinite)
+    # Maxima: a block another process filled is -inf here, which MAX passes over; a maximum may be
+    # negative (a distance callable need not be >= 0), so -inf is the only filler. Kept per-sample
+    # values (quantiles): disjoint rows per process, NaN elsewhere, sent as -inf.
+    values = torch.where(torch.isnan(stats.values), -math.inf, stats.values)
+    summed = torch.cat([t.reshape(-1) for t in summed_tables]).to(where)
+    top = torch.cat([stats.max.reshape(-1), values.reshape(-1)]).to(where)
+    dist.all_reduce(summed, op=dist.ReduceOp.SUM)
+    dist.all_reduce(top, op=dist.ReduceOp.MAX)
+    for table, part in zip(summed_tables, summed.split([t.numel() for t in summed_tables])):
+        table.copy_(part.reshape(table.shape))
+    top_max, top_values = top.split([stats.max.numel(), values.numel()])
+    stats.max.copy_(top_max.reshape(stats.max.shape))
+    stats.values.copy_(torch.where(torch.isinf(top_values) & (top_values < 0), math.nan, top_values)
+                       .reshape(stats.values.shape))
 
 
 def least_across(value: int | None, world: World) -> int | None:

@@ -154,8 +154,7 @@ def top_hessian_eigenvalue(
             dot = sum((g * x).sum() for g, x in zip(grads, v))
             hv = torch.autograd.grad(dot, ps, retain_graph=True, allow_unused=True)
             hv = [torch.zeros_like(p) if h is None else h.detach() for h, p in zip(hv, ps)]
-            new = float(_dot(v, hv))
-            n = float(_norm(hv))
+            new, n = torch.stack([_dot(v, hv), _norm(hv)]).tolist()  # one read back per iteration
             if n == 0.0 or not math.isfinite(n):
                 eig = 0.0 if n == 0.0 else math.nan
                 converged = n == 0.0

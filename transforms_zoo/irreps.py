@@ -192,10 +192,8 @@ class IrrepsRotation(Transform):
         """The rotation by ``R^T`` on both sides, with the same parameters."""
         def undo(x: torch.Tensor, params: Any) -> torch.Tensor:
             if params is None:
-                fixed = self._rotation._fixed
-                if fixed is None:
-                    raise TransformError("'irreps' is random: pass the parameters drawn by sample()")
-                params = fixed.expand(x.shape[0], 3, 3)
+                self._require_fixed()
+                params = self._rotation._fixed_rotation.expand(x.shape[0], 3, 3)
             return self.apply(x, params.transpose(-1, -2))
 
         return Inverted(self, undo)
@@ -206,10 +204,8 @@ class IrrepsRotation(Transform):
                                  f"{list(x.shape)} of {x.dtype}")
         n = x.shape[0]
         if params is None:
-            fixed = self._rotation._fixed
-            if fixed is None:
-                raise TransformError("'irreps' is random: pass the parameters drawn by sample()")
-            rot = fixed.to(x.device).expand(n, 3, 3)
+            self._require_fixed()
+            rot = self._rotation._fixed_rotation.to(x.device).expand(n, 3, 3)
         else:
             if params.shape[0] != n:
                 raise TransformError(f"'irreps' got {params.shape[0]} rotations for a batch of shape {list(x.shape)}")

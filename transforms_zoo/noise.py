@@ -42,7 +42,7 @@ class GaussianNoise(Transform):
         if not x.is_floating_point():
             raise TransformError(f"'gaussian_noise' needs a floating-point tensor, got {x.dtype}")
         if params is None:
-            raise TransformError("'gaussian_noise' is random: pass the parameters drawn by sample()")
+            self._require_fixed()
         rng = keyed_rng(params, x.device, "gaussian_noise")
         check_rows(x, rng.n, self.name)
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32

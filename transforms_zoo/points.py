@@ -114,12 +114,14 @@ class Rotate3d(Transform):
             if self.max_degrees > 180:
                 raise TransformError(f"max_degrees must be at most 180, got {self.max_degrees:g}",
                                      key="max_degrees", hint="180 already reaches every rotation")
-        self._fixed: torch.Tensor | None = None  # the one matrix of a transform that draws nothing
-        self._fixed_rotation: torch.Tensor | None = None
+        self._fixed_rotation: torch.Tensor | None = None  # a fixed axis and angle: its one rotation
         if self.axis is not None and self.degrees[0] == self.degrees[1]:
             self._fixed_rotation = self._about_axis(torch.tensor([self.degrees[0]], dtype=torch.float64))[0]
-            if not self.is_random:
-                self._fixed = self._fixed_rotation
+
+    @property
+    def _fixed(self) -> torch.Tensor | None:
+        """The one matrix of a transform that draws nothing; None when it draws."""
+        return None if self.is_random else self._fixed_rotation
 
     def _about_axis(self, degrees: torch.Tensor) -> torch.Tensor:
         axis = torch.tensor(self.axis, dtype=torch.float64, device=degrees.device)
@@ -168,9 +170,8 @@ class Rotate3d(Transform):
         self._need_points(x)
         n = x.shape[0]
         if params is None:
-            if self._fixed is None:
-                raise TransformError("'rotate3d' is random: pass the parameters drawn by sample()")
-            r = self._fixed.to(device=x.device, dtype=x.dtype).expand(n, 3, 3)
+            self._require_fixed()
+            r = self._fixed_rotation.to(device=x.device, dtype=x.dtype).expand(n, 3, 3)
         else:
             if params.shape[0] != n:
                 raise TransformError(f"'rotate3d' got {params.shape[0]} rotations for a batch of shape {list(x.shape)}")
@@ -182,9 +183,8 @@ class Rotate3d(Transform):
         """R^T, with the same parameters."""
         def undo(x: torch.Tensor, params: Any) -> torch.Tensor:
             if params is None:
-                if self._fixed is None:
-                    raise TransformError("'rotate3d' is random: pass the parameters drawn by sample()")
-                params = self._fixed.expand(x.shape[0], 3, 3)
+                self._require_fixed()
+                params = self._fixed_rotation.expand(x.shape[0], 3, 3)
             return self.apply(x, params.transpose(-1, -2))
 
         return Inverted(self, undo)

@@ -52,6 +52,12 @@ class Summary:
     #: Every error seen was 0 or 1 (see :func:`_all_binary`): a proportion, fit for :meth:`as_proportion`.
     binary: bool = False
 
+    @classmethod
+    def empty(cls, confidence: float, nonfinite: int = 0) -> Summary:
+        """The summary of no finite error (``nonfinite``: how many were not finite): every figure NaN."""
+        nan = math.nan
+        return cls(0, nan, nan, nan, nan, nan, confidence, nan, nonfinite)
+
     def figures(self) -> dict[str, Any]:
         """The figures a report shows of the check: every field but the count of non-finite errors
         (which, when not 0, refuses the estimate instead) and the ``binary`` flag."""
@@ -114,8 +120,7 @@ def summarize_values(values: list[float] | torch.Tensor, confidence: float = 0.9
     finite = v[torch.isfinite(v)]
     n = int(finite.numel())
     if n == 0:
-        nan = float("nan")
-        return Summary(0, nan, nan, nan, nan, nan, confidence, nan, int(v.numel()))
+        return Summary.empty(confidence, int(v.numel()))
     mean = math.fsum(finite.tolist()) / n
     m2 = math.fsum(((finite - mean) ** 2).tolist())
     return _finish(n, mean, m2, float(finite.max()), int(v.numel()) - n, confidence, quantiles(finite))
@@ -292,8 +297,7 @@ class BlockStats:
         nonfinite = int(tables[4][:, check].sum())
         n = int(math.fsum(count))
         if n == 0:
-            nan = float("nan")
-            return Summary(0, nan, nan, nan, nan, nan, confidence, nan, nonfinite)
+            return Summary.empty(confidence, nonfinite)
         mean = math.fsum(total) / n
         between = math.fsum(c * (t / c - mean) ** 2 for c, t in zip(count, total) if c > 0)
         return _finish(n, mean, math.fsum(m2) + between, vmax, nonfinite, confidence, q)

@@ -75,12 +75,11 @@ def worst_of_entry(spec: Spec, j: int, summaries: list[Summary]) -> dict[str, An
 
 def error_result(spec: Spec, j: int, message: str, *, confidence: float, gate: str) -> CheckResult:
     """The row of check ``j``, which could not be measured: its error, no figures."""
-    check, nan = spec.checks[j], math.nan
+    check = spec.checks[j]
     return CheckResult(
-        name=check.name, input=check.input_text, output=check.output_text, distance=check.distance.name, n=0,
-        mean=nan, std=nan, stderr=nan, ci_low=nan, ci_high=nan, confidence=confidence, epsilon=check.epsilon,
-        threshold=check.threshold, weight=check.weight, gate=gate, mask=check.mask, error=message,
-        threshold_source=check.threshold_source,
+        name=check.name, input=check.input_text, output=check.output_text, distance=check.distance.name,
+        **Summary.empty(confidence).figures(), epsilon=check.epsilon, threshold=check.threshold,
+        weight=check.weight, gate=gate, mask=check.mask, error=message, threshold_source=check.threshold_source,
     )
 
 

@@ -227,7 +227,8 @@ class Trainer:
                               device=grads[0].device if grads else "cpu")
         dist.all_reduce(logged)
         logged /= size
-        return float(logged[0]), (float(logged[1]) if penalty is not None else None)
+        task_mean, penalty_mean = logged.tolist()  # one read back
+        return task_mean, (penalty_mean if penalty is not None else None)
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

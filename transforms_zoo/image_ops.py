@@ -140,3 +140,9 @@ def rotation_theta_radians(a: torch.Tensor, h: int, w: int) -> torch.Tensor:
     row1 = torch.stack([s * tall, c, z], dim=-1)
     return torch.stack([row0, row1], dim=-2)
 
+
+def zoom_theta(inv: torch.Tensor) -> torch.Tensor:
+    """``(n, 2, 3)`` matrices that zoom the content about the centre by ``1 / inv`` (``(n,)``):
+    output pixel p reads input pixel ``inv * p``; differentiable in ``inv`` (Lie paths)."""
+    z = torch.zeros_like(inv)
+    return torch.stack([torch.stack([inv, z, z], -1), torch.stack([z, inv, z], -1)], -2)

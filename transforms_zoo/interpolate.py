@@ -8,7 +8,8 @@ from typing import Any
 import torch
 
 from transforms_zoo.errors import TransformError
-from transforms_zoo.image_ops import need_2d, per_sample, rotation_theta, rotation_theta_radians, warp, warp_ad
+from transforms_zoo.image_ops import (need_2d, per_sample, rotation_theta, rotation_theta_radians, warp, warp_ad,
+                                      zoom_theta)
 from transforms_zoo.params import Param, boolean, number_or_range, one_of
 from transforms_zoo.protocol import Inverted, Transform
 from transforms_zoo.random import SampleRNG
@@ -146,10 +147,7 @@ class Scale(Transform):
                 return x.clone()
         f = (torch.full((n,), self.factor[0], dtype=torch.float64, device=x.device) if params is None
              else params.to(device=x.device, dtype=torch.float64))
-        inv = 1.0 / f
-        z = torch.zeros_like(inv)
-        theta = torch.stack([torch.stack([inv, z, z], -1), torch.stack([z, inv, z], -1)], -2)
-        return warp(x, theta, self.padding, self.name)
+        return warp(x, zoom_theta(1.0 / f), self.padding, self.name)
 
     def inverse(self) -> Transform:
         def undo(x: torch.Tensor, params: Any) -> torch.Tensor:
@@ -172,7 +170,4 @@ class Scale(Transform):
         is refused)."""
         self._require_lie_generator()
         need_2d(x, self.name)
-        inv = torch.exp(-t)
-        z = torch.zeros_like(inv)
-        theta = torch.stack([torch.stack([inv, z, z], -1), torch.stack([z, inv, z], -1)], -2)
-        return warp_ad(x, theta, self.padding, self.name)
+        return warp_ad(x, zoom_theta(torch.exp(-t)), self.padding, self.name)

@@ -12,6 +12,9 @@ from ..errors import ArgumentError
 
 Callback = Callable[[str, Mapping[str, Any]], None]
 
+#: The events written as scalars: their tag group and their figures (then each check's error).
+_SERIES = {"log": ("train", ("task_loss", "penalty")), "dynamics_point": ("dynamics", ("hessian_top", "sharpness"))}
+
 
 def require_tensorboard(log_dir: str | Path) -> Path:
     """The log folder, checked before the run: the ``tensorboard`` package importable (else an
@@ -51,18 +54,14 @@ class BoardWriter:
 
     def event(self, event: str, data: Mapping[str, Any]) -> None:
         """A learning-curve point (``log``) or a point of the dynamics series (``dynamics_point``)."""
-        if event == "log":
-            step = data["step"]
-            self._scalar("train/task_loss", data.get("task_loss"), step)
-            self._scalar("train/penalty", data.get("penalty"), step)
-            for name, error in (data.get("errors") or {}).items():
-                self._scalar(f"train/error/{name}", error, step)
-        elif event == "dynamics_point":
-            step = data["step"]
-            self._scalar("dynamics/hessian_top", data.get("hessian_top"), step)
-            self._scalar("dynamics/sharpness", data.get("sharpness"), step)
-            for name, error in (data.get("errors") or {}).items():
-                self._scalar(f"dynamics/error/{name}", error, step)
+        if event not in _SERIES:
+            return
+        group, figures = _SERIES[event]
+        step = data["step"]
+        for figure in figures:
+            self._scalar(f"{group}/{figure}", data.get(figure), step)
+        for name, error in (data.get("errors") or {}).items():
+            self._scalar(f"{group}/error/{name}", error, step)
 
     def audits(self, before: Any, after: Any, last_step: int) -> None:
         """The audits' per-check means and penalties: before at step 0, after at ``last_step``."""

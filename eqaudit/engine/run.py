@@ -98,7 +98,7 @@ def audit(
     try:
         with torch.inference_mode():
             measured = _measure(target, spec, batch_size, progress, parsed, max_samples, confidence, keep_samples)
-            extras = _extras(target, measured, noise_floor, confidence, gate)
+            extras = _extras(target, measured, noise_floor, gate)
             kept = (sample_errors(measured.stats, measured.spec, measured.failed, measured.sampler, target.dev)
                     if keep_samples else None)
     finally:
@@ -174,6 +174,7 @@ class _Measured:
     spec: Spec  # with the sample count reached
     sampler: PointSampler
     stats: BlockStats
+    summaries: list[Summary]  # of every statistics column, at the run's confidence
     chunk_size: int
     target_halfwidth: float | None
     failed: dict[int, str]  # the checks that could not be measured, with their error
@@ -201,9 +202,9 @@ def _measure(target: _Target, spec: Spec, batch_size: int | None, progress: Prog
     chunk_size = grid.chunk_size = least_across(grid.run(spec, local), target.world)
     grid.failed = merged_failures(grid.failed, target.world, grid.failed_at)
     stats = _reduced(local, target.world)
+    summaries = stats.summaries(confidence)
     if eps is not None:
         while True:
-            summaries = stats.summaries(confidence)
             measuring = [reported_summary(spec, j, summaries[j]) for j in range(len(spec.checks))
                          if j not in grid.failed]
             n_next = _next_sample_count(measuring, eps, spec.samples, cap)
@@ -216,10 +217,11 @@ def _measure(target: _Target, spec: Spec, batch_size: int | None, progress: Prog
             grid.run(spec, local, begin=begin)
             grid.failed = merged_failures(grid.failed, target.world, grid.failed_at)
             stats = _reduced(local, target.world)
+            summaries = stats.summaries(confidence)
     if plan is not None:
         plan.tap.remove()
         plan.reduce(target.world)
-    return _Measured(spec, sampler, stats, chunk_size, eps, grid.failed, derived)
+    return _Measured(spec, sampler, stats, summaries, chunk_size, eps, grid.failed, derived)
 
 
 def _probe(target: _Target, spec: Spec, sampler: PointSampler) -> Probe | None:
@@ -293,26 +295,23 @@ def _reduced(local: BlockStats, world: World) -> BlockStats:
 
 @dataclass
 class _Extras:
-    summaries: list[Summary]
     floors: list[float] | None
     hints: dict[int, str]
 
 
-def _extras(target: _Target, measured: _Measured, noise_floor: bool, confidence: float, gate: str) -> _Extras:
-    """The summaries, and beside them the noise floors and the inverse-output hints."""
+def _extras(target: _Target, measured: _Measured, noise_floor: bool, gate: str) -> _Extras:
+    """Beside the summaries: the noise floors and the inverse-output hints."""
     spec = measured.spec
     block = FirstBlock(target.forward, spec, measured.sampler, target.dev)  # drawn and forwarded once for both
     floors = noise_floors(block) if noise_floor else None
-    summaries = measured.stats.summaries(confidence)
     failing = [j not in measured.failed and exceeds(s, gate, c.threshold)
-               for j, (c, s) in enumerate(zip(spec.checks, summaries))]
-    hints = inverse_hints(block, failing)
-    return _Extras(summaries, floors, hints)
+               for j, (c, s) in enumerate(zip(spec.checks, measured.summaries))]
+    return _Extras(floors, inverse_hints(block, failing))
 
 
 def _report(target: _Target, measured: _Measured, extras: _Extras, confidence: float, gate: str,
             precision: str | float | None, t0: float) -> Report:
-    spec, summaries, floors, plan = measured.spec, extras.summaries, extras.floors, target.plan
+    spec, summaries, floors, plan = measured.spec, measured.summaries, extras.floors, target.plan
     results = []
     for j, s in enumerate(summaries[: len(spec.checks)]):
         if j in measured.failed:

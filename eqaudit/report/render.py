@@ -143,15 +143,11 @@ def _wide_table(report: Any, title: str, quantiles: bool, shared: Any = frozense
 def layers_table(report: Any) -> Any:
     """A table of per-layer errors (None when the spec asks for none)."""
     from rich.markup import escape
-    from rich.table import Table
 
     with_layers = [c for c in report.checks if c.layers]
     if not with_layers:
         return None
-    table = Table(title="per-layer equivariance error (relative_l2 of feature maps)")
-    for col, just in (("check", "left"), ("layer", "left"), ("mean", "right"), (confidence_label(report), "right"),
-                      ("max", "right")):
-        table.add_column(col, justify=just)
+    table = _detail_table(report, "per-layer equivariance error (relative_l2 of feature maps)", "layer")
     for c in with_layers:
         for i, row in enumerate(c.layers or []):
             name = escape(c.name) if i == 0 else ""
@@ -169,20 +165,28 @@ def layers_table(report: Any) -> Any:
 def elements_table(report: Any) -> Any:
     """A second table: the error of every element of the ``group:`` checks (None without any)."""
     from rich.markup import escape
-    from rich.table import Table
 
     group_checks = [c for c in report.checks if c.elements]
     if not group_checks:
         return None
-    table = Table(title="group elements")
-    for col, just in (("check", "left"), ("element", "left"), ("mean", "right"), (confidence_label(report), "right"),
-                      ("max", "right"), ("status", "center")):
-        table.add_column(col, justify=just)
+    table = _detail_table(report, "group elements", "element", status=True)
     for c in group_checks:
         for i, e in enumerate(c.elements or []):
             status = "[green]PASS[/]" if e["passed"] else "[red]FAIL[/]"
             table.add_row(escape(c.name) if i == 0 else "", escape(e["element"]), format_number(_num(e["mean"])),
                           f"{_interval(_num(e['ci_low']), _num(e['ci_high']))}", format_number(_num(e["max"])), status)
+    return table
+
+
+def _detail_table(report: Any, title: str, what: str, *, status: bool = False) -> Any:
+    """The columns of a per-layer or per-element table: check, ``what``, mean, CI, max (and status)."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    columns = [("check", "left"), (what, "left"), ("mean", "right"), (confidence_label(report), "right"),
+               ("max", "right")] + ([("status", "center")] if status else [])
+    for col, just in columns:
+        table.add_column(col, justify=just)
     return table
 
 

@@ -142,3 +142,18 @@ def test_input_files_skip_references_that_name_no_file(project):
         checks: [{input: {gaussian_noise: {std: 0.1}}}]
     """)
     assert load_spec(path).input_files() == {"spec": path.resolve()}
+
+
+def test_a_factory_file_under_the_home_folder_is_found_and_imported(project, monkeypatch):
+    """``~/models.py:Name`` names the same file for the input-file list and for the import (the
+    import did not expand ``~``)."""
+    monkeypatch.setenv("HOME", str(project))
+    path = write_spec(project, """
+        model: {factory: "~/models.py:PixelReader"}
+        input: {shape: [1, 8, 8]}
+        samples: 64
+        checks: [{input: hflip, threshold: 1}]
+    """)
+    spec = load_spec(path)
+    assert spec.input_files()["model.factory"] == (project / "models.py").resolve()
+    assert audit(None, spec).checks[0].n == 64

@@ -50,7 +50,7 @@ def resolve_reference(ref: str, base_dir: str | Path | None = None) -> Any:
     target, _, attr = ref.rpartition(":")
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     if target.endswith(".py"):
-        path = Path(target)
+        path = Path(target).expanduser()
         if not path.is_absolute():
             path = base / path
         if not path.is_file():

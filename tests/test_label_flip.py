@@ -178,3 +178,24 @@ def test_sequential_sampling_of_a_flip_rate_uses_its_wilson_width() -> None:
     c = report.checks[0]
     assert c.mean == 0.0 and report.samples > 64
     assert (c.ci_high - c.ci_low) / 2 <= 0.01
+
+
+def test_the_hints_run_for_a_flip_rate_that_fails_on_its_wilson_bound(monkeypatch) -> None:
+    """No flips in 64 samples under gate upper: the normal upper bound is 0, the reported Wilson
+    bound about 0.057 > 0.01, so the check fails, and the inverted-output hints see it failing (they
+    judged the normal bound and skipped it)."""
+    from eqaudit.engine import run
+    from eqaudit.spec import spec_from_dict
+
+    class PixelSum(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.stack([x.sum(dim=(-1, -2, -3)), -x.sum(dim=(-1, -2, -3))], dim=-1)
+
+    seen = []
+    real = run.inverse_hints
+    monkeypatch.setattr(run, "inverse_hints", lambda block, failing: seen.append(list(failing)) or real(block, failing))
+    spec = spec_from_dict({"input": {"shape": [1, 4, 4]}, "samples": 64, "checks": [
+        {"name": "flip", "input": "rot90", "distance": "label_flip", "threshold": 0.01}]})
+    report = audit(PixelSum(), spec, gate="upper", noise_floor=False)
+    assert report.checks[0].mean == 0.0 and not report.checks[0].passed
+    assert seen == [[True]]

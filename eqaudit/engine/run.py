@@ -304,8 +304,8 @@ def _extras(target: _Target, measured: _Measured, noise_floor: bool, gate: str) 
     spec = measured.spec
     block = FirstBlock(target.forward, spec, measured.sampler, target.dev)  # drawn and forwarded once for both
     floors = noise_floors(block) if noise_floor else None
-    failing = [j not in measured.failed and exceeds(s, gate, c.threshold)
-               for j, (c, s) in enumerate(zip(spec.checks, measured.summaries))]
+    failing = [j not in measured.failed and exceeds(reported_summary(spec, j, s), gate, c.threshold)
+               for j, (c, s) in enumerate(zip(spec.checks, measured.summaries))]  # as the report judges
     return _Extras(floors, inverse_hints(block, failing))
 
 

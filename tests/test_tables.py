@@ -104,3 +104,19 @@ def test_shared_draws_are_marked_and_independent_ones_noted(project: Path, monke
     notes = " ".join(r.stderr.split())
     assert "check 'independent': input and output are the same random transform" in notes
     assert "'shared'" not in notes and "'fixed'" not in notes
+
+
+@pytest.mark.parametrize("width", [80, 200])
+def test_an_interval_of_nan_or_inf_is_printed_not_read_as_markup(width: int) -> None:
+    """Rich read '[nan, nan]' (a check that could not run) and '[inf, inf]' as markup tags and
+    printed an empty cell."""
+    import dataclasses
+    import math
+
+    report = Report.from_json((GOLDEN / "digits.json").read_text())
+    errored = dataclasses.replace(report.checks[0], error="it failed", mean=math.nan, ci_low=math.nan,
+                                  ci_high=math.nan)
+    unbounded = dataclasses.replace(report.checks[1], ci_low=math.inf, ci_high=math.inf)
+    report = dataclasses.replace(report, checks=(errored, unbounded) + report.checks[2:])
+    text = _text(report.rich_table(width), width)
+    assert "[nan, nan]" in text and "[inf, inf]" in text, text

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from .compare import Comparison, Difference
-from .render import _interval, _md, confidence_label, format_number
+from .render import _interval, _md, _rich_interval, confidence_label, format_number
 
 
 def change_text(d: Difference) -> str:
@@ -63,7 +63,7 @@ def rich_table(comparison: Comparison) -> Any:
             cells += [escape(label)] if several else []
             sign = "+" if d.change > 0 else ""
             cells += [_mean_cell(new), f"{sign}{format_number(d.change)}",
-                      f"{_interval(d.ci_low, d.ci_high)} {d.interval}", _RICH[verdict(d)]]
+                      f"{_rich_interval(d.ci_low, d.ci_high)} {d.interval}", _RICH[verdict(d)]]
             table.add_row(*cells)
     return table
 

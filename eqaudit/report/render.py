@@ -135,7 +135,7 @@ def _wide_table(report: Any, title: str, quantiles: bool, shared: Any = frozense
     for c in report.checks:
         table.add_row(escape(c.name), *(escape(t) for t in _sides(c, shared)), _distance_label(c),
                       format_number(c.mean),
-                      _interval(c.ci_low, c.ci_high), format_number(c.threshold), _status(c),
+                      _rich_interval(c.ci_low, c.ci_high), format_number(c.threshold), _status(c),
                       format_number(c.penalty), *_quantile_cells(c, quantiles))
     return table
 
@@ -158,7 +158,7 @@ def layers_table(report: Any) -> Any:
                 if "stride" in row:  # a shift divided by the map's stride, on the samples it divides
                     layer += f" [dim](stride {row['stride'][0]}x{row['stride'][1]}, n={row['n']})[/]"
                 table.add_row(name, layer, format_number(row["mean"]),
-                              f"{_interval(row['ci_low'], row['ci_high'])}", format_number(row["max"]))
+                              _rich_interval(row['ci_low'], row['ci_high']), format_number(row["max"]))
     return table
 
 
@@ -174,7 +174,7 @@ def elements_table(report: Any) -> Any:
         for i, e in enumerate(c.elements or []):
             status = "[green]PASS[/]" if e["passed"] else "[red]FAIL[/]"
             table.add_row(escape(c.name) if i == 0 else "", escape(e["element"]), format_number(_num(e["mean"])),
-                          f"{_interval(_num(e['ci_low']), _num(e['ci_high']))}", format_number(_num(e["max"])), status)
+                          _rich_interval(_num(e['ci_low']), _num(e['ci_high'])), format_number(_num(e["max"])), status)
     return table
 
 
@@ -211,7 +211,7 @@ def _compact_table(report: Any, title: str, quantiles: bool = False, stack: int 
     for c in report.checks:
         sides = _sides(c, shared)
         what = (f"{sides[0]}, " if c.name in shared else f"{sides[0]} → {sides[1]}, ") + _distance_label(c)
-        numbers = [format_number(c.mean), _interval(c.ci_low, c.ci_high)]
+        numbers = [format_number(c.mean), _rich_interval(c.ci_low, c.ci_high)]
         cells = numbers if stack < 2 else ["\n".join(numbers)]
         cells += [format_number(c.threshold), _status(c)] + ([format_number(c.penalty)] if stack < 3 else [])
         if stack == 0:
@@ -225,6 +225,14 @@ def _compact_table(report: Any, title: str, quantiles: bool = False, stack: int 
 def _sides(c: Any, shared: Any) -> tuple[str, str]:
     """The input and output cells: ``both: t`` and ``(same draw)`` for a shared draw."""
     return (f"both: {c.input}", "(same draw)") if c.name in shared else (c.input, c.output)
+
+
+def _rich_interval(low: Any, high: Any) -> str:
+    """:func:`_interval` for a Rich cell: escaped, so that ``[nan, nan]`` or ``[inf, ...]`` is not
+    read as a markup tag and printed as an empty cell."""
+    from rich.markup import escape
+
+    return escape(_interval(low, high))
 
 
 def _interval(low: Any, high: Any) -> str:

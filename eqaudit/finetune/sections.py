@@ -12,7 +12,8 @@ from typing import Any
 
 from ..errors import did_you_mean
 from ..io.yaml_source import YamlSource
-from ..spec import Spec, check_keys, describe_value, expect_mapping, parse_float, parse_int, resolve_path
+from ..spec import (Spec, check_keys, describe_value, expect_mapping, parse_bool, parse_choice, parse_float, parse_int,
+                    resolve_path)
 from .layer_penalty import LayerTerm, parse_layer_terms
 
 DATA_KEYS = ("path", "inputs", "targets", "val_path", "val_inputs", "val_targets", "dataset", "val_dataset", "kwargs")
@@ -194,9 +195,7 @@ def parse_optimizer(src: YamlSource, raw: Any) -> OptimizerConfig:
         if key in section and name != "sgd":
             raise src.error(f"optimizer.{key}", f"applies to sgd, not {name}")
     momentum = parse_float(src, section.get("momentum", 0.0), "optimizer.momentum")
-    nesterov = section.get("nesterov", False)
-    if not isinstance(nesterov, bool):
-        raise src.error("optimizer.nesterov", f"expected true or false, got {describe_value(nesterov)}")
+    nesterov = parse_bool(src, section.get("nesterov", False), "optimizer.nesterov")
     if nesterov and momentum <= 0:
         raise src.error("optimizer.nesterov", "nesterov needs momentum > 0")
     return OptimizerConfig(str(name), lr, weight_decay, betas, momentum, nesterov)
@@ -209,10 +208,7 @@ def parse_regularizer(src: YamlSource, raw: Any, penalized_checks: int, spec: Sp
         return RegularizerConfig()
     section = expect_mapping(src, raw, "regularizer")
     check_keys(src, section, REGULARIZER_KEYS, "regularizer")
-    points = section.get("points", "data")
-    if points not in POINTS:
-        raise src.error("regularizer.points", f"expected data, random or both, got {describe_value(points)}",
-                        did_you_mean(str(points), POINTS))
+    points = parse_choice(src, section.get("points", "data"), "regularizer.points", POINTS)
     samples = parse_int(src, section["samples"], "regularizer.samples", minimum=1) if "samples" in section else None
     if samples is not None and points == "data":
         raise src.error("regularizer.samples", "applies to points: random or both",
@@ -275,10 +271,8 @@ def parse_dynamics(src: YamlSource, raw: Any) -> DynamicsConfig:
         return DynamicsConfig(enabled=raw)
     section = expect_mapping(src, raw, "dynamics")
     check_keys(src, section, DYNAMICS_KEYS, "dynamics")
-    enabled, track_sharpness = section.get("enabled", True), section.get("sharpness", False)
-    for key, flag in (("enabled", enabled), ("sharpness", track_sharpness)):
-        if not isinstance(flag, bool):
-            raise src.error(f"dynamics.{key}", f"expected true or false, got {describe_value(flag)}")
+    enabled = parse_bool(src, section.get("enabled", True), "dynamics.enabled")
+    track_sharpness = parse_bool(src, section.get("sharpness", False), "dynamics.sharpness")
     displacements = section.get("displacements", [0.05, 0.1])
     if isinstance(displacements, (int, float)) and not isinstance(displacements, bool):
         displacements = [displacements]

@@ -16,6 +16,8 @@ from .fields import (
     check_seed,
     describe_value,
     expect_mapping,
+    parse_bool,
+    parse_choice,
     parse_float,
     parse_int,
     resolve_path,
@@ -25,18 +27,10 @@ from .parse import SPEC_KEYS, load_spec, parse_spec, spec_from_dict
 from .probe import probe_transforms
 from .sections import DTYPES, INPUT_KEYS, MAX_SAMPLE_ELEMENTS, MODEL_KEYS, SAMPLINGS, SOBOL_MAX_DIM
 
-# The names the fine-tune config imported before these parsers were public; kept until it
-# switches to the public names above.
-_check_keys = check_keys
-_mapping = expect_mapping
-_kind = describe_value
-_int = parse_int
-_float = parse_float
-_resolve_path = resolve_path
-
 __all__ = [
     "CHECK_KEYS", "DTYPES", "INPUT_KEYS", "INT_MAX", "MASKS", "MAX_SAMPLES", "MAX_SAMPLE_ELEMENTS", "MODEL_KEYS",
     "MODES", "SAMPLINGS", "SOBOL_MAX_DIM", "SPEC_KEYS", "CheckSpec", "DataRef", "InputSpec", "ModelSpec", "Spec",
-    "check_keys", "check_seed", "describe_value", "expect_mapping", "load_spec", "parse_float", "parse_int",
+    "check_keys", "check_seed", "describe_value", "expect_mapping", "load_spec", "parse_bool", "parse_choice",
+    "parse_float", "parse_int",
     "parse_spec", "probe_transforms", "resolve_path", "spec_from_dict",
 ]

@@ -11,6 +11,7 @@ imports nothing from eqaudit; its errors are :class:`TransformError`.
 
 from transforms_zoo.builder import CallableTransform, Compose, build
 from transforms_zoo.errors import TransformError
+from transforms_zoo.fused import fused_draws
 from transforms_zoo.params import Param
 from transforms_zoo.protocol import Transform
 from transforms_zoo.random import SampleRNG
@@ -27,6 +28,7 @@ __all__ = [
     "Transform",
     "TransformError",
     "build",
+    "fused_draws",
     "get",
     "names",
     "register",

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from transforms_zoo.fused import fused_kernel
+
 
 def _numpy() -> Any:
     """numpy when it can view CPU tensors (zero-copy): on CPU the hash and the row sort run there,
@@ -129,6 +131,36 @@ def _to_unsigned(w: torch.Tensor) -> torch.Tensor:
     return w.to(torch.int64).bitwise_and_(_M32)
 
 
+def _hashed_words(key: torch.Tensor, pos_key: torch.Tensor) -> torch.Tensor:
+    """The words of a draw: ``lowbias32(key[i] + pos_key[p])``, shape ``(n, count)`` (int32)."""
+    return _mix32_(key[:, None] + pos_key[None, :])
+
+
+def _hashed_uniform24(key: torch.Tensor, pos_key: torch.Tensor) -> torch.Tensor:
+    """A float32 uniform draw: the top 24 bits of each word over 2**24 (exact)."""
+    w = _hashed_words(key, pos_key)
+    w >>= 8
+    return w.bitwise_and_(0xFFFFFF).to(torch.float32).mul_(1.0 / 16777216.0)
+
+
+def _index_keys(index: torch.Tensor, seed_word: int) -> torch.Tensor:
+    """The per-sample keys of indices below 2**31: ``lowbias32(index ^ seed word)`` (int32)."""
+    return _mix32_(index.to(torch.int32).bitwise_xor_(seed_word))
+
+
+def _probe_keys(shape: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample and position keys of a ``(rows, columns)`` draw for checking a fused kernel: words
+    of every sign and bit."""
+    a = torch.arange(shape[0], dtype=torch.int64, device=device) * 0x9E3779B1 + 0x7F4A7C15
+    b = torch.arange(shape[1], dtype=torch.int64, device=device) * 0x85EBCA77 + 0x165667B1
+    return _to_word(a & _M32), _to_word(b & _M32)
+
+
+def _probe_index(shape: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, int]:
+    """Sample indices and a seed word for checking the fused :func:`_index_keys`."""
+    return torch.arange(2**31 - 7 * shape[0], 2**31, 7, dtype=torch.int64, device=device), _s32(0xC2B2AE35)
+
+
 def _mix_int(x: int) -> int:
     """The same hash on a Python int (for seeds and stream names)."""
     x &= _M32
@@ -208,8 +240,11 @@ class SampleRNG:
         # hashed high word for indices at or above 2**32 (``below_2_32``: the caller knows there
         # are none, which saves the ops; ``below_2_31``: nor at or above 2**31, so each index is
         # its own int32 word, one conversion instead of the masking).
-        low = index.to(torch.int32) if below_2_31 else _to_word(index & _M32)
-        self._key = _mix32_(low.bitwise_xor_(s))
+        if below_2_31:
+            fused = fused_kernel(_index_keys, index.device, index.shape, _probe_index)
+            self._key = (fused or _index_keys)(index, s)
+        else:
+            self._key = _mix32_(_to_word(index & _M32).bitwise_xor_(s))
         if not (below_2_32 or below_2_31):
             hi = (index >> 32) & _M32
             self._key.add_(_mix32_(_to_word((hi + _GOLDEN) & _M32)).sub_(_s32(_mix_int(_GOLDEN))))
@@ -273,10 +308,16 @@ class SampleRNG:
         tensor the caller may modify in place."""
         if not 0 <= salt < _SALTS:
             raise ValueError(f"salt must lie in [0, {_SALTS})")
+        # One round suffices: both the sample key and the position key are already hashed.
+        return self._hashed(_hashed_words, shape, salt)
+
+    def _hashed(self, kernel: Any, shape: Sequence[int], salt: int) -> torch.Tensor:
+        """``kernel(sample keys, position keys)`` reshaped to ``(n, *shape)``: one compiled kernel
+        inside :func:`transforms_zoo.fused.fused_draws`, the eager operators otherwise."""
         count = math.prod(shape)
         pos_key = _position_keys(count, salt, self.stream, self.device)
-        # One round suffices: both the sample key and the position key are already hashed.
-        h = _mix32_(self._key[:, None] + pos_key[None, :])
+        fused = fused_kernel(kernel, self.device, (self.n, count), _probe_keys)
+        h = (fused or kernel)(self._key, pos_key)
         return h.reshape(self.n, *shape)
 
     def _bits(self, shape: Sequence[int], salt: int = 0) -> torch.Tensor:
@@ -307,7 +348,7 @@ class SampleRNG:
             b = self._top(shape, 1, 26)
             u = a.to(torch.float64).mul_(67108864.0).add_(b).mul_(1.0 / 9007199254740992.0)
         else:
-            u = self._top(shape, 0, 24).to(torch.float32).mul_(1.0 / 16777216.0)  # 24 bits: exact
+            u = self._hashed(_hashed_uniform24, shape, 0)  # the top 24 bits of the words: exact
             if dtype != torch.float32:
                 u = u.to(dtype)
         if isinstance(low, (int, float)) and isinstance(high, (int, float)):

@@ -36,7 +36,9 @@ LayersOpt = Annotated[bool, typer.Option("--layers", help="Print the per-layer t
 PlotLayersOpt = Annotated[Optional[Path], typer.Option(
     "--plot-layers", help="Write the layers x channels heatmap as a PNG (spec key layers: {per_channel: true}; "
                           "needs matplotlib, the 'plot' extra).")]
-CompileOpt = Annotated[bool, typer.Option("--compile", help="Wrap the model in torch.compile.")]
+CompileOpt = Annotated[bool, typer.Option(
+    "--compile", help="Wrap the model in torch.compile; on a GPU also run each random draw as one compiled kernel "
+                      "(same numbers, fewer kernel launches).")]
 BaselineOpt = Annotated[Optional[Path], typer.Option(
     "--baseline", help="An earlier JSON report of the same spec: report each check's change against it, with a "
                        "confidence interval (paired when both carry per-sample errors of the same points, else Welch).")]

@@ -22,7 +22,9 @@ model, interleaved, the median of R runs of:
 Beside the times it counts, on CPU, the aten operator calls of one audit at the chunk size the
 CUDA policy picks for an 80 GB device (``chunk_cuda_80gb_*``; the random draws on their torch
 path, as on CUDA) and of the ideal's two forward passes (``ops_eqaudit_*``, ``ops_ideal_*``): a
-device-independent proxy for the kernel launches a GPU would make.
+device-independent proxy for the kernel launches a GPU would make. ``ops_fused_*`` count the same
+audit with each draw's hash one launch, as ``--compile`` runs it on a GPU
+(``transforms_zoo.fused_draws``).
 
 Every contender runs with glibc told to serve blocks up to 32 MiB from its heap
 (:func:`eqaudit.allocator.steady_allocator`, as the ``eqaudit`` command does): with glibc's
@@ -48,6 +50,7 @@ of the peak at N.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -248,22 +251,46 @@ def cuda_chunk(model: nn.Module, spec, free_bytes: int = 80 * 10**9) -> int:
     return device_chunk(free_bytes, measured.device_bytes(), spec.samples, copies_per_sample(spec))
 
 
-def _audit_ops(model: nn.Module, spec, size: int) -> OpCounter:
+def _audit_ops(model: nn.Module, spec, size: int, fused: bool = False) -> OpCounter:
     from unittest import mock
 
     from eqaudit.engine.estimator import BlockStats
 
     counter = OpCounter()
-    with mock.patch.object(BlockStats, "summaries", _counting_host(counter)), counter:
+    launches = _counted_launches(counter) if fused else contextlib.nullcontext()
+    with mock.patch.object(BlockStats, "summaries", _counting_host(counter)), launches, counter:
         audit(model, spec, device="cpu", batch_size=size)
     return counter
+
+
+@contextlib.contextmanager
+def _counted_launches(counter: OpCounter):
+    """Each draw's fused kernel (``transforms_zoo.fused_draws``, which ``--compile`` turns on for a
+    GPU) counted as the one launch it is when compiled: run eagerly, unseen by the counter."""
+    from unittest import mock
+
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    import transforms_zoo.random as zoo_random
+
+    def fused_kernel(kernel, device, shape, probe_args):
+        def launch(*args):
+            with _disable_current_modes():
+                out = kernel(*args)
+            counter.ops += 1
+            return out
+        return launch
+
+    with mock.patch.object(zoo_random, "fused_kernel", fused_kernel):
+        yield
 
 
 def count_ops(case: str, n: int) -> dict[str, int]:
     """Operator calls of one audit at the CUDA chunk for an 80 GB device, counted on CPU with the
     random draws on their torch (CUDA) path, and of the ideal's two forward passes; and, from a
     second count at a quarter of that chunk (four times the chunks), the calls each chunk adds
-    (``per_chunk``) and the rest, a constant per audit (``per_audit``), both without the host ops."""
+    (``per_chunk``) and the rest, a constant per audit (``per_audit``), both without the host ops.
+    ``fused_*``: the same with each draw's fused kernel one launch (``--compile`` on a GPU)."""
     import transforms_zoo.random as zoo_random
 
     cpu = torch.device("cpu")
@@ -276,15 +303,19 @@ def count_ops(case: str, n: int) -> dict[str, int]:
         audit(model, spec, device=cpu, batch_size=quarter)  # warm-up of the quarter's position keys
         eq = _audit_ops(model, spec, size)
         smaller = _audit_ops(model, spec, quarter)
+        fused = _audit_ops(model, spec, size, fused=True)
+        fused_smaller = _audit_ops(model, spec, quarter, fused=True)
     finally:
         zoo_random._np = saved
     chunks, more = -(-n // size), -(-n // quarter)
     per_chunk = (smaller.ops - eq.ops) // max(1, more - chunks)
+    fused_per_chunk = (fused_smaller.ops - fused.ops) // max(1, more - chunks)
     ideal = run_ideal(model, spec, cpu)
     with OpCounter() as ide:
         ideal()
     return {"eqaudit": eq.ops + eq.host, "device": eq.ops, "host": eq.host, "ideal": ide.ops, "chunk": size,
-            "chunks": chunks, "per_chunk": per_chunk, "per_audit": eq.ops - chunks * per_chunk}
+            "chunks": chunks, "per_chunk": per_chunk, "per_audit": eq.ops - chunks * per_chunk,
+            "fused_device": fused.ops, "fused_per_chunk": fused_per_chunk}
 
 
 def run_original(model: nn.Module, spec, device: torch.device) -> Callable[[], None] | None:
@@ -453,6 +484,8 @@ def main() -> None:
         result[f"ops_host_eqaudit_{case}"] = ops["host"]
         result[f"ops_per_chunk_eqaudit_{case}"] = ops["per_chunk"]
         result[f"ops_per_audit_eqaudit_{case}"] = ops["per_audit"]
+        result[f"ops_fused_device_eqaudit_{case}"] = ops["fused_device"]
+        result[f"ops_fused_per_chunk_eqaudit_{case}"] = ops["fused_per_chunk"]
         result[f"chunk_cuda_80gb_{case}"] = ops["chunk"]
         result[f"chunks_cuda_80gb_{case}"] = ops["chunks"]
         if not args.no_memory:
@@ -482,7 +515,8 @@ def main() -> None:
             f"{result[f'ratio_vs_ideal_{case}']:.3f}",
             f"{result[f'ratio_vs_best_batch_{case}']:.3f} ({result[f'best_batch_{case}']} rows)",
             f"{result[f'speedup_vs_original_{case}']:.2f}" if orig else "-",
-            f"{result[f'ops_eqaudit_{case}']} / {result[f'ops_ideal_{case}']}",
+            f"{result[f'ops_eqaudit_{case}']} ({result[f'ops_fused_device_eqaudit_{case}']} fused, device) / "
+            f"{result[f'ops_ideal_{case}']}",
             f"{mem:.3f}" if mem else "-",
         )
     Console().print(table)

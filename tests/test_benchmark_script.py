@@ -23,6 +23,8 @@ def test_operator_counts_add_up_per_chunk_and_per_audit():
     assert ops["per_chunk"] > ops["ideal"] > 0  # the chunk draws, transforms and folds besides forwarding
     assert ops["per_audit"] + ops["chunks"] * ops["per_chunk"] == ops["device"]
     assert ops["device"] + ops["host"] == ops["eqaudit"] and ops["host"] > 0
+    # each draw's fused kernel counts one launch in place of its dozen operators
+    assert ops["ideal"] < ops["fused_per_chunk"] < ops["per_chunk"] and ops["fused_device"] < ops["device"]
 
 
 def test_best_batch_is_one_of_the_swept_powers_of_two():
@@ -42,7 +44,7 @@ def test_json_prints_the_keys_of_the_speed_targets():
     result = json.loads(out.stdout)
     for key in ("ratio_vs_ideal", "ratio_vs_best_batch", "ops_eqaudit", "ops_ideal", "ops_per_chunk_eqaudit",
                 "ops_per_audit_eqaudit", "ops_host_eqaudit", "chunk_cuda_80gb", "best_batch",
-                "ratio_vs_inputs_limit"):
+                "ratio_vs_inputs_limit", "ops_fused_device_eqaudit", "ops_fused_per_chunk_eqaudit"):
         assert f"{key}_mlp" in result, key
     assert {"time_eqaudit_mlp_s", "time_best_batch_mlp_s"} <= result.keys()
     assert result["ratio_vs_best_batch_mlp"] > 0

@@ -40,7 +40,8 @@ CPU: the resident-set high-water mark above the process's level after set-up, wi
 to mmap blocks over 64 KiB so that RSS follows the live tensors rather than allocator slack).
 
     python benchmarks/measure_vs_ideal.py [--device cpu|cuda] [--samples 4096] [--repeats 7] [--json]
-                                          [--models cnn,mlp] [--same-process] [--no-memory]
+                                          [--models cnn,mlp] [--same-process] [--no-memory] [--no-ops]
+                                          [--fused-draws]
 
 Targets: ratio_vs_best_batch <= 1.15 on CPU, ops_eqaudit <= 2 ops_ideal + a constant per audit,
 ratio_vs_ideal <= 1.10, speedup_vs_original >= 1.5, peak memory at 16 N within 10%
@@ -74,6 +75,7 @@ from eqaudit.allocator import steady_allocator  # noqa: E402
 from eqaudit.engine.run import audit  # noqa: E402
 from eqaudit.spec import spec_from_dict  # noqa: E402
 import transforms_zoo  # noqa: E402
+from transforms_zoo import fused_draws  # noqa: E402
 
 
 def make_cnn() -> nn.Module:
@@ -128,9 +130,12 @@ def build(case: str, n: int, device: torch.device):
     return model, spec
 
 
-def run_eqaudit(model: nn.Module, spec, device: torch.device) -> Callable[[], None]:
+def run_eqaudit(model: nn.Module, spec, device: torch.device, fused: bool = False) -> Callable[[], None]:
+    """The audit; ``fused``: with each draw one compiled kernel (``transforms_zoo.fused_draws``, as
+    ``--compile`` runs a GPU audit; compiled in the untimed warm-up call)."""
     def go() -> None:
-        audit(model, spec, device=device)
+        with fused_draws(fused):
+            audit(model, spec, device=device)
         _sync(device)
 
     return go
@@ -365,14 +370,16 @@ def round_ratio(times: dict[str, list[float]], num: str, den: str) -> float | No
     return statistics.median(a / b for a, b in zip(times[num], times[den]))
 
 
-def rounds_child(case: str, n: int, repeats: int, device: str, allocator: bool = True) -> dict[str, Any]:
+def rounds_child(case: str, n: int, repeats: int, device: str, allocator: bool = True,
+                 fused: bool = False) -> dict[str, Any]:
     """:func:`timed_rounds` of one model's three contenders, in a fresh process: the allocator
     state one model leaves behind (the CNN ideal's 1.6 GB batches grow the heap, after which the
     MLP ideal's 16 MB activations are no longer page-faulted in) does not shape the next one's."""
     code = (
         "import sys, json; sys.path.insert(0, %r); "
         "from benchmarks.measure_vs_ideal import _rounds_in_this_process; "
-        "print(json.dumps(_rounds_in_this_process(%r, %d, %d, %r, %r)))" % (str(ROOT), case, n, repeats, device, allocator)
+        "print(json.dumps(_rounds_in_this_process(%r, %d, %d, %r, %r, %r)))"
+        % (str(ROOT), case, n, repeats, device, allocator, fused)
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if out.returncode != 0:
@@ -380,7 +387,8 @@ def rounds_child(case: str, n: int, repeats: int, device: str, allocator: bool =
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _rounds_in_this_process(case: str, n: int, repeats: int, device_name: str, allocator: bool = True) -> dict[str, Any]:
+def _rounds_in_this_process(case: str, n: int, repeats: int, device_name: str, allocator: bool = True,
+                            fused: bool = False) -> dict[str, Any]:
     steady = steady_allocator(force=True) if allocator else False
     device = torch.device(device_name)
     model, spec = build(case, n, device)
@@ -392,6 +400,7 @@ def _rounds_in_this_process(case: str, n: int, repeats: int, device_name: str, a
             "best_batch": run_best_batch(model, spec, device, best),
             "inputs_limit": run_inputs_limit(model, spec, device, best),
             "original": run_original(model, spec, device),
+            "eqaudit_fused": run_eqaudit(model, spec, device, fused=True) if fused else None,
         },
         repeats,
     )
@@ -445,6 +454,10 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(CASES), help="comma-separated subset of: " + ", ".join(CASES))
     ap.add_argument("--same-process", action="store_true",
                     help="time every model in this process, one after the other (default: each in a fresh one)")
+    ap.add_argument("--no-ops", action="store_true",
+                    help="skip the operator counts (device-independent: counted on CPU, slow for the CNN at large N)")
+    ap.add_argument("--fused-draws", action="store_true",
+                    help="also time the audit with fused draws (transforms_zoo.fused_draws, as --compile on a GPU)")
     ap.add_argument("--default-allocator", action="store_true",
                     help="time with glibc's default malloc options (see eqaudit.allocator)")
     args = ap.parse_args()
@@ -461,9 +474,11 @@ def main() -> None:
         if case not in CASES:
             ap.error(f"unknown model {case!r}; choose from {', '.join(CASES)}")
         if args.same_process:
-            timed = _rounds_in_this_process(case, args.samples, args.repeats, args.device, not args.default_allocator)
+            timed = _rounds_in_this_process(case, args.samples, args.repeats, args.device, not args.default_allocator,
+                                            args.fused_draws)
         else:
-            timed = rounds_child(case, args.samples, args.repeats, args.device, not args.default_allocator)
+            timed = rounds_child(case, args.samples, args.repeats, args.device, not args.default_allocator,
+                                 args.fused_draws)
         result["steady_allocator"] = timed["steady_allocator"]
         rounds = timed["rounds"]
         t = {k: (statistics.median(v) if v else None) for k, v in rounds.items()}
@@ -477,17 +492,22 @@ def main() -> None:
         result[f"time_inputs_limit_{case}_s"] = t["inputs_limit"]
         result[f"ratio_vs_inputs_limit_{case}"] = round_ratio(rounds, "eqaudit", "inputs_limit")
         result[f"speedup_vs_original_{case}"] = round_ratio(rounds, "original", "eqaudit")
-        ops = count_ops(case, args.samples)
-        result[f"ops_eqaudit_{case}"] = ops["eqaudit"]
-        result[f"ops_ideal_{case}"] = ops["ideal"]
-        result[f"ops_device_eqaudit_{case}"] = ops["device"]
-        result[f"ops_host_eqaudit_{case}"] = ops["host"]
-        result[f"ops_per_chunk_eqaudit_{case}"] = ops["per_chunk"]
-        result[f"ops_per_audit_eqaudit_{case}"] = ops["per_audit"]
-        result[f"ops_fused_device_eqaudit_{case}"] = ops["fused_device"]
-        result[f"ops_fused_per_chunk_eqaudit_{case}"] = ops["fused_per_chunk"]
-        result[f"chunk_cuda_80gb_{case}"] = ops["chunk"]
-        result[f"chunks_cuda_80gb_{case}"] = ops["chunks"]
+        if args.fused_draws:
+            result[f"time_eqaudit_fused_{case}_s"] = t["eqaudit_fused"]
+            result[f"ratio_fused_vs_eqaudit_{case}"] = round_ratio(rounds, "eqaudit_fused", "eqaudit")
+            result[f"ratio_fused_vs_ideal_{case}"] = round_ratio(rounds, "eqaudit_fused", "ideal")
+        if not args.no_ops:
+            ops = count_ops(case, args.samples)
+            result[f"ops_eqaudit_{case}"] = ops["eqaudit"]
+            result[f"ops_ideal_{case}"] = ops["ideal"]
+            result[f"ops_device_eqaudit_{case}"] = ops["device"]
+            result[f"ops_host_eqaudit_{case}"] = ops["host"]
+            result[f"ops_per_chunk_eqaudit_{case}"] = ops["per_chunk"]
+            result[f"ops_per_audit_eqaudit_{case}"] = ops["per_audit"]
+            result[f"ops_fused_device_eqaudit_{case}"] = ops["fused_device"]
+            result[f"ops_fused_per_chunk_eqaudit_{case}"] = ops["fused_per_chunk"]
+            result[f"chunk_cuda_80gb_{case}"] = ops["chunk"]
+            result[f"chunks_cuda_80gb_{case}"] = ops["chunks"]
         if not args.no_memory:
             small = peak_memory_child(case, args.samples, args.device)
             large = peak_memory_child(case, args.samples * 16, args.device)
@@ -515,8 +535,8 @@ def main() -> None:
             f"{result[f'ratio_vs_ideal_{case}']:.3f}",
             f"{result[f'ratio_vs_best_batch_{case}']:.3f} ({result[f'best_batch_{case}']} rows)",
             f"{result[f'speedup_vs_original_{case}']:.2f}" if orig else "-",
-            f"{result[f'ops_eqaudit_{case}']} ({result[f'ops_fused_device_eqaudit_{case}']} fused, device) / "
-            f"{result[f'ops_ideal_{case}']}",
+            (f"{result[f'ops_eqaudit_{case}']} ({result[f'ops_fused_device_eqaudit_{case}']} fused, device) / "
+             f"{result[f'ops_ideal_{case}']}") if f"ops_eqaudit_{case}" in result else "-",
             f"{mem:.3f}" if mem else "-",
         )
     Console().print(table)

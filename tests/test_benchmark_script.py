@@ -39,13 +39,14 @@ def test_best_batch_is_one_of_the_swept_powers_of_two():
 def test_json_prints_the_keys_of_the_speed_targets():
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "measure_vs_ideal.py"), "--json", "--samples", "128",
-         "--repeats", "1", "--no-memory", "--models", "mlp"],
+         "--repeats", "1", "--no-memory", "--models", "mlp", "--fused-draws"],
         capture_output=True, text=True, timeout=300, check=True)
     result = json.loads(out.stdout)
     for key in ("ratio_vs_ideal", "ratio_vs_best_batch", "ops_eqaudit", "ops_ideal", "ops_per_chunk_eqaudit",
                 "ops_per_audit_eqaudit", "ops_host_eqaudit", "chunk_cuda_80gb", "best_batch",
                 "ratio_vs_inputs_limit", "ops_fused_device_eqaudit", "ops_fused_per_chunk_eqaudit"):
         assert f"{key}_mlp" in result, key
-    assert {"time_eqaudit_mlp_s", "time_best_batch_mlp_s"} <= result.keys()
+    assert {"time_eqaudit_mlp_s", "time_best_batch_mlp_s", "time_eqaudit_fused_mlp_s", "ratio_fused_vs_ideal_mlp",
+            "ratio_fused_vs_eqaudit_mlp"} <= result.keys()
     assert result["ratio_vs_best_batch_mlp"] > 0
     assert result["steady_allocator"] is True

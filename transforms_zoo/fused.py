@@ -29,8 +29,8 @@ _ENABLED: contextvars.ContextVar[bool] = contextvars.ContextVar("transforms_zoo_
 
 #: Per kernel (the eager function), its compiled form.
 _COMPILED: dict[Callable[..., torch.Tensor], Callable[..., torch.Tensor]] = {}
-#: Per (kernel, device), whether the compiled form gave the eager bits on every probe.
-_VERDICTS: dict[tuple[Callable[..., torch.Tensor], str], bool] = {}
+#: Per (kernel, device, class of shape), whether the compiled form gave the eager bits.
+_VERDICTS: dict[tuple[Callable[..., torch.Tensor], str, tuple[int, ...]], bool] = {}
 
 #: The probe inputs' size along a dimension above 1 (rows, columns).
 PROBE_SIZES = (5, 3)
@@ -51,8 +51,11 @@ def fused_draws_enabled() -> bool:
     return _ENABLED.get()
 
 
-def fused_kernel(kernel: Callable[..., torch.Tensor], device: torch.device, shape: Sequence[int],
-                 probe_args: Callable[[tuple[int, ...], torch.device], Sequence[Any]]) -> Callable[..., torch.Tensor] | None:
+Kernel = Callable[..., torch.Tensor]
+
+
+def fused_kernel(kernel: Kernel, device: torch.device, shape: Sequence[int],
+                 probe_args: Callable[[tuple[int, ...], torch.device], Sequence[Any]]) -> Kernel | None:
     """The compiled form of ``kernel`` for a draw of ``shape`` (samples first) on ``device``, or
     None where the eager path must run: outside :func:`fused_draws`, while ``torch.compile``
     traces (the caller's graph takes the eager code in), under a dispatch mode (which sees eager

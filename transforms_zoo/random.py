@@ -9,6 +9,7 @@ the products, masked shifts for logical ones), so draws happen on the data's dev
 
 from __future__ import annotations
 
+import functools
 import math
 import zlib
 from collections.abc import Sequence
@@ -136,11 +137,27 @@ def _hashed_words(key: torch.Tensor, pos_key: torch.Tensor) -> torch.Tensor:
     return _mix32_(key[:, None] + pos_key[None, :])
 
 
+def _hashed_bits(key: torch.Tensor, pos_key: torch.Tensor) -> torch.Tensor:
+    """The words of a draw as int64 values in [0, 2**32)."""
+    return _to_unsigned(_hashed_words(key, pos_key))
+
+
+def _top_bits(w: torch.Tensor, n_bits: int) -> torch.Tensor:
+    """The top ``n_bits`` (< 32) of int32 words, as non-negative int32 (in place)."""
+    w >>= 32 - n_bits
+    return w.bitwise_and_((1 << n_bits) - 1)
+
+
 def _hashed_uniform24(key: torch.Tensor, pos_key: torch.Tensor) -> torch.Tensor:
     """A float32 uniform draw: the top 24 bits of each word over 2**24 (exact)."""
-    w = _hashed_words(key, pos_key)
-    w >>= 8
-    return w.bitwise_and_(0xFFFFFF).to(torch.float32).mul_(1.0 / 16777216.0)
+    return _top_bits(_hashed_words(key, pos_key), 24).to(torch.float32).mul_(1.0 / 16777216.0)
+
+
+def _hashed_uniform53(key: torch.Tensor, pos_a: torch.Tensor, pos_b: torch.Tensor) -> torch.Tensor:
+    """A float64 uniform draw: 27 top bits of one word and 26 of another over 2**53 (exact)."""
+    a = _top_bits(_hashed_words(key, pos_a), 27)
+    b = _top_bits(_hashed_words(key, pos_b), 26)
+    return a.to(torch.float64).mul_(67108864.0).add_(b).mul_(1.0 / 9007199254740992.0)
 
 
 def _index_keys(index: torch.Tensor, seed_word: int) -> torch.Tensor:
@@ -148,12 +165,15 @@ def _index_keys(index: torch.Tensor, seed_word: int) -> torch.Tensor:
     return _mix32_(index.to(torch.int32).bitwise_xor_(seed_word))
 
 
-def _probe_keys(shape: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample and position keys of a ``(rows, columns)`` draw for checking a fused kernel: words
-    of every sign and bit."""
+def _probe_keys(shape: tuple[int, ...], device: torch.device, salts: int = 1) -> tuple[torch.Tensor, ...]:
+    """Sample keys and ``salts`` sets of position keys of a ``(rows, columns)`` draw for checking
+    a fused kernel: words of every sign and bit."""
     a = torch.arange(shape[0], dtype=torch.int64, device=device) * 0x9E3779B1 + 0x7F4A7C15
-    b = torch.arange(shape[1], dtype=torch.int64, device=device) * 0x85EBCA77 + 0x165667B1
-    return _to_word(a & _M32), _to_word(b & _M32)
+    out = [_to_word(a & _M32)]
+    for k in range(salts):
+        b = torch.arange(shape[1], dtype=torch.int64, device=device) * (0x85EBCA77 + 2 * k) + 0x165667B1
+        out.append(_to_word(b & _M32))
+    return tuple(out)
 
 
 def _probe_index(shape: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, int]:
@@ -306,29 +326,25 @@ class SampleRNG:
     def _words(self, shape: Sequence[int], salt: int = 0) -> torch.Tensor:
         """32 random bits as int32 words, for each sample and each element of ``shape``: a fresh
         tensor the caller may modify in place."""
-        if not 0 <= salt < _SALTS:
-            raise ValueError(f"salt must lie in [0, {_SALTS})")
         # One round suffices: both the sample key and the position key are already hashed.
         return self._hashed(_hashed_words, shape, salt)
 
-    def _hashed(self, kernel: Any, shape: Sequence[int], salt: int) -> torch.Tensor:
-        """``kernel(sample keys, position keys)`` reshaped to ``(n, *shape)``: one compiled kernel
-        inside :func:`transforms_zoo.fused.fused_draws`, the eager operators otherwise."""
+    def _hashed(self, kernel: Any, shape: Sequence[int], *salts: int) -> torch.Tensor:
+        """``kernel(sample keys, position keys of each salt)`` reshaped to ``(n, *shape)``: one
+        compiled kernel inside :func:`transforms_zoo.fused.fused_draws`, the eager operators
+        otherwise."""
+        if not all(0 <= salt < _SALTS for salt in salts):
+            raise ValueError(f"salt must lie in [0, {_SALTS})")
         count = math.prod(shape)
-        pos_key = _position_keys(count, salt, self.stream, self.device)
-        fused = fused_kernel(kernel, self.device, (self.n, count), _probe_keys)
-        h = (fused or kernel)(self._key, pos_key)
+        pos_keys = [_position_keys(count, salt, self.stream, self.device) for salt in salts]
+        probe = _probe_keys if len(salts) == 1 else functools.partial(_probe_keys, salts=len(salts))
+        fused = fused_kernel(kernel, self.device, (self.n, count), probe)
+        h = (fused or kernel)(self._key, *pos_keys)
         return h.reshape(self.n, *shape)
 
     def _bits(self, shape: Sequence[int], salt: int = 0) -> torch.Tensor:
         """32 random bits (as int64 in [0, 2**32)) for each sample and each element of ``shape``."""
-        return _to_unsigned(self._words(shape, salt))
-
-    def _top(self, shape: Sequence[int], salt: int, n_bits: int) -> torch.Tensor:
-        """The top ``n_bits`` (< 32) of the words, as non-negative int32."""
-        w = self._words(shape, salt)
-        w >>= 32 - n_bits
-        return w.bitwise_and_((1 << n_bits) - 1)
+        return self._hashed(_hashed_bits, shape, salt)
 
     def words(self) -> torch.Tensor:
         """One random 32-bit word per sample (int64 in [0, 2**32), shape ``(n,)``): keys for
@@ -344,9 +360,7 @@ class SampleRNG:
     ) -> torch.Tensor:
         """Uniform numbers in ``[low, high)``, shape ``(n, *shape)``."""
         if dtype == torch.float64:
-            a = self._top(shape, 0, 27)
-            b = self._top(shape, 1, 26)
-            u = a.to(torch.float64).mul_(67108864.0).add_(b).mul_(1.0 / 9007199254740992.0)
+            u = self._hashed(_hashed_uniform53, shape, 0, 1)  # 53 bits of two words: exact
         else:
             u = self._hashed(_hashed_uniform24, shape, 0)  # the top 24 bits of the words: exact
             if dtype != torch.float32:

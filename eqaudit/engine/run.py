@@ -111,7 +111,7 @@ def audit(
 
 def _draws(compile: bool, dev: torch.device) -> contextlib.AbstractContextManager[Any]:
     """Fused draws with ``compile`` where they pay: off the CPU, whose draws already run as
-    numpy's integer loops and would only add the compiled call's overhead (measured: 5% slower
+    numpy's integer loops and would only add the compiled calls' overhead (measured: 5-8% slower
     on the benchmark MLP's audit)."""
     return fused_draws() if compile and dev.type != "cpu" else contextlib.nullcontext()
 

@@ -166,14 +166,11 @@ def _index_keys(index: torch.Tensor, seed_word: int) -> torch.Tensor:
 
 
 def _probe_keys(shape: tuple[int, ...], device: torch.device, salts: int = 1) -> tuple[torch.Tensor, ...]:
-    """Sample keys and ``salts`` sets of position keys of a ``(rows, columns)`` draw for checking
-    a fused kernel: words of every sign and bit."""
-    a = torch.arange(shape[0], dtype=torch.int64, device=device) * 0x9E3779B1 + 0x7F4A7C15
-    out = [_to_word(a & _M32)]
-    for k in range(salts):
-        b = torch.arange(shape[1], dtype=torch.int64, device=device) * (0x85EBCA77 + 2 * k) + 0x165667B1
-        out.append(_to_word(b & _M32))
-    return tuple(out)
+    """Sample keys and ``salts`` sets of position keys of a ``(rows, columns)`` draw: words of
+    every sign and bit, for checking a fused kernel."""
+    rows = torch.arange(shape[0], dtype=torch.int64, device=device) * 0x9E3779B1 + 0x7F4A7C15
+    cols = torch.arange(shape[1], dtype=torch.int64, device=device)
+    return tuple(_to_word(v & _M32) for v in [rows, *(cols * (0x85EBCA77 + 2 * k) + 0x165667B1 for k in range(salts))])
 
 
 def _probe_index(shape: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, int]:

@@ -64,6 +64,28 @@ def test_nonfinite_values_are_counted_not_averaged():
     assert s.nonfinite == 2 and s.n == 62 and s.mean == 1.0
 
 
+def _tables(stats: BlockStats) -> list[torch.Tensor]:
+    return [stats.count, stats.total, stats.m2, stats.max, stats.nonfinite, stats.values]
+
+
+def test_nonfinite_counts_follow_the_mask_and_no_mask_equals_an_all_true_one():
+    v = torch.linspace(-3.0, 5.0, 128, dtype=torch.float64).reshape(64, 2).clone()
+    v[3, 0], v[5, 0], v[7, 1], v[9, 1] = float("nan"), float("inf"), float("-inf"), -0.0
+    v[11, 1] = torch.finfo(torch.float64).tiny / 4  # a subnormal is finite
+    plain, masked, part = BlockStats(64, 2), BlockStats(64, 2), BlockStats(64, 2)
+    plain.update(slice(0, 2), 0, v)
+    masked.update(slice(0, 2), 0, v, torch.ones_like(v, dtype=torch.bool))
+    keep = torch.ones_like(v, dtype=torch.bool)
+    keep[5, 0] = keep[20, 1] = False  # one non-finite and one finite value left out
+    part.update(slice(0, 2), 0, v, keep)
+    for a, b in zip(_tables(plain), _tables(masked)):
+        assert torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0))
+    assert [plain.summary(j).nonfinite for j in (0, 1)] == [2, 1]
+    assert [plain.summary(j).n for j in (0, 1)] == [62, 63]
+    assert [part.summary(j).nonfinite for j in (0, 1)] == [1, 1]
+    assert [part.summary(j).n for j in (0, 1)] == [62, 62]
+
+
 def test_chunks_must_align_with_blocks():
     with pytest.raises(ValueError):
         BlockStats(100, 1).update(0, 10, torch.zeros(64))

@@ -114,7 +114,8 @@ def _fold(spec: Spec, results: list[CheckErrors], stats: BlockStats, start: int,
         if cols == list(range(cols[0], cols[-1] + 1)):
             cols = slice(cols[0], cols[-1] + 1)  # type: ignore[assignment]
         e_all = torch.stack(whole_rows, dim=1)
-        stats.update(cols, start, e_all, valid[:, None].expand_as(e_all))
+        every_row = start + length <= spec.samples  # known on the host: no mask to apply
+        stats.update(cols, start, e_all, None if every_row else valid[:, None].expand_as(e_all))
 
 
 def _store(stats: BlockStats, column: int, start: int, e: torch.Tensor, rows: torch.Tensor | None,

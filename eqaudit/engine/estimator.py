@@ -254,7 +254,7 @@ class BlockStats:
         if start % BLOCK or length % BLOCK:
             raise ValueError("chunks must start and end on block boundaries")
         e = errors.to(torch.float64).reshape(-1, BLOCK, *errors.shape[1:])
-        finite = torch.isfinite(e)
+        finite = (e - e) == 0  # torch.isfinite in two operators instead of four: inf - inf is NaN
         use = finite if mask is None else mask.reshape(e.shape) & finite
         w = use.to(torch.float64)
         e0 = torch.where(use, e, 0.0)
@@ -263,7 +263,8 @@ class BlockStats:
         mean = total / count.clamp(min=1.0)
         m2 = (w * (e0 - mean.unsqueeze(1)) ** 2).sum(dim=1)
         vmax = torch.where(use, e, -math.inf).amax(dim=1)
-        bad = (~finite if mask is None else mask.reshape(e.shape) & ~finite).to(torch.float64).sum(dim=1)
+        # the rows that count but are not finite; the counts are small integers, exact in float64
+        bad = (BLOCK if mask is None else mask.reshape(e.shape).to(torch.float64).sum(dim=1)) - count
         b0 = start // BLOCK
         n_rows = min(e.shape[0], self.count.shape[0] - b0)  # padding past the last block is empty
         rows = slice(b0, b0 + n_rows)

@@ -296,13 +296,13 @@ def count_ops(case: str, n: int) -> dict[str, int]:
     second count at a quarter of that chunk (four times the chunks), the calls each chunk adds
     (``per_chunk``) and the rest, a constant per audit (``per_audit``), both without the host ops.
     ``fused_*``: the same with each draw's fused kernel one launch (``--compile`` on a GPU)."""
-    import transforms_zoo.random as zoo_random
+    import transforms_zoo.hash32 as zoo_hash32
 
     cpu = torch.device("cpu")
     model, spec = build(case, n, cpu)
     size = cuda_chunk(model, spec)
     quarter = max(BLOCK, size // 4)
-    saved, zoo_random._np = zoo_random._np, None
+    saved, zoo_hash32._np = zoo_hash32._np, None
     try:
         audit(model, spec.replace(samples=BLOCK), device=cpu)  # warm-up (lazy set-up)
         audit(model, spec, device=cpu, batch_size=quarter)  # warm-up of the quarter's position keys
@@ -311,7 +311,7 @@ def count_ops(case: str, n: int) -> dict[str, int]:
         fused = _audit_ops(model, spec, size, fused=True)
         fused_smaller = _audit_ops(model, spec, quarter, fused=True)
     finally:
-        zoo_random._np = saved
+        zoo_hash32._np = saved
     chunks, more = -(-n // size), -(-n // quarter)
     per_chunk = (smaller.ops - eq.ops) // max(1, more - chunks)
     fused_per_chunk = (fused_smaller.ops - fused.ops) // max(1, more - chunks)

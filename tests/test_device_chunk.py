@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-import transforms_zoo.random as zoo_random
+import transforms_zoo.hash32 as zoo_hash32
 from eqaudit.engine import chunking, run
 from eqaudit.engine.chunk import copies_per_sample
 from eqaudit.engine.distributed import World
@@ -170,7 +170,7 @@ def test_a_cuda_finetune_step_forwards_at_most_1_plus_num_funcs_and_reads_back_o
     model = _Counting().cuda()
     trainer = Trainer(cfg, model, train, "cuda")
     trainer.step()  # warm-up (kernels, allocator)
-    monkeypatch.setattr(zoo_random, "_np", None)
+    monkeypatch.setattr(zoo_hash32, "_np", None)
     model.calls = 0
     reads = _device_reads(type(host_reads))
     with reads:

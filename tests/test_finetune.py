@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import transforms_zoo.random as zoo_random
+import transforms_zoo.hash32 as zoo_hash32
 from eqaudit.cli import app
 from eqaudit.errors import EqauditError
 from eqaudit.finetune import (
@@ -192,7 +192,7 @@ def test_penalty_draws_are_a_function_of_seed_and_step(proj):
 
 
 def test_a_step_reads_back_once_and_logs_what_it_computed(proj, host_reads, monkeypatch):
-    monkeypatch.setattr(zoo_random, "_np", None)  # the draws as on CUDA
+    monkeypatch.setattr(zoo_hash32, "_np", None)  # the draws as on CUDA
     tr, model = _trainer(proj, {"regularizer": {"points": "data"}, "optimizer": {"name": "sgd", "lr": 0.1}})
     x, y = tr.train.batch(tr.batch_indices(0))
     saved = {k: v.clone() for k, v in model.state_dict().items()}

@@ -13,7 +13,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import transforms_zoo.fused as fused
-import transforms_zoo.random as zoo_random
+import transforms_zoo.hash32 as zoo_hash32
 from eqaudit.engine import run
 from eqaudit.engine.run import audit
 from eqaudit.spec import spec_from_dict
@@ -75,7 +75,7 @@ def test_indices_from_2_31_on_keep_their_eager_keys(compiles):
 
 
 def test_outside_the_block_under_a_dispatch_mode_and_for_empty_draws_the_eager_path_runs():
-    kernel, probe = zoo_random._hashed_words, zoo_random._probe_keys
+    kernel, probe = zoo_hash32._hashed_words, zoo_hash32._probe_keys
     assert fused_kernel(kernel, torch.device("cpu"), (4, 3), probe) is None
     with fused_draws(), fused_draws(False):
         assert fused_kernel(kernel, torch.device("cpu"), (4, 3), probe) is None

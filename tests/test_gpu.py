@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import eqaudit.engine.chunk as chunk
-import transforms_zoo.random as zoo_random
+import transforms_zoo.hash32 as zoo_hash32
 from eqaudit.engine.run import audit
 from eqaudit.engine.sampling import rows_by_check
 from eqaudit.spec import spec_from_dict
@@ -77,7 +77,7 @@ def test_bf16_on_cuda_runs_and_is_close():
 def _count_host_reads(monkeypatch, watch, model, spec) -> tuple[Counter[str], int]:
     """Run ``spec`` with the host reads inside every chunk counted by ``watch``, the draws on their
     torch (CUDA) path; returns the counts and the number of chunks."""
-    monkeypatch.setattr(zoo_random, "_np", None)
+    monkeypatch.setattr(zoo_hash32, "_np", None)
     chunks, inner = [], chunk.measure_chunk
 
     def counted(*args, **kwargs):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from transforms_zoo import SampleRNG
+from transforms_zoo import hash32 as h32
 from transforms_zoo import random as zr
 
 
@@ -110,39 +111,39 @@ def test_the_int32_hash_is_lowbias32_on_unsigned_words():
     values = [0, 1, 2**31 - 1, 2**31, 2**32 - 1, 0x9E3779B9] + torch.randint(
         0, 2**32, (200,), generator=torch.Generator().manual_seed(0)).tolist()
     x = torch.tensor(values, dtype=torch.int64)
-    got = zr._to_unsigned(zr._mix32_(zr._to_word(x))).tolist()
-    assert got == [zr._mix_int(v) for v in values]
-    assert zr._to_unsigned(zr._to_word(x)).tolist() == values  # exact round trip
+    got = h32._to_unsigned(h32._mix32_(h32._to_word(x))).tolist()
+    assert got == [h32._mix_int(v) for v in values]
+    assert h32._to_unsigned(h32._to_word(x)).tolist() == values  # exact round trip
 
 
 @pytest.mark.parametrize("numpy_path", [True, False])
 def test_the_hash_is_the_same_on_the_numpy_and_torch_paths(monkeypatch, numpy_path):
     if not numpy_path:
-        monkeypatch.setattr(zr, "_np", None)
-    elif zr._np is None:
+        monkeypatch.setattr(h32, "_np", None)
+    elif h32._np is None:
         pytest.skip("numpy cannot view tensors here")
     values = [0, 1, 2**31 - 1, 2**31, 2**32 - 1] + list(range(1000, 1100))
-    x = zr._to_word(torch.tensor(values, dtype=torch.int64))
+    x = h32._to_word(torch.tensor(values, dtype=torch.int64))
     view = x[::2]  # in place through a strided view too
-    zr._mix32_(view)
-    want = [zr._mix_int(v) if i % 2 == 0 else v for i, v in enumerate(values)]
-    assert zr._to_unsigned(x).tolist() == want
+    h32._mix32_(view)
+    want = [h32._mix_int(v) if i % 2 == 0 else v for i, v in enumerate(values)]
+    assert h32._to_unsigned(x).tolist() == want
 
 
 @pytest.mark.parametrize("numpy_path", [True, False])
 @pytest.mark.parametrize("k", [1, 2, 3, 64, 100])
 def test_row_argsort_is_torchs_stable_sort_ties_included(monkeypatch, k, numpy_path):
     if not numpy_path:
-        monkeypatch.setattr(zr, "_np", None)
+        monkeypatch.setattr(h32, "_np", None)
     g = torch.Generator().manual_seed(k)
     w = torch.randint(-2**31, 2**31, (300, k), generator=g, dtype=torch.int64).to(torch.int32)
     w[:, : k // 2] = w[:, k // 2 : 2 * (k // 2)]  # every row has ties
     w[0] = 2**31 - 1
     w[1] = -(2**31)
     want = torch.sort(w, dim=1, stable=True).indices
-    got = zr._stable_argsort_rows(w)
+    got = h32._stable_argsort_rows(w)
     assert got.dtype == want.dtype and torch.equal(got, want)
-    assert torch.equal(zr._stable_argsort_rows(w[:0]), want[:0])
+    assert torch.equal(h32._stable_argsort_rows(w[:0]), want[:0])
 
 
 def test_inverse_permutation_undoes_the_permutation():
@@ -164,16 +165,16 @@ def test_draws_inside_torch_compile_take_the_torch_path():
 
 
 def test_the_numpy_path_declines_what_torch_would_treat_differently():
-    assert zr._numpy_view(torch.zeros((), dtype=torch.int32)) is None  # 0-d
-    assert zr._numpy_view(torch.zeros(4, 4, dtype=torch.int32).t()) is None  # not contiguous
-    assert zr._numpy_view(torch.zeros(1, dtype=torch.int32).expand(5)) is None  # overlapping
-    assert zr._numpy_view(torch.zeros(zr._NUMPY_MAX_ELEMENTS + 1, dtype=torch.int32)) is None
+    assert h32._numpy_view(torch.zeros((), dtype=torch.int32)) is None  # 0-d
+    assert h32._numpy_view(torch.zeros(4, 4, dtype=torch.int32).t()) is None  # not contiguous
+    assert h32._numpy_view(torch.zeros(1, dtype=torch.int32).expand(5)) is None  # overlapping
+    assert h32._numpy_view(torch.zeros(h32._NUMPY_MAX_ELEMENTS + 1, dtype=torch.int32)) is None
     with torch.inference_mode():
         frozen = torch.zeros(3, dtype=torch.int32)
     with pytest.raises(RuntimeError):  # in place on an inference tensor outside inference mode
-        zr._mix32_(frozen)
-    w = zr._to_word(torch.arange(6, dtype=torch.int64))
-    assert zr._to_unsigned(zr._mix32_(w[::2])).tolist() == [zr._mix_int(v) for v in (0, 2, 4)]
+        h32._mix32_(frozen)
+    w = h32._to_word(torch.arange(6, dtype=torch.int64))
+    assert h32._to_unsigned(h32._mix32_(w[::2])).tolist() == [h32._mix_int(v) for v in (0, 2, 4)]
 
 
 def test_an_audit_is_the_same_on_the_numpy_and_torch_paths(monkeypatch):
@@ -192,7 +193,7 @@ def test_an_audit_is_the_same_on_the_numpy_and_torch_paths(monkeypatch):
         ],
     })
     fast = audit(model, spec)
-    monkeypatch.setattr(zr, "_np", None)  # the path CUDA takes
+    monkeypatch.setattr(h32, "_np", None)  # the path CUDA takes
     zr.clear_position_keys()
     slow = audit(model, spec)
     assert [(c.mean, c.p95, c.max) for c in fast.checks] == [(c.mean, c.p95, c.max) for c in slow.checks]

@@ -163,7 +163,8 @@ def _probe_keys(shape: tuple[int, ...], device: torch.device, salts: int = 1) ->
     every sign and bit, for checking a fused kernel."""
     rows = torch.arange(shape[0], dtype=torch.int64, device=device) * 0x9E3779B1 + 0x7F4A7C15
     cols = torch.arange(shape[1], dtype=torch.int64, device=device)
-    return tuple(_to_word(v & _M32) for v in [rows, *(cols * (0x85EBCA77 + 2 * k) + 0x165667B1 for k in range(salts))])
+    words = [rows] + [cols * (0x85EBCA77 + 2 * k) + 0x165667B1 for k in range(salts)]
+    return tuple(_to_word(v & _M32) for v in words)
 
 
 def _probe_index(shape: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, int]:

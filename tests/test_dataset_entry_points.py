@@ -7,10 +7,13 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 
 from eqaudit.finetune import config_from_dict
 from eqaudit.testing import assert_equivariant
+
+from conftest import PixelSum
 
 DATASET_PY = textwrap.dedent(
     """
@@ -23,24 +26,23 @@ DATASET_PY = textwrap.dedent(
 )
 
 
-class PixelSum(torch.nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.sum(dim=(-1, -2))
-
-
-def test_assert_equivariant_takes_a_dataset(tmp_path: Path) -> None:
+@pytest.fixture
+def dataset_dir(tmp_path: Path) -> Path:
+    """A folder whose ds.py:images is a dataset of 12 one-channel 4x4 images."""
     (tmp_path / "ds.py").write_text(DATASET_PY)
-    report = assert_equivariant(PixelSum(), [{"input": "rot90"}], dataset=str(tmp_path / "ds.py") + ":images",
+    return tmp_path
+
+
+def test_assert_equivariant_takes_a_dataset(dataset_dir: Path) -> None:
+    report = assert_equivariant(PixelSum(), [{"input": "rot90"}], dataset=str(dataset_dir / "ds.py") + ":images",
                                 samples=16)
     assert report.checks[0].n == 16 and report.checks[0].max <= 1e-6
 
 
-def test_random_penalty_points_take_the_shape_of_an_input_dataset(tmp_path: Path) -> None:
-    (tmp_path / "ds.py").write_text(DATASET_PY)
-    torch.save({"x": torch.rand(8, 1, 4, 4), "y": torch.randint(0, 2, (8,))}, tmp_path / "train.pt")
+def test_random_penalty_points_take_the_shape_of_an_input_dataset(dataset_dir: Path) -> None:
     from safetensors.torch import save_file
 
-    save_file({"x": torch.rand(8, 1, 4, 4), "y": torch.randint(0, 2, (8,))}, str(tmp_path / "train.safetensors"))
+    save_file({"x": torch.rand(8, 1, 4, 4), "y": torch.randint(0, 2, (8,))}, str(dataset_dir / "train.safetensors"))
     cfg = config_from_dict({
         "model": {"factory": "torch.nn:Flatten"},
         "input": {"dataset": "ds.py:images"},
@@ -49,5 +51,5 @@ def test_random_penalty_points_take_the_shape_of_an_input_dataset(tmp_path: Path
         "regularizer": {"points": "random"},
         "steps": 1,
         "output": {"checkpoint": "out.safetensors"},
-    }, base_dir=tmp_path)
+    }, base_dir=dataset_dir)
     assert cfg.regularizer.points == "random" and cfg.spec.input.dataset is not None

@@ -87,6 +87,8 @@ def _fold(spec: Spec, results: list[CheckErrors], stats: BlockStats, start: int,
           valid: torch.Tensor, dev: torch.device) -> None:
     """Each check's errors into its column (group checks: each element's too); the checks that
     ran on every row in one vectorised update."""
+    # a chunk whose rows all count (known on the host) folds without a mask: fewer operators, same bits
+    counted = None if start + length <= spec.samples else valid
     whole_rows: list[torch.Tensor] = []
     whole_columns: list[int] = []  # the columns of ``whole_rows``
     first_element = element_columns(spec)
@@ -97,15 +99,15 @@ def _fold(spec: Spec, results: list[CheckErrors], stats: BlockStats, start: int,
             first, count = worst_cols[j]
             record = record_columns(spec.checks[j], res.worst)
             if res.rows is None:  # every column of the record in one update
-                stats.update(slice(first, first + count), start, record, valid[:, None].expand_as(record))
+                stats.update(slice(first, first + count), start, record, _wide(counted, record))
             else:
                 for c, values in enumerate(record.unbind(1)):
-                    _store(stats, first + c, start, values, res.rows, valid, length, dev)
+                    _store(stats, first + c, start, values, res.rows, counted, length, dev)
         if res.element_errors is not None:
             for e, errors in enumerate(res.element_errors):
-                _store(stats, first_element[j] + e, start, errors, res.rows, valid, length, dev)
+                _store(stats, first_element[j] + e, start, errors, res.rows, counted, length, dev)
         if res.rows is not None or spec.checks[j].group is not None or spec.checks[j].mode == "lie":
-            _store(stats, j, start, res.errors, res.rows, valid, length, dev)
+            _store(stats, j, start, res.errors, res.rows, counted, length, dev)
         else:
             whole_rows.append(res.errors)
             whole_columns.append(j)
@@ -114,18 +116,23 @@ def _fold(spec: Spec, results: list[CheckErrors], stats: BlockStats, start: int,
         if cols == list(range(cols[0], cols[-1] + 1)):
             cols = slice(cols[0], cols[-1] + 1)  # type: ignore[assignment]
         e_all = torch.stack(whole_rows, dim=1)
-        every_row = start + length <= spec.samples  # known on the host: no mask to apply
-        stats.update(cols, start, e_all, None if every_row else valid[:, None].expand_as(e_all))
+        stats.update(cols, start, e_all, _wide(counted, e_all))
+
+
+def _wide(counted: torch.Tensor | None, errors: torch.Tensor) -> torch.Tensor | None:
+    """The rows that count, as a mask of the ``(L, K)`` ``errors`` (None: every row counts)."""
+    return None if counted is None else counted[:, None].expand_as(errors)
 
 
 def _store(stats: BlockStats, column: int, start: int, e: torch.Tensor, rows: torch.Tensor | None,
-           valid: torch.Tensor, length: int, dev: torch.device) -> None:
-    """Fold one column's errors (for all rows, or for ``rows`` of the chunk) into the statistics."""
+           counted: torch.Tensor | None, length: int, dev: torch.device) -> None:
+    """Fold one column's errors (for all rows, or for ``rows`` of the chunk) into the statistics;
+    ``counted``: the rows that count (None: all of them)."""
     if rows is None:
-        stats.update(column, start, e, valid)
+        stats.update(column, start, e, counted)
         return
     full = torch.zeros(length, dtype=torch.float64, device=dev)
     full[rows] = e
     mask = torch.zeros(length, dtype=torch.bool, device=dev)
     mask[rows] = True
-    stats.update(column, start, full, mask & valid)
+    stats.update(column, start, full, mask if counted is None else mask & counted)

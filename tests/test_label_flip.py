@@ -17,7 +17,7 @@ from eqaudit.engine.distances import parse_distance
 from eqaudit.engine.estimator import summarize_values, wilson_interval, z_value
 from eqaudit.engine.sampling import PointSampler
 from eqaudit.errors import EqauditError
-from eqaudit.spec import load_spec
+from eqaudit.spec import load_spec, spec_from_dict
 from transforms_zoo import SampleRNG
 
 from conftest import write_digits_spec
@@ -162,19 +162,23 @@ def test_fractional_flip_rates_of_dense_outputs_keep_the_normal_interval(tmp_pat
     assert row.ci_low == pytest.approx(row.mean - z_value(0.95) * row.stderr, abs=1e-12)
 
 
+class SignedSum(torch.nn.Module):
+    """Two logits, the pixel sum and its negative: invariant to rot90, so its label never flips."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([x.sum(dim=(-1, -2, -3)), -x.sum(dim=(-1, -2, -3))], dim=-1)
+
+
+def _rot90_flip_spec(**check: object) -> object:
+    """64 samples of 1x4x4 points and one label_flip check of rot90 named "flip"."""
+    return spec_from_dict({"input": {"shape": [1, 4, 4]}, "samples": 64, "checks": [
+        {"name": "flip", "input": "rot90", "distance": "label_flip", **check}]})
+
+
 def test_sequential_sampling_of_a_flip_rate_uses_its_wilson_width() -> None:
     """No flips in 64 samples: the normal interval has width 0 and --precision stopped at once;
     the reported (Wilson) half-width of about 2/n keeps sampling until it is within the target."""
-    from eqaudit import audit
-    from eqaudit.spec import spec_from_dict
-
-    class PixelSum(torch.nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.stack([x.sum(dim=(-1, -2, -3)), -x.sum(dim=(-1, -2, -3))], dim=-1)
-
-    spec = spec_from_dict({"input": {"shape": [1, 4, 4]}, "samples": 64,
-                           "checks": [{"name": "flip", "input": "rot90", "distance": "label_flip"}]})
-    report = audit(PixelSum(), spec, precision=0.01, noise_floor=False)
+    report = audit(SignedSum(), _rot90_flip_spec(), precision=0.01, noise_floor=False)
     c = report.checks[0]
     assert c.mean == 0.0 and report.samples > 64
     assert (c.ci_high - c.ci_low) / 2 <= 0.01
@@ -185,17 +189,10 @@ def test_the_hints_run_for_a_flip_rate_that_fails_on_its_wilson_bound(monkeypatc
     bound about 0.057 > 0.01, so the check fails, and the inverted-output hints see it failing (they
     judged the normal bound and skipped it)."""
     from eqaudit.engine import run
-    from eqaudit.spec import spec_from_dict
-
-    class PixelSum(torch.nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.stack([x.sum(dim=(-1, -2, -3)), -x.sum(dim=(-1, -2, -3))], dim=-1)
 
     seen = []
     real = run.inverse_hints
     monkeypatch.setattr(run, "inverse_hints", lambda block, failing: seen.append(list(failing)) or real(block, failing))
-    spec = spec_from_dict({"input": {"shape": [1, 4, 4]}, "samples": 64, "checks": [
-        {"name": "flip", "input": "rot90", "distance": "label_flip", "threshold": 0.01}]})
-    report = audit(PixelSum(), spec, gate="upper", noise_floor=False)
+    report = audit(SignedSum(), _rot90_flip_spec(threshold=0.01), gate="upper", noise_floor=False)
     assert report.checks[0].mean == 0.0 and not report.checks[0].passed
     assert seen == [[True]]

@@ -16,6 +16,8 @@ from eqaudit.engine.sampling import PointSampler
 from eqaudit.spec import spec_from_dict
 from transforms_zoo import SampleRNG
 
+from conftest import write_spec
+
 
 class PixelSum(torch.nn.Module):
     """Invariant to rot90 up to the rounding of the summation order."""
@@ -67,15 +69,17 @@ def test_epsilon_alone_is_the_threshold() -> None:
     assert c.threshold == 0.5 and c.threshold_source == "epsilon"
 
 
-def test_the_json_report_says_where_each_threshold_comes_from(tmp_path: Path) -> None:
-    (tmp_path / "model.py").write_text(
-        "import torch\n\nclass PixelSum(torch.nn.Module):\n"
-        "    def forward(self, x):\n        return x.sum(dim=(-1, -2))\n")
-    (tmp_path / "spec.yaml").write_text(
-        "model: {factory: model.py:PixelSum}\ninput: {shape: [1, 8, 8]}\nsamples: 128\nchecks:\n"
-        "  - {name: derived, input: rot90}\n  - {name: own, input: hflip, threshold: 0.1}\n")
-    out = tmp_path / "r.json"
-    result = CliRunner().invoke(app, ["measure", "--spec", str(tmp_path / "spec.yaml"), "--json", str(out), "-q"])
+def test_the_json_report_says_where_each_threshold_comes_from(project: Path) -> None:
+    spec = write_spec(project, """
+        model: {factory: models.py:PixelSum}
+        input: {shape: [1, 8, 8]}
+        samples: 128
+        checks:
+          - {name: derived, input: rot90}
+          - {name: own, input: hflip, threshold: 0.1}
+    """)
+    out = project / "r.json"
+    result = CliRunner().invoke(app, ["measure", "--spec", str(spec), "--json", str(out), "-q"])
     assert result.exit_code == 0, result.output
     checks = json.loads(out.read_text())["checks"]
     assert [c["threshold_source"] for c in checks] == ["dtype", "spec"]

@@ -33,7 +33,6 @@ from eqaudit.engine.sampling import PointSampler
 from eqaudit.spec import spec_from_dict
 
 HERE = Path(__file__).resolve()
-ROOT = HERE.parents[1]
 LAUNCH_TIMEOUT_S = 90
 GB = 1 << 30
 FREE_BYTES = {0: 80 * GB, 1: 64 << 20}  # fake free device memory of each rank

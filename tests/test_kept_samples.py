@@ -25,8 +25,6 @@ from eqaudit.engine.run import audit
 from eqaudit.spec import load_spec
 from test_multi_checkpoint import SPEC, make_project
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:

@@ -69,33 +69,36 @@ def exit_code(codes: Sequence[int]) -> int:
 
 @dataclass(frozen=True)
 class Baseline:
-    """The ``--baseline`` file and the reports in it, read once before the run."""
+    """The ``--baseline`` file and its one report, read once before the run."""
 
     path: Path
-    found: list[ReadReport]
+    read: ReadReport
 
     @property
     def samples(self) -> SampleErrors | None:
-        """Its per-sample errors, when it is one report that carries them."""
-        return self.found[0].samples if len(self.found) == 1 else None
+        """Its per-sample errors, when it carries them."""
+        return self.read.samples
 
 
 def read_baseline(path: Path | None) -> Baseline | None:
-    """The ``--baseline`` report file read (an error naming it when it is not a report); None without one."""
-    return None if path is None else Baseline(path, read_reports(str(path), "--baseline"))
+    """The ``--baseline`` report file read before the run: exit 2 naming it when it is not a
+    report, or holds several checkpoints' reports. None without one."""
+    from ..errors import EqauditError
+
+    if path is None:
+        return None
+    found = read_reports(str(path), "--baseline")
+    if len(found) != 1:
+        raise EqauditError(f"holds {len(found)} checkpoints' reports; --baseline takes a single-checkpoint report",
+                           file=str(path), key="--baseline", hint="write the baseline with one checkpoint")
+    return Baseline(path, found[0])
 
 
 def baseline_comparison(baseline: Baseline, report: Any, samples: SampleErrors | None,
                         tolerance: str | None) -> Comparison:
     """The run's report against the ``--baseline`` report (same spec, or exit 2 naming the file).
     Paired when both carry per-sample errors of the same points, Welch otherwise."""
-    from ..errors import EqauditError
-
-    path, found = str(baseline.path), baseline.found
-    if len(found) != 1:
-        raise EqauditError(f"holds {len(found)} checkpoints' reports; --baseline takes a single-checkpoint report",
-                           file=path, key="--baseline", hint="write the baseline with one checkpoint")
-    base = found[0]
+    path, base = str(baseline.path), baseline.read
     require_same_spec(base.report, report, path, "this run", "--baseline")
     allowed = 0.0 if tolerance is None else parse_tolerance(tolerance, "--fail-on-regression")
     return compare_reports([base.report, report], [path, report.checkpoint or "this run"],
@@ -133,7 +136,6 @@ class Outputs:
     quiet: bool  # no tables (``-q``, or the JSON on stdout)
     save_samples: bool
     tolerance: str | None  # --fail-on-regression as given
-
 
     @property
     def saves_samples(self) -> bool:

@@ -200,12 +200,10 @@ def _build_spec(spec_or_checks: Any, kwargs: dict[str, Any]) -> tuple[Spec, list
         _no_domain(domain, "a spec file")
         path = Path(spec_or_checks)
         src = load_yaml(path)
-        spec = parse_spec(src, base_dir=path.resolve().parent)
-        return spec, _own_thresholds(src.data)
+        return _with_sources(parse_spec(src, base_dir=path.resolve().parent))
     if isinstance(spec_or_checks, Mapping):
         _no_domain(domain, "a spec mapping")
-        spec = spec_from_dict(spec_or_checks)
-        return spec, _own_thresholds(spec_or_checks)
+        return _with_sources(spec_from_dict(spec_or_checks))
     if isinstance(spec_or_checks, Sequence):
         checks = list(spec_or_checks)
         if not {"shape", "data", "dataset"} & set(domain):
@@ -217,8 +215,7 @@ def _build_spec(spec_or_checks: Any, kwargs: dict[str, Any]) -> tuple[Spec, list
             value = data["input"].get(key)
             if isinstance(value, tuple) or (value is not None and hasattr(value, "tolist")):
                 data["input"][key] = value.tolist() if hasattr(value, "tolist") else list(value)
-        spec = parse_spec(YamlSource(data, "<assert_equivariant>"), base_dir=Path.cwd())
-        return spec, _own_thresholds(data)
+        return _with_sources(parse_spec(YamlSource(data, "<assert_equivariant>"), base_dir=Path.cwd()))
     raise TypeError(
         "assert_equivariant() takes a Spec, a spec path, a spec mapping or a list of check mappings, "
         f"got {type(spec_or_checks).__name__}"
@@ -231,11 +228,9 @@ def _no_domain(domain: Mapping[str, Any], what: str) -> None:
         raise TypeError(f"assert_equivariant(): {keys} only apply to a list of checks; {what} has its own input block")
 
 
-def _own_thresholds(data: Any) -> list[bool]:
-    checks = data.get("checks") if isinstance(data, Mapping) else None
-    if not isinstance(checks, list):
-        return []
-    return [isinstance(c, Mapping) and ("threshold" in c or "epsilon" in c) for c in checks]
+def _with_sources(spec: Spec) -> tuple[Spec, list[bool]]:
+    """A parsed spec and, per check, whether it gave ``threshold`` or ``epsilon`` (its ``threshold_source``)."""
+    return spec, [c.threshold_source != "default" for c in spec.checks]
 
 
 def _build_model(spec: Spec, audit_kwargs: dict[str, Any]) -> Any:
@@ -280,7 +275,7 @@ def _with_default_thresholds(
     finally:
         if was_training:
             model.train(True)
-    checks = [j for j in range(len(spec.checks)) if not (j < len(own) and own[j])]
+    checks = [j for j, mine in enumerate(own) if not mine]
     return derive_thresholds(lambda _: y, spec, sampler, dev, checks, atol=atol, rtol=rtol)
 
 

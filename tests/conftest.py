@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch.overrides import TorchFunctionMode
 
 
@@ -126,3 +127,57 @@ checks:
 {checks}
 """)
     return path
+
+
+TINY_CNN_PY = textwrap.dedent(
+    """
+    import torch
+
+
+    class TinyCNN(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 4, 3, padding=1, padding_mode="circular")
+            self.head = torch.nn.Conv2d(4, 1, 1)
+
+        def forward(self, x):
+            return self.head(torch.tanh(self.conv(x)))
+
+
+    def two_channels(x):  # an input transform that doubles the channels: a check that cannot run
+        return torch.cat([x, x], dim=1)
+    """
+)
+
+#: The spec of the tiny-CNN project (``make_project``): two loose checks of a non-equivariant model.
+SPEC = {
+    "model": {"factory": "tiny_model.py:TinyCNN"},
+    "input": {"shape": [1, 8, 8], "bounds": [0, 1]},
+    "samples": 256,
+    "checks": [
+        {"name": "rot", "both": "rot90", "threshold": 10.0},
+        {"name": "flip", "both": "hflip", "threshold": 10.0},
+    ],
+}
+
+
+def make_project(folder: Path, spec: dict | None = None, delta: float = 0.3) -> dict[str, Path]:
+    """A tiny CNN (``tiny_model.py:TinyCNN``; ``tiny_model.py:two_channels`` is an input transform
+    that cannot run), its spec (``spec`` or ``SPEC``), and three checkpoints: ``a``, ``same`` (a
+    copy of a) and ``perturbed`` (one weight of the first layer moved by ``delta``)."""
+    from safetensors.torch import save_file
+
+    (folder / "tiny_model.py").write_text(TINY_CNN_PY, encoding="utf-8")
+    (folder / "spec.yaml").write_text(yaml.safe_dump(spec or SPEC), encoding="utf-8")
+    torch.manual_seed(0)
+    conv, head = torch.nn.Conv2d(1, 4, 3), torch.nn.Conv2d(4, 1, 1)
+    weights = {"conv.weight": conv.weight.detach().clone(), "conv.bias": conv.bias.detach().clone(),
+               "head.weight": head.weight.detach().clone(), "head.bias": head.bias.detach().clone()}
+    moved = weights["conv.weight"].clone()
+    moved[0, 0, 0, 0] += delta
+    paths = {"spec": folder / "spec.yaml", "a": folder / "a.safetensors", "same": folder / "same.safetensors",
+             "perturbed": folder / "perturbed.safetensors"}
+    save_file(weights, str(paths["a"]))
+    save_file(weights, str(paths["same"]))
+    save_file({**weights, "conv.weight": moved}, str(paths["perturbed"]))
+    return paths

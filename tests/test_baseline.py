@@ -15,7 +15,8 @@ import yaml
 from typer.testing import CliRunner
 
 from eqaudit.cli import app
-from test_multi_checkpoint import SPEC, make_project
+
+from conftest import SPEC, make_project
 
 BASELINE_FIELDS = {"file", "checkpoint", "seed", "samples", "tolerance", "gated", "regressed", "checks"}
 DIFFERENCE_FIELDS = {"check", "old", "new", "change", "ci_low", "ci_high", "confidence", "interval", "n", "allowed",

@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 import torch
-import yaml
 from typer.testing import CliRunner
 
 from eqaudit.cli import app
 from eqaudit.engine.estimator import QUANTILE_CAP
 from eqaudit.engine.run import audit
 from eqaudit.spec import load_spec
-from test_multi_checkpoint import SPEC, make_project
+
+from conftest import SPEC, make_project
 
 
 @pytest.fixture(scope="module")
@@ -111,13 +111,10 @@ def same_bits(a: list[float], b: list[float]) -> bool:
 @pytest.mark.parametrize("batch_size", [64, None])
 def test_kept_values_are_the_second_pass_bit_for_bit(tmp_path: Path, batch_size: int | None) -> None:
     """A plain, a group and a shift check drawn by num_funcs, and a check that cannot run (NaN)."""
-    paths = make_project(tmp_path)
-    with open(tmp_path / "tiny_model.py", "a", encoding="utf-8") as fh:
-        fh.write("\n\ndef two_channels(x):\n    return torch.cat([x, x], dim=1)\n")
     spec_dict = {**SPEC, "num_funcs": 2, "checks": [*SPEC["checks"], {"name": "c4", "group": "C4"},
                                                      {"name": "shift", "input": {"shift": {"dx": 1}}},
                                                      {"name": "broken", "input": "tiny_model.py:two_channels"}]}
-    paths["spec"].write_text(yaml.safe_dump(spec_dict), encoding="utf-8")
+    paths = make_project(tmp_path, spec_dict)
     spec = load_spec(paths["spec"])
     report = audit(None, spec, checkpoint=paths["a"], device="cpu", batch_size=batch_size, keep_samples=True)
     kept = report.sample_errors

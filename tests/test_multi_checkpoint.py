@@ -8,11 +8,9 @@ from __future__ import annotations
 import json
 import math
 import re
-import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -21,51 +19,7 @@ from eqaudit.cli import app
 from eqaudit.cli.measure_many import measure_checkpoints
 from eqaudit.report.compare import compare_reports
 
-MODEL_PY = textwrap.dedent(
-    """
-    import torch
-
-
-    class TinyCNN(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = torch.nn.Conv2d(1, 4, 3, padding=1, padding_mode="circular")
-            self.head = torch.nn.Conv2d(4, 1, 1)
-
-        def forward(self, x):
-            return self.head(torch.tanh(self.conv(x)))
-    """
-)
-SPEC = {
-    "model": {"factory": "tiny_model.py:TinyCNN"},
-    "input": {"shape": [1, 8, 8], "bounds": [0, 1]},
-    "samples": 256,
-    "checks": [
-        {"name": "rot", "both": "rot90", "threshold": 10.0},
-        {"name": "flip", "both": "hflip", "threshold": 10.0},
-    ],
-}
-
-
-def make_project(folder: Path, spec: dict | None = None, delta: float = 0.3) -> dict[str, Path]:
-    """A tiny CNN, its spec, and three checkpoints: ``a``, ``same`` (a copy of a) and ``perturbed``
-    (one weight of the first layer moved by ``delta``)."""
-    from safetensors.torch import save_file
-
-    (folder / "tiny_model.py").write_text(MODEL_PY, encoding="utf-8")
-    (folder / "spec.yaml").write_text(yaml.safe_dump(spec or SPEC), encoding="utf-8")
-    torch.manual_seed(0)
-    conv, head = torch.nn.Conv2d(1, 4, 3), torch.nn.Conv2d(4, 1, 1)
-    weights = {"conv.weight": conv.weight.detach().clone(), "conv.bias": conv.bias.detach().clone(),
-               "head.weight": head.weight.detach().clone(), "head.bias": head.bias.detach().clone()}
-    moved = weights["conv.weight"].clone()
-    moved[0, 0, 0, 0] += delta
-    paths = {"spec": folder / "spec.yaml", "a": folder / "a.safetensors", "same": folder / "same.safetensors",
-             "perturbed": folder / "perturbed.safetensors"}
-    save_file(weights, str(paths["a"]))
-    save_file(weights, str(paths["same"]))
-    save_file({**weights, "conv.weight": moved}, str(paths["perturbed"]))
-    return paths
+from conftest import SPEC, make_project
 
 
 @pytest.fixture(scope="module")
@@ -211,11 +165,8 @@ def test_a_missing_second_checkpoint_is_exit_2_before_any_run(project: dict[str,
 
 def test_a_check_that_cannot_run_is_an_error_in_every_section_and_not_compared(tmp_path: Path) -> None:
     """Exit 2; the other checks are still compared (paired), the broken one's change is n/a."""
-    paths = make_project(tmp_path)
-    with open(tmp_path / "tiny_model.py", "a", encoding="utf-8") as fh:
-        fh.write("\n\ndef two_channels(x):\n    return torch.cat([x, x], dim=1)\n")
     spec = {**SPEC, "checks": [SPEC["checks"][0], {"name": "broken", "input": "tiny_model.py:two_channels"}]}
-    paths["spec"].write_text(yaml.safe_dump(spec), encoding="utf-8")
+    paths = make_project(tmp_path, spec)
     out, md = tmp_path / "many.json", tmp_path / "many.md"
     result = invoke("measure", str(paths["a"]), str(paths["perturbed"]), "--spec", str(paths["spec"]),
                     "--json", str(out), "--markdown", str(md), "-q")

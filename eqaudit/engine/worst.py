@@ -90,24 +90,21 @@ def _evaluate(model: Any, spec: Spec, sampler: PointSampler, dev: torch.device, 
 
 def _worst(check: Any, items: list[TransformedInput], result: Any, x: torch.Tensor, y: torch.Tensor,
            k: int) -> list[Example]:
-    """The ``k`` largest errors over the check's items (one per group element, else one)."""
-    views: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    """The ``k`` largest errors over the check's items (one per group element, one per draw of a
+    worst_of check, else one). A worst_of check shows each sample once, with its error (the
+    maximum over the draws, as evaluated) at the draw that gave it (the record's argmax)."""
+    errors = result.errors.detach().cpu().tolist()
+    argmax = result.worst.argmax.tolist() if result.worst is not None else None
     candidates = []
     for item in items:
-        errs = result.errors if item.element is None else result.element_errors[item.element]
-        if item.element is None and len(items) > 1:  # worst_of: each draw's own error, to show the worst draw
-            transformed, expected = _view(check, item, x, y, views)
-            assert item.outputs is not None
-            errs = check.distance(expected.double(), item.outputs.double()).reshape(-1)
-        for i, e in enumerate(errs.detach().cpu().tolist()):
-            candidates.append((float(e), i, item))
+        values = errors if item.element is None else result.element_errors[item.element].detach().cpu().tolist()
+        candidates.extend((float(e), i, item) for i, e in enumerate(values)
+                          if item.draw is None or argmax[i] == item.draw)  # type: ignore[index]
     candidates.sort(key=lambda c: -c[0] if c[0] == c[0] else 0.0)
-    examples, seen = [], set()
-    for error, i, item in candidates:
+    examples: list[Example] = []
+    views: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    for error, i, item in candidates[:k]:
         row = int(item.rows[i]) if item.rows is not None else i
-        if (row, item.element) in seen or len(examples) == k:
-            continue
-        seen.add((row, item.element))
         transformed, expected = _view(check, item, x, y, views)
         label = None if item.element is None else check.group.elements[item.element].describe()
         assert item.outputs is not None

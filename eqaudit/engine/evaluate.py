@@ -55,6 +55,7 @@ class TransformedInput:
     call: int = 0  # which model call carried these rows (0: the base forward), and where in it
     offset: int = 0
     draw: int | None = None  # worst_of checks: the draw's index
+    t_in: Any = None  # worst_of checks: the draw's input transform (None: the check's)
     t_out: Any = None  # worst_of checks: the draw's output transform (None: the check's)
 
 
@@ -224,7 +225,7 @@ class _Context:
         p_out = p_in if check.both else self.sample(t_out, rng.child("output"), out_key)
         xt = self.apply(t_in, xs, p_in, in_key)
         item = TransformedInput(j, rows, xt, xt.shape[0], p_in, p_out, in_key, out_key, draw=k,
-                                t_out=t_out if k is not None else None)
+                                t_in=t_in if k is not None else None, t_out=t_out if k is not None else None)
         if check.mask == "valid":  # where the transform keeps content: it maps ones to ones there
             item.valid = self.apply(t_in, torch.ones_like(xs), p_in, in_key) >= 1.0 - 1e-6
         pending.append(item)

@@ -119,8 +119,10 @@ def _view(check: Any, item: TransformedInput, x: torch.Tensor, y: torch.Tensor,
     if id(item) not in views:  # the item's whole batch, as the evaluation drew it
         xs = x if item.rows is None else x[item.rows]
         ys = y if item.rows is None else y[item.rows]
-        if item.element is None:
-            views[id(item)] = (check.input.apply(xs, item.p_in), check.output.apply(ys, item.p_out))
+        if item.element is None:  # a worst_of draw: its own transforms (a grid's are not the check's)
+            t_in = item.t_in if item.t_in is not None else check.input
+            t_out = item.t_out if item.t_out is not None else check.output
+            views[id(item)] = (t_in.apply(xs, item.p_in), t_out.apply(ys, item.p_out))
         else:
             element = check.group.elements[item.element]
             views[id(item)] = (element.apply(xs, None), element.apply(ys, None) if check.both else ys)

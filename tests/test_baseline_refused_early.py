@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 import eqaudit.engine.run
 from eqaudit.cli import app
-from test_multi_checkpoint import make_project
+from conftest import make_project
 
 
 def test_a_multi_checkpoint_baseline_is_refused_before_the_run(tmp_path: Path,

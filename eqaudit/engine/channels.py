@@ -138,7 +138,7 @@ class ChannelTable:
             return
         import torch.distributed as dist
 
-        shapes = {key: stats.shape() for key, stats in self.stats.items() if stats.shape() is not None}
+        shapes = {key: shape for key, stats in self.stats.items() if (shape := stats.shape()) is not None}
         gathered: list[dict[tuple[int, str], tuple[int, ...]] | None] = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, shapes)
         union: dict[tuple[int, str], tuple[int, ...]] = {}
@@ -156,15 +156,16 @@ class ChannelTable:
                 self.stats[key] = ChannelStats.empty(union[key], device)
         order = sorted(union)  # the same on every process
         # One SUM and one MAX over every pair at once (gloo reduces CPU tensors: float64 on CUDA is not one of its ops).
-        summed = torch.cat([t.to(device) for key in order for t in self.stats[key].sums()])
-        top = torch.cat([self.stats[key].error_max.to(device) for key in order])  # type: ignore[union-attr]
+        sums = [self.stats[key].sums() for key in order]
+        tops = [self.stats[key].error_max for key in order]
+        summed = torch.cat([t.to(device) for parts in sums for t in parts])
+        top = torch.cat([t.to(device) for t in tops])  # type: ignore[union-attr]
         dist.all_reduce(summed, op=dist.ReduceOp.SUM)
         dist.all_reduce(top, op=dist.ReduceOp.MAX)
-        for key in order:
-            stats = self.stats[key]
-            n_sum, n_top = sum(t.numel() for t in stats.sums()), stats.error_max.numel()  # type: ignore[union-attr]
-            stats.assign(summed[:n_sum], top[:n_top])
-            summed, top = summed[n_sum:], top[n_top:]
+        pieces = zip(summed.split([sum(t.numel() for t in parts) for parts in sums]),
+                     top.split([t.numel() for t in tops]))  # type: ignore[union-attr]
+        for key, (part, most) in zip(order, pieces):
+            self.stats[key].assign(part, most)
 
     def row(self, j: int, name: str) -> dict[str, Any] | None:
         """The ``channels`` object of check ``j`` at layer ``name`` (every process's samples, once

@@ -16,7 +16,7 @@ import dataclasses
 import math
 from typing import Any
 
-__all__ = ["SCALE_SAMPLES", "TOLERANCES", "default_tolerance", "derive_thresholds"]
+__all__ = ["SCALE_SAMPLES", "TOLERANCES", "default_tolerance", "derive_thresholds", "thresholds_from_outputs"]
 
 #: Default ``rtol`` (and ``atol``) by output dtype name, for checks without their own threshold.
 TOLERANCES: dict[str, float] = {
@@ -62,8 +62,6 @@ def derive_thresholds(forward: Any, spec: Any, sampler: Any, dev: Any, checks: l
     ``threshold_source`` set to ``dtype``), and per check the sentence that says how. The outputs
     come from one forward pass of the first points; a model that fails there is left to the audit
     to report (the thresholds stay as they were)."""
-    import torch
-
     from transforms_zoo import SampleRNG
 
     if not checks:
@@ -74,7 +72,16 @@ def derive_thresholds(forward: Any, spec: Any, sampler: Any, dev: Any, checks: l
         y = forward(x)
     except Exception:
         return spec, {}
-    if not isinstance(y, torch.Tensor) or y.dim() == 0:
+    return thresholds_from_outputs(spec, y, checks, atol=atol, rtol=rtol)
+
+
+def thresholds_from_outputs(spec: Any, y: Any, checks: list[int], *, atol: float | None = None,
+                            rtol: float | None = None) -> tuple[Any, dict[int, str]]:
+    """:func:`derive_thresholds` from outputs ``y`` the caller already has (the model at the first
+    :data:`SCALE_SAMPLES` points); outputs that are not a batched tensor leave ``spec`` as it is."""
+    import torch
+
+    if not checks or not isinstance(y, torch.Tensor) or y.dim() == 0:
         return spec, {}
     out_dtype = y.dtype if y.is_floating_point() or y.is_complex() else torch.get_default_dtype()
     base = default_tolerance(out_dtype)

@@ -170,22 +170,44 @@ def test_failing_checks_come_first(digits: Path) -> None:
     assert page.checks[0] == "rot90"
 
 
-def test_worst_of_shows_distinct_samples_at_their_worst_draw(project: Path) -> None:
+@pytest.mark.parametrize("mask", ["none", "valid"])
+def test_worst_of_shows_distinct_samples_at_their_worst_draw(project: Path, mask: str) -> None:
     """A worst_of check's K draws all carry the per-sample maximum: the worst samples are still
-    distinct samples, each shown with the draw whose own error is that maximum."""
+    distinct samples, each shown with the draw whose own error is that maximum, and the error shown
+    is the audited one (``mask: valid`` included: the view once computed it again without the mask)."""
     from eqaudit.engine.worst import check_samples
     from eqaudit.spec import load_spec
 
     (project / "models.py").write_text((project / "models.py").read_text() + (
         "\nclass Roll(torch.nn.Module):\n    def forward(self, x):\n        return torch.roll(x, 1, -1)\n"))
-    path = write_spec(project, """
-        model: {factory: models.py:Roll}
-        input: {shape: [1, 8, 8]}
+    path = write_spec(project, f"""
+        model: {{factory: models.py:Roll}}
+        input: {{shape: [1, 8, 8]}}
         samples: 64
         checks:
-          - {name: wrot, both: {rotate: {degrees: [-30, 30]}}, worst_of: 4, threshold: 0.01}
+          - {{name: wrot, both: {{rotate: {{degrees: [-30, 30]}}}}, worst_of: 4, mask: {mask}, threshold: 0.01}}
     """)
     (found,) = check_samples(load_spec(path), device="cpu", worst_of={"wrot"})
     rows = [e.index for e in found.worst]
     assert len(rows) == 3 and len(set(rows)) == 3
-    assert [e.error for e in found.worst] == pytest.approx(sorted(found.errors, reverse=True)[:3], rel=1e-6)
+    assert [e.error for e in found.worst] == [found.errors[r] for r in rows]
+    assert [e.error for e in found.worst] == sorted(found.errors, reverse=True)[:3]
+
+
+def test_worst_samples_of_a_grid_worst_of_check_use_the_draws_own_transforms(tmp_path: Path) -> None:
+    """A grid's draws are fixed transforms, not the check's random one: the HTML view applies the
+    draw's own (the check's rotate with the draw's None parameters raised before)."""
+    import torch
+
+    from conftest import write_digits_spec
+    from eqaudit.engine.worst import check_samples
+    from eqaudit.spec import load_spec
+
+    path = write_digits_spec(tmp_path / "grid.yaml", "  - name: grid\n    input: {rotate: {degrees: [-30, 30]}}\n"
+                             "    worst_of: {grid: {degrees: [-20, 20, 5]}}\n", distance="relative_l2",
+                             samples=64, seed=5)
+    (found,) = check_samples(load_spec(path), device="cpu", worst_of={"grid"})
+    assert len(found.worst) == 3
+    assert [e.error for e in found.worst] == sorted(found.errors, reverse=True)[:3]
+    for example in found.worst:
+        assert example.transformed.shape == example.x.shape and not torch.equal(example.transformed, example.x)
